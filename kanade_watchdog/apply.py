@@ -1,0 +1,152 @@
+"""Carry out decisions on the broker, one resource at a time, never deleting.
+
+Only `create` and `update` requests are ever sent: this module has no code
+path to delete or purge. A failing resource never stops the others; its
+broker error is turned into a `ResourceError` that says what to change.
+Used by the one-shot `apply` command (`cli`) and by the daemon's `worker`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from .broker import Broker
+from .config import Kind, Resource
+from .errors import (
+    ERR_IMMUTABLE_FIELD,
+    ERR_INSUFFICIENT_MEMORY,
+    ERR_INSUFFICIENT_STORAGE,
+    ERR_NAME_IN_USE,
+    ERR_REPLICAS_NOT_SUPPORTED,
+    ERR_SUBJECTS_OVERLAP,
+    ApiError,
+    BrokerError,
+    ResourceError,
+)
+from .plan import Action, Decision, Observed, decide
+from .units import format_size
+
+
+class Result(StrEnum):
+    """What happened to a resource, as logged and shown (KANADE_ACTION)."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    IN_SYNC = "in_sync"
+    BLOCKED = "blocked"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    decision: Decision
+    result: Result
+    error: ResourceError | None = None
+    observed: Observed | None = None  # the broker's answer after a write
+
+    @property
+    def ok(self) -> bool:
+        return self.result in (Result.CREATED, Result.UPDATED, Result.IN_SYNC)
+
+
+def _declared_storage_total(resources: Iterable[Resource], storage: str) -> int:
+    total = 0
+    for res in resources:
+        cap = res.declared.get("max_bytes", -1)
+        if cap > 0 and res.declared.get("storage", "file") == storage:
+            total += cap
+    return total
+
+
+async def explain(
+    broker: Broker, resource: Resource, error: BrokerError, everything: Sequence[Resource]
+) -> ResourceError:
+    """Turn a broker error into a one-line explanation for this resource."""
+    if not isinstance(error, ApiError):
+        return ResourceError(resource.label, str(error), cause=error)
+    code = error.err_code
+    if code in (ERR_INSUFFICIENT_STORAGE, ERR_INSUFFICIENT_MEMORY):
+        storage = "memory" if code == ERR_INSUFFICIENT_MEMORY else "file"
+        cap = resource.declared.get("max_bytes", -1)
+        reserved = "unknown"
+        try:
+            info = await broker.account_info()
+            reserved = format_size(int(info.get(f"reserved_{'memory' if storage == 'memory' else 'storage'}", 0)))
+        except BrokerError:
+            pass
+        text = (
+            f"the broker cannot reserve max_bytes {format_size(cap)} of {storage} storage "
+            f"(declared {storage} total {format_size(_declared_storage_total(everything, storage))}, "
+            f"already reserved by existing streams {reserved}); raise jetstream "
+            f"max_{'memory' if storage == 'memory' else 'file'}_store or free disk, or lower the cap"
+        )
+        return ResourceError(resource.label, text, cause=error)
+    if code == ERR_IMMUTABLE_FIELD:
+        return ResourceError(
+            resource.label,
+            f"the broker refuses to change this field in place: {error.description}",
+            cause=error,
+        )
+    if code == ERR_SUBJECTS_OVERLAP:
+        return ResourceError(
+            resource.label,
+            "its subjects overlap a stream this config does not declare; "
+            "find it with `nats stream ls` and narrow one of them",
+            cause=error,
+        )
+    if code == ERR_REPLICAS_NOT_SUPPORTED:
+        return ResourceError(
+            resource.label,
+            "the broker has fewer servers than the declared replicas",
+            cause=error,
+        )
+    return ResourceError(resource.label, str(error), cause=error)
+
+
+async def execute(
+    broker: Broker, decision: Decision, everything: Sequence[Resource], now: datetime
+) -> Outcome:
+    """Send the one write a decision asks for (none for in_sync/blocked)."""
+    if decision.action is Action.IN_SYNC:
+        return Outcome(decision, Result.IN_SYNC)
+    if decision.action is Action.BLOCKED:
+        return Outcome(decision, Result.BLOCKED)
+    assert decision.send is not None
+    try:
+        if decision.action is Action.CREATE:
+            observed = await broker.create(decision.send)
+            return Outcome(decision, Result.CREATED, observed=observed)
+        observed = await broker.update(decision.send)
+        return Outcome(decision, Result.UPDATED, observed=observed)
+    except ApiError as exc:
+        if exc.err_code == ERR_NAME_IN_USE and decision.action is Action.CREATE:
+            # Someone (another watchdog, the backend) created it between our
+            # read and our write: look again instead of reporting an error.
+            return await _reverify(broker, decision.resource, everything, now)
+        return Outcome(decision, Result.FAILED,
+                       error=await explain(broker, decision.resource, exc, everything))
+    except BrokerError as exc:
+        return Outcome(decision, Result.FAILED,
+                       error=await explain(broker, decision.resource, exc, everything))
+
+
+async def _reverify(
+    broker: Broker, resource: Resource, everything: Sequence[Resource], now: datetime
+) -> Outcome:
+    try:
+        observed = await broker.stream_info(resource.stream)
+    except BrokerError as exc:
+        return Outcome(decide(resource, None, now), Result.FAILED,
+                       error=await explain(broker, resource, exc, everything))
+    again = decide(resource, observed, now)
+    if again.action is Action.CREATE:  # gone again already: let the caller retry
+        exc = BrokerError("created and deleted by others while we looked")
+        return Outcome(again, Result.FAILED, error=ResourceError(resource.label, str(exc), cause=exc))
+    return await execute(broker, again, everything, now)
+
+
+def kind_word(kind: Kind) -> str:
+    return {Kind.STREAM: "stream", Kind.KV: "KV bucket", Kind.OBJECT_STORE: "object store"}[kind]

@@ -1,0 +1,136 @@
+"""The JetStream API edge: raw JSON requests, translated errors, counted calls.
+
+Requests go straight to `$JS.API.*` with JSON bodies rather than through
+nats-py's dataclasses: an update REPLACES a stream's whole config, and the
+dataclasses drop fields this client version does not know, which would reset
+them on the broker. Every failure leaves here as a `errors.BrokerError`.
+`connection` builds the client; `apply` and `worker` call this module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+
+from .errors import ERR_STREAM_NOT_FOUND, ApiError, BrokerError, BrokerUnavailable, PermissionDenied
+from .plan import Observed
+
+PAGE_SIZE = 256  # the broker's fixed page for STREAM.LIST
+_VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "?([^"\s]+)"?', re.I)
+
+
+def api_prefix(domain: str | None) -> str:
+    """`$JS.API`, or `$JS.<domain>.API` to reach a leafnode/hub domain."""
+    return f"$JS.{domain}.API" if domain else "$JS.API"
+
+
+class Broker:
+    """JetStream stream management over one connection."""
+
+    def __init__(self, nc: Client, *, timeout: float, domain: str | None = None) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self.prefix = api_prefix(domain)
+        self.requests: Counter[str] = Counter()  # by API verb, for plans and benchmarks
+        self._denied: dict[str, float] = {}
+
+    def note_error(self, message: str) -> None:
+        """Fed from the client's error callback: the broker reports a denied
+        publish asynchronously, and our request then only times out."""
+        match = _VIOLATION.search(message)
+        if match:
+            self._denied[match.group(2)] = time.monotonic()
+
+    async def _request(self, verb: str, subject: str, body: Mapping[str, Any] | None) -> Any:
+        self.requests[verb] += 1
+        payload = json.dumps(body, separators=(",", ":")).encode() if body is not None else b""
+        try:
+            msg = await self.nc.request(subject, payload, timeout=self.timeout)
+        except nats.errors.NoRespondersError:
+            raise BrokerUnavailable(
+                f"no JetStream responds on {subject} (JetStream off, or wrong domain)",
+                subject=subject,
+            ) from None
+        except (nats.errors.TimeoutError, TimeoutError):
+            if self._denied.pop(subject, None) is not None:
+                raise PermissionDenied(
+                    f"permission denied: publish to {subject} (grant it in the user's "
+                    f"publish permissions)",
+                    subject=subject,
+                ) from None
+            raise BrokerUnavailable(
+                f"no answer on {subject} within {self.timeout:g}s", subject=subject
+            ) from None
+        except nats.errors.Error as exc:  # closed, reconnecting, draining...
+            raise BrokerUnavailable(f"{exc or type(exc).__name__} ({subject})",
+                                    subject=subject) from exc
+        try:
+            answer = json.loads(msg.data)
+        except ValueError:
+            raise BrokerError(f"unreadable answer on {subject}: {msg.data[:80]!r}",
+                              subject=subject) from None
+        if not isinstance(answer, dict):
+            raise BrokerError(f"unexpected answer on {subject}: {msg.data[:80]!r}",
+                              subject=subject)
+        error = answer.get("error")
+        if isinstance(error, dict):
+            raise ApiError(
+                code=int(error.get("code", 0) or 0),
+                err_code=int(error.get("err_code", 0) or 0),
+                description=str(error.get("description", "unknown error")),
+                subject=subject,
+            )
+        return answer
+
+    @staticmethod
+    def _observed(answer: Mapping[str, Any]) -> Observed:
+        return Observed(
+            config=answer.get("config") or {},
+            state=answer.get("state") or {},
+            cluster=answer.get("cluster") or {},
+        )
+
+    async def list_streams(self) -> dict[str, Observed]:
+        """Every stream, one request per page of 256."""
+        out: dict[str, Observed] = {}
+        offset = 0
+        while True:
+            answer = await self._request("list", f"{self.prefix}.STREAM.LIST", {"offset": offset})
+            page = answer.get("streams") or []
+            for item in page:
+                obs = self._observed(item)
+                out[str(obs.config.get("name", ""))] = obs
+            offset += len(page)
+            if not page or offset >= int(answer.get("total", 0) or 0):
+                return out
+
+    async def stream_info(self, name: str) -> Observed | None:
+        """One stream, or None when it does not exist."""
+        try:
+            answer = await self._request("info", f"{self.prefix}.STREAM.INFO.{name}", None)
+        except ApiError as exc:
+            if exc.err_code == ERR_STREAM_NOT_FOUND:
+                return None
+            raise
+        return self._observed(answer)
+
+    async def create(self, config: Mapping[str, Any]) -> Observed:
+        name = config["name"]
+        return self._observed(await self._request("create",
+                                                  f"{self.prefix}.STREAM.CREATE.{name}", config))
+
+    async def update(self, config: Mapping[str, Any]) -> Observed:
+        name = config["name"]
+        return self._observed(await self._request("update",
+                                                  f"{self.prefix}.STREAM.UPDATE.{name}", config))
+
+    async def account_info(self) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._request("account", f"{self.prefix}.INFO", None)
+        return answer

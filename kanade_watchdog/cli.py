@@ -1,0 +1,218 @@
+"""Command line: validate, plan, apply, check (one-shot) and run (the daemon).
+
+Parses arguments, loads the config, and maps every outcome to an exit code
+from `exitcodes`. No traceback ever reaches an operator: domain errors print
+their one line, anything else prints one line and exits 70.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from . import __version__, exitcodes, render
+from .apply import Outcome, execute
+from .broker import Broker
+from .config import DEFAULT_PATH, ENV_PATH, Config, load
+from .connection import connect_once
+from .errors import BrokerError, ConfigError
+from .logs import setup_logging
+from .plan import Action, Decision, plan
+
+log = logging.getLogger("kanade_watchdog")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", metavar="PATH", default=os.environ.get(ENV_PATH, DEFAULT_PATH),
+        help=f"config file (default ${ENV_PATH} or {DEFAULT_PATH})",
+    )
+    parser = argparse.ArgumentParser(
+        prog="kanade-watchdog",
+        description="Keep the kanade fleet's JetStream streams, KV buckets and object "
+        "stores in place.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("validate", parents=[common], help="check the config file only (no broker)")
+    for name, text in (("plan", "show what apply would change (exit 2 if anything)"),
+                       ("apply", "converge once: create missing, update drifted")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("-v", "--verbose", action="store_true", help="list in-sync resources too")
+    sub.add_parser("check", parents=[common],
+                   help="monitoring plugin: one status line, exit 0/1/2/3")
+    run = sub.add_parser("run", parents=[common], help="the daemon: keep everything in place")
+    run.add_argument("--log-format", choices=("auto", "text", "json", "journal"), default="auto",
+                     help="auto = journal under systemd, else text")
+    run.add_argument("--log-level", default="info",
+                     choices=("debug", "info", "warning", "error"))
+    return parser
+
+
+async def _observe_and_plan(config: Config) -> tuple[Broker, list[Decision]]:
+    broker_ref: list[Broker] = []
+    nc = await connect_once(config.nats, on_error=lambda text: broker_ref[0].note_error(text)
+                            if broker_ref else None)
+    broker = Broker(nc, timeout=config.nats.request_timeout, domain=config.nats.jetstream_domain)
+    broker_ref.append(broker)
+    try:
+        observed = await broker.list_streams()
+    except BaseException:
+        await nc.close()
+        raise
+    return broker, plan(config.resources, observed, utcnow())
+
+
+async def _plan(config: Config, args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    broker, decisions = await _observe_and_plan(config)
+    await broker.nc.close()
+    elapsed = time.perf_counter() - started
+    pending = any(d.action is not Action.IN_SYNC for d in decisions)
+    if args.json:
+        print(json.dumps({
+            "format": render.JSON_FORMAT,
+            "in_sync": not pending,
+            "summary": render.plan_summary(decisions),
+            "resources": [render.decision_json(d) for d in decisions],
+            "requests": render.request_counts(broker.requests),
+            "seconds": round(elapsed, 4),
+        }, indent=2))
+    else:
+        for d in decisions:
+            for line in render.decision_lines(d, verbose=args.verbose):
+                print(line)
+        print(render.plan_summary(decisions))
+    return exitcodes.CHANGES_PENDING if pending else exitcodes.OK
+
+
+async def _apply(config: Config, args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    broker, decisions = await _observe_and_plan(config)
+    try:
+        now = utcnow()
+        outcomes: list[Outcome] = await asyncio.gather(
+            *(execute(broker, d, config.resources, now) for d in decisions)
+        )
+    finally:
+        await broker.nc.close()
+    elapsed = time.perf_counter() - started
+    ok = all(o.ok for o in outcomes)
+    if args.json:
+        print(json.dumps({
+            "format": render.JSON_FORMAT,
+            "in_sync": ok,
+            "summary": render.apply_summary(outcomes),
+            "resources": [render.outcome_json(o) for o in outcomes],
+            "requests": render.request_counts(broker.requests),
+            "seconds": round(elapsed, 4),
+        }, indent=2))
+    else:
+        for o in outcomes:
+            if o.decision.action is not Action.IN_SYNC or args.verbose:
+                print(render.outcome_line(o))
+            for stake in o.decision.at_stake:
+                if o.ok:
+                    print(f"    WARNING data discarded: {stake}")
+        total = sum(broker.requests.values())
+        print(f"{render.apply_summary(outcomes)} ({elapsed:.3f}s, {total} requests)")
+    return exitcodes.OK if ok else exitcodes.FAILURE
+
+
+async def _check(config: Config) -> int:
+    started = time.perf_counter()
+    try:
+        broker, decisions = await _observe_and_plan(config)
+    except BrokerError as exc:
+        print(f"JETSTREAM CRITICAL - broker unreachable: {exc}")
+        return exitcodes.CHECK_CRITICAL
+    await broker.nc.close()
+    elapsed = time.perf_counter() - started
+    by_action: dict[Action, list[str]] = {a: [] for a in Action}
+    for d in decisions:
+        by_action[d.action].append(d.resource.label)
+    total = len(decisions)
+    perf = (f"resources={total} in_sync={len(by_action[Action.IN_SYNC])} "
+            f"missing={len(by_action[Action.CREATE])} drifted={len(by_action[Action.UPDATE])} "
+            f"blocked={len(by_action[Action.BLOCKED])} time={elapsed:.3f}s")
+    if by_action[Action.CREATE]:
+        status, code = "CRITICAL", exitcodes.CHECK_CRITICAL
+        text = "missing: " + ", ".join(by_action[Action.CREATE])
+    elif by_action[Action.UPDATE] or by_action[Action.BLOCKED]:
+        status, code = "WARNING", exitcodes.CHECK_WARNING
+        parts = []
+        if by_action[Action.UPDATE]:
+            parts.append("drifted: " + ", ".join(by_action[Action.UPDATE]))
+        if by_action[Action.BLOCKED]:
+            parts.append("blocked: " + ", ".join(by_action[Action.BLOCKED]))
+        text = "; ".join(parts)
+    else:
+        status, code = "OK", exitcodes.CHECK_OK
+        text = f"{total}/{total} in sync"
+    print(f"JETSTREAM {status} - {text} | {perf}")
+    return code
+
+
+def _run_async(coro: Any) -> int:
+    try:
+        result: int = asyncio.run(coro)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return exitcodes.INTERRUPTED
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"config error: {line}", file=sys.stderr)
+        return exitcodes.CHECK_UNKNOWN if args.command == "check" else exitcodes.CONFIG
+    except BrokerError as exc:
+        print(f"broker error: {exc}", file=sys.stderr)
+        return exitcodes.FAILURE
+    except Exception as exc:  # a bug: one line, not a traceback, for the operator
+        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        log.debug("internal error", exc_info=True)
+        return exitcodes.INTERNAL
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from .daemon import run_daemon  # the daemon's imports stay out of one-shot commands
+
+        setup_logging(args.log_format, args.log_level)
+        return run_daemon(args.config)
+    setup_logging("text", "warning")
+    config = load(args.config)
+    if args.command == "validate":
+        print(f"{args.config}: OK ({len(config.resources)} resources)")
+        return exitcodes.OK
+    if args.command == "plan":
+        return _run_async(_plan(config, args))
+    if args.command == "apply":
+        return _run_async(_apply(config, args))
+    if args.command == "check":
+        try:
+            return _run_async(_check(config))
+        except Exception as exc:
+            print(f"JETSTREAM UNKNOWN - {exc}")
+            return exitcodes.CHECK_UNKNOWN
+    raise AssertionError(args.command)  # argparse allows nothing else

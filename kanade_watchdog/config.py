@@ -1,0 +1,493 @@
+"""Load and validate the TOML declaration, all of it, before any network traffic.
+
+Pure: reads one file, returns a frozen `Config` or raises `ConfigError` with
+one line per problem (`<file>: <key path>: <what is wrong>, got <value>`).
+Every key is known: a typo is an error, never silently ignored.
+`desired` turns the resources into broker configs; `cli` and `daemon` call
+`load()`; nothing here imports the NATS client, systemd or the scheduler.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .errors import ConfigError
+from .subjects import bucket_name_problem, stream_name_problem, subject_problem, subjects_overlap
+from .units import INT64_MAX, NS_PER_SECOND, parse_duration_ns, parse_size_bytes
+
+DEFAULT_PATH = "/etc/kanade/watchdog.toml"
+ENV_PATH = "KANADE_WATCHDOG_CONFIG"
+MAX_FILE_BYTES = 4 * 1024 * 1024  # the kanade set is ~6 KiB; 25,000 resources fit
+INT32_MAX = 2**31 - 1
+MAX_REPLICAS = 5
+
+
+class Kind(StrEnum):
+    STREAM = "stream"
+    KV = "kv"
+    OBJECT_STORE = "object_store"
+
+
+# Where each kind lives in the file, and the backing stream's name prefix.
+SECTION = {Kind.STREAM: "streams", Kind.KV: "kv_buckets", Kind.OBJECT_STORE: "object_stores"}
+STREAM_PREFIX = {Kind.STREAM: "", Kind.KV: "KV_", Kind.OBJECT_STORE: "OBJ_"}
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One declared resource. `declared` maps config keys to values already in
+    the broker's units (ns, bytes, -1 for unlimited)."""
+
+    kind: Kind
+    name: str
+    declared: Mapping[str, Any]
+    protect: bool = False
+
+    @property
+    def stream(self) -> str:
+        """The JetStream stream that is this resource on the broker."""
+        return STREAM_PREFIX[self.kind] + self.name
+
+    @property
+    def label(self) -> str:
+        return self.name if self.kind is Kind.STREAM else f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    name: str = "kanade-watchdog"
+    connect_timeout: float = 2.0
+    request_timeout: float = 2.0
+    reconnect_wait: float = 0.25
+    jetstream_domain: str | None = None
+
+
+@dataclass(frozen=True)
+class WatchdogSettings:
+    resync_interval: float = 30.0
+    resync_jitter: float = 3.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 300.0
+    permanent_retry: float = 300.0
+    advisories: bool = True
+    stop_timeout: float = 20.0
+    pass_deadline: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    nats: NatsSettings = field(default_factory=NatsSettings)
+    watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
+    resources: tuple[Resource, ...] = ()
+
+    def by_stream(self) -> dict[str, Resource]:
+        return {r.stream: r for r in self.resources}
+
+
+# --- value parsers: (value) -> normalized value, or ValueError(reason) ------------
+
+Parser = Callable[[Any], Any]
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _duration(value: Any) -> int:
+    """A string like '90d' or a whole number of seconds -> ns (>= 0)."""
+    if _is_int(value):
+        if value < 0:
+            raise ValueError("must not be negative")
+        if value * NS_PER_SECOND > INT64_MAX:
+            raise ValueError("duration too large")
+        return int(value) * NS_PER_SECOND
+    if isinstance(value, str):
+        return parse_duration_ns(value)
+    raise ValueError("must be a duration like '90d' or a number of seconds")
+
+
+def _size(limit: int = INT64_MAX) -> Parser:
+    def parse(value: Any) -> int:
+        if value == "unlimited":
+            return -1
+        if _is_int(value):
+            if value < 0:
+                raise ValueError("must not be negative (write \"unlimited\" for no cap)")
+            n = int(value)
+        elif isinstance(value, str):
+            n = parse_size_bytes(value)
+        else:
+            raise ValueError("must be a size like '512MiB', a byte count or \"unlimited\"")
+        if n > limit:
+            raise ValueError(f"must be at most {limit} bytes")
+        return n
+
+    return parse
+
+
+def _count(value: Any) -> int:
+    if value == "unlimited":
+        return -1
+    if not _is_int(value):
+        raise ValueError("must be a whole number or \"unlimited\"")
+    if value < 0:
+        raise ValueError("must not be negative (write \"unlimited\" for no limit)")
+    if value > INT64_MAX:
+        raise ValueError("too large")
+    return int(value)
+
+
+def _int_range(lo: int, hi: int) -> Parser:
+    def parse(value: Any) -> int:
+        if not _is_int(value) or not lo <= value <= hi:
+            raise ValueError(f"must be a whole number from {lo} to {hi}")
+        return int(value)
+
+    return parse
+
+
+def _enum(*choices: str) -> Parser:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError("must be one of " + ", ".join(repr(c) for c in choices))
+        return str(value)
+
+    return parse
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _text(max_len: int = 4096) -> Parser:
+    def parse(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        if len(value) > max_len:
+            raise ValueError(f"longer than {max_len} characters")
+        return value
+
+    return parse
+
+
+def _subjects(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a non-empty list of subjects")
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"every subject must be a string, got {_show(item)}")
+        problem = subject_problem(item)
+        if problem:
+            raise ValueError(f"subject {item!r} {problem}")
+        if item in out:
+            raise ValueError(f"subject {item!r} is listed twice")
+        out.append(item)
+    return tuple(out)
+
+
+def _placement(value: Any) -> tuple[tuple[str, Any], ...]:
+    if not isinstance(value, dict):
+        raise ValueError("must be a table with 'cluster' and/or 'tags'")
+    unknown = sorted(set(value) - {"cluster", "tags"})
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} (known: cluster, tags)")
+    cluster = value.get("cluster", "")
+    tags = value.get("tags", [])
+    if not isinstance(cluster, str):
+        raise ValueError("cluster must be a string")
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+        raise ValueError("tags must be a list of non-empty strings")
+    return (("cluster", cluster), ("tags", tuple(sorted(tags))))
+
+
+def _metadata(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ValueError("must be a table of string values")
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise ValueError(f"value of {k!r} must be a string")
+        if k.startswith("_nats"):
+            raise ValueError(f"key {k!r} is reserved by the server")
+    return tuple(sorted(value.items()))
+
+
+_STORAGE = _enum("file", "memory")
+_COMPRESSION = _enum("none", "s2")
+_REPLICAS = _int_range(1, MAX_REPLICAS)
+
+# config key -> parser, per kind. `desired.WIRE_FIELD` maps keys to broker fields.
+FIELDS: dict[Kind, dict[str, Parser]] = {
+    Kind.STREAM: {
+        "subjects": _subjects,
+        "retention": _enum("limits", "interest", "workqueue"),
+        "storage": _STORAGE,
+        "max_age": _duration,
+        "max_bytes": _size(),
+        "max_msgs": _count,
+        "max_msgs_per_subject": _count,
+        "max_msg_size": _size(INT32_MAX),
+        "discard": _enum("old", "new"),
+        "num_replicas": _REPLICAS,
+        "duplicate_window": _duration,
+        "description": _text(),
+        "compression": _COMPRESSION,
+        "placement": _placement,
+        "allow_direct": _bool,
+        "deny_delete": _bool,
+        "deny_purge": _bool,
+        "allow_rollup_hdrs": _bool,
+        "metadata": _metadata,
+    },
+    Kind.KV: {
+        "history": _int_range(1, 64),
+        "ttl": _duration,
+        "max_bytes": _size(),
+        "max_value_size": _size(INT32_MAX),
+        "storage": _STORAGE,
+        "replicas": _REPLICAS,
+        "compression": _COMPRESSION,
+        "placement": _placement,
+        "description": _text(),
+    },
+    Kind.OBJECT_STORE: {
+        "ttl": _duration,
+        "max_bytes": _size(),
+        "storage": _STORAGE,
+        "replicas": _REPLICAS,
+        "compression": _COMPRESSION,
+        "placement": _placement,
+        "description": _text(),
+    },
+}
+REQUIRED: dict[Kind, tuple[str, ...]] = {Kind.STREAM: ("subjects",), Kind.KV: (), Kind.OBJECT_STORE: ()}
+
+
+def _seconds(value: Any) -> float:
+    return _duration(value) / NS_PER_SECOND
+
+
+def _positive_seconds(value: Any) -> float:
+    s = _seconds(value)
+    if s <= 0:
+        raise ValueError("must be greater than zero")
+    return s
+
+
+def _servers(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a URL or a non-empty list of URLs")
+    for url in value:
+        if not isinstance(url, str) or "://" not in url:
+            raise ValueError(f"{_show(url)} is not a URL like nats://host:4222")
+    return tuple(value)
+
+
+def _domain(value: Any) -> str:
+    problem = stream_name_problem(value) if isinstance(value, str) else "must be a string"
+    if problem:
+        raise ValueError(problem)
+    return str(value)
+
+
+_NATS_KEYS: dict[str, Parser] = {
+    "servers": _servers,
+    "name": _text(256),
+    "connect_timeout": _positive_seconds,
+    "request_timeout": _positive_seconds,
+    "reconnect_wait": _positive_seconds,
+    "jetstream_domain": _domain,
+}
+_WATCHDOG_KEYS: dict[str, Parser] = {
+    "resync_interval": _positive_seconds,
+    "resync_jitter": _seconds,
+    "backoff_initial": _positive_seconds,
+    "backoff_max": _positive_seconds,
+    "permanent_retry": _positive_seconds,
+    "advisories": _bool,
+    "stop_timeout": _positive_seconds,
+    "pass_deadline": _positive_seconds,
+}
+_TOP_KEYS = ("nats", "watchdog", *SECTION.values())
+
+
+class _Problems:
+    """Collects one line per problem, so an operator fixes them all in one go."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lines: list[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.lines.append(f"{self.path}: {key}: {message}")
+
+    def parse(self, key: str, parser: Parser, value: Any) -> Any:
+        try:
+            return parser(value)
+        except (ValueError, TypeError, OverflowError) as exc:
+            self.add(key, f"{exc}, got {_show(value)}")
+            return None
+
+
+def _table(problems: _Problems, key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        problems.add(key, f"must be a table, got {_show(value)}")
+        return {}
+    return value
+
+
+def _settings(
+    problems: _Problems, section: str, raw: Any, parsers: dict[str, Parser]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in _table(problems, section, raw).items():
+        parser = parsers.get(key)
+        if parser is None:
+            problems.add(f"{section}.{key}", f"unknown key (known: {', '.join(parsers)})")
+            continue
+        parsed = problems.parse(f"{section}.{key}", parser, value)
+        if parsed is not None:
+            out[key] = parsed
+    return out
+
+
+def _resource(problems: _Problems, kind: Kind, name: str, raw: Any) -> Resource | None:
+    where = f"{SECTION[kind]}.{name}"
+    problem = stream_name_problem(name) if kind is Kind.STREAM else bucket_name_problem(name)
+    if problem:
+        problems.add(where, f"name {problem}, got {_show(name)}")
+        return None
+    table = _table(problems, where, raw)
+    parsers = FIELDS[kind]
+    declared: dict[str, Any] = {}
+    protect = False
+    before = len(problems.lines)
+    for key, value in table.items():
+        if key == "protect":
+            protect = bool(problems.parse(f"{where}.protect", _bool, value))
+            continue
+        parser = parsers.get(key)
+        if parser is None:
+            problems.add(f"{where}.{key}", f"unknown key (known: {', '.join([*parsers, 'protect'])})")
+            continue
+        parsed = problems.parse(f"{where}.{key}", parser, value)
+        if parsed is not None:
+            declared[key] = parsed
+    for key in REQUIRED[kind]:
+        if key not in table:
+            problems.add(f"{where}.{key}", "is required")
+    window, age = declared.get("duplicate_window"), declared.get("max_age")
+    if window and age and window > age:
+        problems.add(f"{where}.duplicate_window", "must not be longer than max_age")
+    if len(problems.lines) != before:
+        return None
+    return Resource(kind=kind, name=name, declared=declared, protect=protect)
+
+
+def _identity_subjects(resource: Resource) -> tuple[str, ...]:
+    if resource.kind is Kind.KV:
+        return (f"$KV.{resource.name}.>",)
+    if resource.kind is Kind.OBJECT_STORE:
+        return (f"$O.{resource.name}.C.>", f"$O.{resource.name}.M.>")
+    subjects: tuple[str, ...] = resource.declared["subjects"]
+    return subjects
+
+
+def _cross_checks(problems: _Problems, resources: list[Resource]) -> None:
+    """Names and subjects must be unique across every declared stream."""
+    owner: dict[str, Resource] = {}
+    for res in resources:
+        other = owner.get(res.stream)
+        if other is not None:
+            problems.add(
+                f"{SECTION[res.kind]}.{res.name}",
+                f"its stream {res.stream!r} is already declared by "
+                f"{SECTION[other.kind]}.{other.name}",
+            )
+        owner[res.stream] = res
+    claimed: list[tuple[str, Resource]] = []
+    for res in resources:
+        for subject in _identity_subjects(res):
+            for other_subject, other in claimed:
+                if other is not res and subjects_overlap(subject, other_subject):
+                    problems.add(
+                        f"{SECTION[res.kind]}.{res.name}.subjects",
+                        f"{subject!r} overlaps {other_subject!r} of "
+                        f"{SECTION[other.kind]}.{other.name}",
+                    )
+            claimed.append((subject, res))
+
+
+def parse(document: Mapping[str, Any], path: str) -> Config:
+    """Validate an already-decoded TOML document."""
+    problems = _Problems(path)
+    for key in document:
+        if key not in _TOP_KEYS:
+            problems.add(key, f"unknown key (known: {', '.join(_TOP_KEYS)})")
+    nats = _settings(problems, "nats", document.get("nats", {}), _NATS_KEYS)
+    watchdog = _settings(problems, "watchdog", document.get("watchdog", {}), _WATCHDOG_KEYS)
+    resources: list[Resource] = []
+    for kind, section in SECTION.items():
+        for name, raw in _table(problems, section, document.get(section, {})).items():
+            res = _resource(problems, kind, name, raw)
+            if res is not None:
+                resources.append(res)
+    _cross_checks(problems, resources)
+    if not resources and not problems.lines:
+        problems.add("streams", "no resources declared (need [streams.*], [kv_buckets.*] or "
+                     "[object_stores.*])")
+    if problems.lines:
+        raise ConfigError(problems.lines)
+    return Config(
+        path=path,
+        nats=NatsSettings(**nats),
+        watchdog=WatchdogSettings(**watchdog),
+        resources=tuple(resources),
+    )
+
+
+def load(path: str) -> Config:
+    """Read and validate `path`. Every failure is a one-line `ConfigError`."""
+    try:
+        size = os.stat(path).st_size
+        if os.path.isdir(path):
+            raise ConfigError([f"{path}: is a directory, not a config file"])
+        if size > MAX_FILE_BYTES:
+            raise ConfigError([f"{path}: file is {size} bytes, over the {MAX_FILE_BYTES} limit"])
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except PermissionError:
+        raise ConfigError([f"{path}: permission denied"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
+    if not text.strip():
+        raise ConfigError([f"{path}: file is empty"])
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: TOML syntax: nested too deeply"]) from None
+    return parse(document, path)

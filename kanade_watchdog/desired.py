@@ -1,0 +1,202 @@
+"""Desired state: what each declared resource must look like on the broker.
+
+Pure. From a `config.Resource` it derives
+- the full stream config to CREATE it with: plain streams from the declared
+  fields; KV buckets in the ADR-8 shape and object stores in the ADR-20
+  shape, so every official client (the kanade backend's Rust client too)
+  can open them;
+- the fields that are COMPARED with what the broker holds: only what the
+  config declares, plus the few fields that make a bucket a bucket. Server
+  defaults and fields another client chose are never drift.
+`plan` uses both; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .config import Kind, Resource
+from .units import NS_PER_SECOND
+
+TWO_MINUTES_NS = 120 * NS_PER_SECOND
+
+# config key -> broker (JetStream wire) field, where they differ.
+_RENAMED: dict[Kind, dict[str, str]] = {
+    Kind.STREAM: {},
+    Kind.KV: {
+        "history": "max_msgs_per_subject",
+        "ttl": "max_age",
+        "max_value_size": "max_msg_size",
+        "replicas": "num_replicas",
+    },
+    Kind.OBJECT_STORE: {"ttl": "max_age", "replicas": "num_replicas"},
+}
+
+# What the broker reports when a field is absent (older servers omit some).
+# Comparisons read observed configs through these, so "absent" == "default".
+SERVER_DEFAULTS: dict[str, Any] = {
+    "retention": "limits",
+    "storage": "file",
+    "max_age": 0,
+    "max_bytes": -1,
+    "max_msgs": -1,
+    "max_msgs_per_subject": -1,
+    "max_msg_size": -1,
+    "discard": "old",
+    "num_replicas": 1,
+    "duplicate_window": TWO_MINUTES_NS,
+    "description": "",
+    "compression": "none",
+    "allow_direct": False,
+    "deny_delete": False,
+    "deny_purge": False,
+    "allow_rollup_hdrs": False,
+    "sealed": False,
+}
+
+
+def wire_field(kind: Kind, key: str) -> str:
+    return _RENAMED[kind].get(key, key)
+
+
+def identity(resource: Resource) -> dict[str, Any]:
+    """Fields without which the stream is not this kind of resource at all."""
+    if resource.kind is Kind.KV:
+        return {"subjects": (f"$KV.{resource.name}.>",)}
+    if resource.kind is Kind.OBJECT_STORE:
+        return {"subjects": (f"$O.{resource.name}.C.>", f"$O.{resource.name}.M.>")}
+    return {}
+
+
+def compared(resource: Resource) -> dict[str, tuple[str, Any]]:
+    """broker field -> (config key, desired value) for every field we own.
+
+    Buckets also own `allow_rollup_hdrs`: KV purge and object-store metadata
+    writes are rollups, so a bucket without it is broken for every client.
+    """
+    out: dict[str, tuple[str, Any]] = {}
+    if resource.kind is not Kind.STREAM:
+        out["allow_rollup_hdrs"] = ("allow_rollup_hdrs", True)
+    for key, value in resource.declared.items():
+        out[wire_field(resource.kind, key)] = (key, value)
+    return out
+
+
+def _to_wire(field: str, value: Any) -> Any:
+    """Config-normalized values (tuples) -> JSON shapes the API takes."""
+    if field == "subjects":
+        return list(value)
+    if field == "placement":
+        placement = dict(value)
+        wire: dict[str, Any] = {}
+        if placement.get("cluster"):
+            wire["cluster"] = placement["cluster"]
+        if placement.get("tags"):
+            wire["tags"] = list(placement["tags"])
+        return wire
+    if field == "metadata":
+        return dict(value)
+    return value
+
+
+def _fix_duplicate_window(config: dict[str, Any]) -> None:
+    # The broker refuses a dedupe window longer than max_age (KV ttl, object
+    # store ttl, short stream windows), so clamp it like the clients do.
+    age = config.get("max_age", 0)
+    window = config.get("duplicate_window", TWO_MINUTES_NS)
+    if age and window > age:
+        config["duplicate_window"] = age
+
+
+def create_config(resource: Resource) -> dict[str, Any]:
+    """The complete stream config a create request sends."""
+    config: dict[str, Any] = {"name": resource.stream}
+    if resource.kind is Kind.KV:
+        # ADR-8 "Buckets": history 1 unless declared, discard new so a full
+        # bucket refuses writes instead of dropping other keys' values.
+        config.update(
+            {
+                "subjects": [f"$KV.{resource.name}.>"],
+                "retention": "limits",
+                "max_msgs_per_subject": 1,
+                "max_msgs": -1,
+                "max_bytes": -1,
+                "max_age": 0,
+                "max_msg_size": -1,
+                "storage": "file",
+                "discard": "new",
+                "num_replicas": 1,
+                "duplicate_window": TWO_MINUTES_NS,
+                "allow_rollup_hdrs": True,
+                "deny_delete": True,
+                "deny_purge": False,
+                "allow_direct": True,
+                "mirror_direct": False,
+            }
+        )
+    elif resource.kind is Kind.OBJECT_STORE:
+        # ADR-20: chunks under C, metadata under M (rolled up per object).
+        config.update(
+            {
+                "subjects": [f"$O.{resource.name}.C.>", f"$O.{resource.name}.M.>"],
+                "retention": "limits",
+                "max_msgs": -1,
+                "max_bytes": -1,
+                "max_age": 0,
+                "storage": "file",
+                "discard": "new",
+                "num_replicas": 1,
+                "allow_rollup_hdrs": True,
+                "allow_direct": True,
+            }
+        )
+    for key, value in resource.declared.items():
+        field = wire_field(resource.kind, key)
+        config[field] = _to_wire(field, value)
+    _fix_duplicate_window(config)
+    return config
+
+
+def overlay(resource: Resource, observed: Mapping[str, Any]) -> dict[str, Any]:
+    """The update to send: the observed config with our fields laid over it.
+
+    An update REPLACES the whole config, so starting from what the broker
+    holds keeps every field someone else set (consumer limits, sources,
+    metadata keys, allow_msg_ttl...) exactly as it is.
+    """
+    config = dict(observed)
+    for field, (_key, value) in compared(resource).items():
+        if field == "metadata":
+            merged = dict(config.get("metadata") or {})
+            merged.update(dict(value))
+            config["metadata"] = merged
+        else:
+            config[field] = _to_wire(field, value)
+    _fix_duplicate_window(config)
+    return config
+
+
+def observed_value(config: Mapping[str, Any], field: str) -> Any:
+    """A field as the broker holds it, in the same normalized form as
+    config values, so equal means equal."""
+    value = config.get(field, SERVER_DEFAULTS.get(field))
+    if field == "subjects":
+        return tuple(value or ())
+    if field == "placement":
+        placement = value or {}
+        return (("cluster", placement.get("cluster", "") or ""),
+                ("tags", tuple(sorted(placement.get("tags") or ()))))
+    if field == "metadata":
+        return tuple(sorted((value or {}).items()))
+    return value
+
+
+def same(field: str, current: Any, desired: Any) -> bool:
+    """Equality as the broker means it."""
+    if field == "subjects":
+        return set(current) == set(desired)
+    if field == "metadata":
+        # Only the keys we declare are ours; the server and others add more.
+        return set(desired) <= set(current)
+    return bool(current == desired)

@@ -1,0 +1,14 @@
+"""Process exit codes, one table for every command (documented in the README)."""
+
+OK = 0
+FAILURE = 1  # apply: not everything in sync; plan: error; run: unexpected stop
+CHANGES_PENDING = 2  # plan: the broker differs from the config
+INTERNAL = 70  # EX_SOFTWARE: a bug; one line on stderr, never a traceback
+CONFIG = 78  # EX_CONFIG: the config file is unusable (systemd must not restart)
+INTERRUPTED = 130  # one-shot command stopped by Ctrl-C
+
+# `check` follows the monitoring-plugin convention instead.
+CHECK_OK = 0
+CHECK_WARNING = 1
+CHECK_CRITICAL = 2
+CHECK_UNKNOWN = 3

@@ -1,0 +1,70 @@
+"""Log output: readable lines on a terminal, JSON for shippers, journal under systemd.
+
+Events carry structured fields through `extra=fields(...)`; each handler
+renders them its own way (appended `key=value`, JSON keys, or journal fields
+KANADE_*). Every module logs through the standard `logging` package.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+FIELDS_ATTR = "kanade"
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """`log.info(..., extra=fields(resource=..., action=...))`."""
+    return {FIELDS_ATTR: {k: v for k, v in values.items() if v is not None and v != ""}}
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    value = getattr(record, FIELDS_ATTR, None)
+    return dict(value) if isinstance(value, dict) else {}
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        return f"{stamp} {record.levelname:<7} {record.getMessage()}"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        doc.update(record_fields(record))
+        return json.dumps(doc, default=str)
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler: logging.Handler
+    if fmt in ("auto", "journal"):
+        from .journal import journal_handler  # systemd-python only where it is used
+
+        maybe = journal_handler(force=fmt == "journal")
+        if maybe is not None:
+            handler = maybe
+        else:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(TextFormatter())
+    elif fmt == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(TextFormatter())
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # nats-py logs its own reconnect chatter at ERROR; our callbacks say it once.
+    logging.getLogger("nats").setLevel(logging.CRITICAL)

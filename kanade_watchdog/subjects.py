@@ -1,0 +1,62 @@
+"""NATS subject and name rules, checked before anything reaches the broker.
+
+Pure. Used by `config` to reject what the broker would reject anyway (with a
+far less helpful message) and to find streams whose subjects overlap, which
+the broker refuses with 10065 at create time.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_NAME_LEN = 255
+_BAD_STREAM_NAME_CHARS = re.compile(r"[.*>/\\\s]|[^\x21-\x7e]")
+_BUCKET_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def stream_name_problem(name: str) -> str | None:
+    """Why the broker would reject `name` as a stream name, or None."""
+    if not name:
+        return "must not be empty"
+    if len(name) > MAX_NAME_LEN:
+        return f"longer than {MAX_NAME_LEN} characters"
+    if _BAD_STREAM_NAME_CHARS.search(name):
+        return "must be printable ASCII without spaces, '.', '*', '>', '/' or '\\'"
+    return None
+
+
+def bucket_name_problem(name: str) -> str | None:
+    """Why a KV or object-store bucket name is invalid, or None."""
+    if not _BUCKET_NAME.fullmatch(name):
+        return "may only contain letters, digits, '_' and '-'"
+    if len(name) + 4 > MAX_NAME_LEN:  # the backing stream is KV_/OBJ_ + name
+        return f"longer than {MAX_NAME_LEN - 4} characters"
+    return None
+
+
+def subject_problem(subject: str) -> str | None:
+    """Why `subject` is not a valid stream subject filter, or None."""
+    if not subject:
+        return "must not be empty"
+    if any(ch.isspace() for ch in subject) or not subject.isprintable():
+        return "must not contain whitespace or control characters"
+    tokens = subject.split(".")
+    for i, token in enumerate(tokens):
+        if not token:
+            return "has an empty token (leading, trailing or double '.')"
+        if token == ">" and i != len(tokens) - 1:
+            return "'>' may only be the last token"
+        if token not in ("*", ">") and ("*" in token or ">" in token):
+            return "wildcards must be whole tokens"
+    return None
+
+
+def subjects_overlap(a: str, b: str) -> bool:
+    """True when some concrete subject matches both filters."""
+    ta, tb = a.split("."), b.split(".")
+    for x, y in zip(ta, tb, strict=False):
+        if x == ">" or y == ">":
+            return True
+        if x != y and x != "*" and y != "*":
+            return False
+    return len(ta) == len(tb)
