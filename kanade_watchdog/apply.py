@@ -8,6 +8,7 @@ Used by the one-shot `apply` command (`cli`) and by the daemon's `worker`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,19 +70,21 @@ async def explain(
         return ResourceError(resource.label, str(error), cause=error)
     code = error.err_code
     if code in (ERR_INSUFFICIENT_STORAGE, ERR_INSUFFICIENT_MEMORY):
-        storage = "memory" if code == ERR_INSUFFICIENT_MEMORY else "file"
-        cap = resource.declared.get("max_bytes", -1)
+        memory = code == ERR_INSUFFICIENT_MEMORY
+        storage = "memory" if memory else "file"
+        cap = format_size(resource.declared.get("max_bytes", -1))
+        declared = format_size(_declared_storage_total(everything, storage))
         reserved = "unknown"
-        try:
+        with contextlib.suppress(BrokerError):
             info = await broker.account_info()
-            reserved = format_size(int(info.get(f"reserved_{'memory' if storage == 'memory' else 'storage'}", 0)))
-        except BrokerError:
-            pass
+            reserved = format_size(
+                int(info.get("reserved_" + ("memory" if memory else "storage"), 0))
+            )
+        limit = "max_memory_store" if memory else "max_file_store"
         text = (
-            f"the broker cannot reserve max_bytes {format_size(cap)} of {storage} storage "
-            f"(declared {storage} total {format_size(_declared_storage_total(everything, storage))}, "
-            f"already reserved by existing streams {reserved}); raise jetstream "
-            f"max_{'memory' if storage == 'memory' else 'file'}_store or free disk, or lower the cap"
+            f"the broker cannot reserve max_bytes {cap} of {storage} storage (declared "
+            f"{storage} total {declared}, already reserved by existing streams {reserved}); "
+            f"raise jetstream {limit} or free disk, or lower the cap"
         )
         return ResourceError(resource.label, text, cause=error)
     if code == ERR_IMMUTABLE_FIELD:
@@ -126,11 +129,13 @@ async def execute(
             # Someone (another watchdog, the backend) created it between our
             # read and our write: look again instead of reporting an error.
             return await _reverify(broker, decision.resource, everything, now)
-        return Outcome(decision, Result.FAILED,
-                       error=await explain(broker, decision.resource, exc, everything))
+        return Outcome(
+            decision, Result.FAILED, error=await explain(broker, decision.resource, exc, everything)
+        )
     except BrokerError as exc:
-        return Outcome(decision, Result.FAILED,
-                       error=await explain(broker, decision.resource, exc, everything))
+        return Outcome(
+            decision, Result.FAILED, error=await explain(broker, decision.resource, exc, everything)
+        )
 
 
 async def _reverify(
@@ -139,12 +144,17 @@ async def _reverify(
     try:
         observed = await broker.stream_info(resource.stream)
     except BrokerError as exc:
-        return Outcome(decide(resource, None, now), Result.FAILED,
-                       error=await explain(broker, resource, exc, everything))
+        return Outcome(
+            decide(resource, None, now),
+            Result.FAILED,
+            error=await explain(broker, resource, exc, everything),
+        )
     again = decide(resource, observed, now)
     if again.action is Action.CREATE:  # gone again already: let the caller retry
-        exc = BrokerError("created and deleted by others while we looked")
-        return Outcome(again, Result.FAILED, error=ResourceError(resource.label, str(exc), cause=exc))
+        gone = BrokerError("created and deleted by others while we looked")
+        return Outcome(
+            again, Result.FAILED, error=ResourceError(resource.label, str(gone), cause=gone)
+        )
     return await execute(broker, again, everything, now)
 
 

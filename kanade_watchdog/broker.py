@@ -69,16 +69,17 @@ class Broker:
                 f"no answer on {subject} within {self.timeout:g}s", subject=subject
             ) from None
         except nats.errors.Error as exc:  # closed, reconnecting, draining...
-            raise BrokerUnavailable(f"{exc or type(exc).__name__} ({subject})",
-                                    subject=subject) from exc
+            raise BrokerUnavailable(
+                f"{exc or type(exc).__name__} ({subject})", subject=subject
+            ) from exc
         try:
             answer = json.loads(msg.data)
         except ValueError:
-            raise BrokerError(f"unreadable answer on {subject}: {msg.data[:80]!r}",
-                              subject=subject) from None
+            raise BrokerError(
+                f"unreadable answer on {subject}: {msg.data[:80]!r}", subject=subject
+            ) from None
         if not isinstance(answer, dict):
-            raise BrokerError(f"unexpected answer on {subject}: {msg.data[:80]!r}",
-                              subject=subject)
+            raise BrokerError(f"unexpected answer on {subject}: {msg.data[:80]!r}", subject=subject)
         error = answer.get("error")
         if isinstance(error, dict):
             raise ApiError(
@@ -123,13 +124,15 @@ class Broker:
 
     async def create(self, config: Mapping[str, Any]) -> Observed:
         name = config["name"]
-        return self._observed(await self._request("create",
-                                                  f"{self.prefix}.STREAM.CREATE.{name}", config))
+        return self._observed(
+            await self._request("create", f"{self.prefix}.STREAM.CREATE.{name}", config)
+        )
 
     async def update(self, config: Mapping[str, Any]) -> Observed:
         name = config["name"]
-        return self._observed(await self._request("update",
-                                                  f"{self.prefix}.STREAM.UPDATE.{name}", config))
+        return self._observed(
+            await self._request("update", f"{self.prefix}.STREAM.UPDATE.{name}", config)
+        )
 
     async def account_info(self) -> dict[str, Any]:
         answer: dict[str, Any] = await self._request("account", f"{self.prefix}.INFO", None)

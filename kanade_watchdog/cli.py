@@ -23,6 +23,7 @@ from .apply import Outcome, execute
 from .broker import Broker
 from .config import DEFAULT_PATH, ENV_PATH, Config, load
 from .connection import connect_once
+from .daemon import run_daemon
 from .errors import BrokerError, ConfigError
 from .logs import setup_logging
 from .plan import Action, Decision, plan
@@ -37,7 +38,9 @@ def utcnow() -> datetime:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", metavar="PATH", default=os.environ.get(ENV_PATH, DEFAULT_PATH),
+        "--config",
+        metavar="PATH",
+        default=os.environ.get(ENV_PATH, DEFAULT_PATH),
         help=f"config file (default ${ENV_PATH} or {DEFAULT_PATH})",
     )
     parser = argparse.ArgumentParser(
@@ -49,25 +52,32 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("validate", parents=[common], help="check the config file only (no broker)")
-    for name, text in (("plan", "show what apply would change (exit 2 if anything)"),
-                       ("apply", "converge once: create missing, update drifted")):
+    for name, text in (
+        ("plan", "show what apply would change (exit 2 if anything)"),
+        ("apply", "converge once: create missing, update drifted"),
+    ):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("-v", "--verbose", action="store_true", help="list in-sync resources too")
-    sub.add_parser("check", parents=[common],
-                   help="monitoring plugin: one status line, exit 0/1/2/3")
+    sub.add_parser(
+        "check", parents=[common], help="monitoring plugin: one status line, exit 0/1/2/3"
+    )
     run = sub.add_parser("run", parents=[common], help="the daemon: keep everything in place")
-    run.add_argument("--log-format", choices=("auto", "text", "json", "journal"), default="auto",
-                     help="auto = journal under systemd, else text")
-    run.add_argument("--log-level", default="info",
-                     choices=("debug", "info", "warning", "error"))
+    run.add_argument(
+        "--log-format",
+        choices=("auto", "text", "json", "journal"),
+        default="auto",
+        help="auto = journal under systemd, else text",
+    )
+    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
 
 async def _observe_and_plan(config: Config) -> tuple[Broker, list[Decision]]:
     broker_ref: list[Broker] = []
-    nc = await connect_once(config.nats, on_error=lambda text: broker_ref[0].note_error(text)
-                            if broker_ref else None)
+    nc = await connect_once(
+        config.nats, on_error=lambda text: broker_ref[0].note_error(text) if broker_ref else None
+    )
     broker = Broker(nc, timeout=config.nats.request_timeout, domain=config.nats.jetstream_domain)
     broker_ref.append(broker)
     try:
@@ -85,14 +95,19 @@ async def _plan(config: Config, args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     pending = any(d.action is not Action.IN_SYNC for d in decisions)
     if args.json:
-        print(json.dumps({
-            "format": render.JSON_FORMAT,
-            "in_sync": not pending,
-            "summary": render.plan_summary(decisions),
-            "resources": [render.decision_json(d) for d in decisions],
-            "requests": render.request_counts(broker.requests),
-            "seconds": round(elapsed, 4),
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "format": render.JSON_FORMAT,
+                    "in_sync": not pending,
+                    "summary": render.plan_summary(decisions),
+                    "resources": [render.decision_json(d) for d in decisions],
+                    "requests": render.request_counts(broker.requests),
+                    "seconds": round(elapsed, 4),
+                },
+                indent=2,
+            )
+        )
     else:
         for d in decisions:
             for line in render.decision_lines(d, verbose=args.verbose):
@@ -114,14 +129,19 @@ async def _apply(config: Config, args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     ok = all(o.ok for o in outcomes)
     if args.json:
-        print(json.dumps({
-            "format": render.JSON_FORMAT,
-            "in_sync": ok,
-            "summary": render.apply_summary(outcomes),
-            "resources": [render.outcome_json(o) for o in outcomes],
-            "requests": render.request_counts(broker.requests),
-            "seconds": round(elapsed, 4),
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "format": render.JSON_FORMAT,
+                    "in_sync": ok,
+                    "summary": render.apply_summary(outcomes),
+                    "resources": [render.outcome_json(o) for o in outcomes],
+                    "requests": render.request_counts(broker.requests),
+                    "seconds": round(elapsed, 4),
+                },
+                indent=2,
+            )
+        )
     else:
         for o in outcomes:
             if o.decision.action is not Action.IN_SYNC or args.verbose:
@@ -147,9 +167,11 @@ async def _check(config: Config) -> int:
     for d in decisions:
         by_action[d.action].append(d.resource.label)
     total = len(decisions)
-    perf = (f"resources={total} in_sync={len(by_action[Action.IN_SYNC])} "
-            f"missing={len(by_action[Action.CREATE])} drifted={len(by_action[Action.UPDATE])} "
-            f"blocked={len(by_action[Action.BLOCKED])} time={elapsed:.3f}s")
+    perf = (
+        f"resources={total} in_sync={len(by_action[Action.IN_SYNC])} "
+        f"missing={len(by_action[Action.CREATE])} drifted={len(by_action[Action.UPDATE])} "
+        f"blocked={len(by_action[Action.BLOCKED])} time={elapsed:.3f}s"
+    )
     if by_action[Action.CREATE]:
         status, code = "CRITICAL", exitcodes.CHECK_CRITICAL
         text = "missing: " + ", ".join(by_action[Action.CREATE])
@@ -196,8 +218,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from .daemon import run_daemon  # the daemon's imports stay out of one-shot commands
-
         setup_logging(args.log_format, args.log_level)
         return run_daemon(args.config)
     setup_logging("text", "warning")

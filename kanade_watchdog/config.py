@@ -124,7 +124,7 @@ def _size(limit: int = INT64_MAX) -> Parser:
             return -1
         if _is_int(value):
             if value < 0:
-                raise ValueError("must not be negative (write \"unlimited\" for no cap)")
+                raise ValueError('must not be negative (write "unlimited" for no cap)')
             n = int(value)
         elif isinstance(value, str):
             n = parse_size_bytes(value)
@@ -141,9 +141,9 @@ def _count(value: Any) -> int:
     if value == "unlimited":
         return -1
     if not _is_int(value):
-        raise ValueError("must be a whole number or \"unlimited\"")
+        raise ValueError('must be a whole number or "unlimited"')
     if value < 0:
-        raise ValueError("must not be negative (write \"unlimited\" for no limit)")
+        raise ValueError('must not be negative (write "unlimited" for no limit)')
     if value > INT64_MAX:
         raise ValueError("too large")
     return int(value)
@@ -274,7 +274,11 @@ FIELDS: dict[Kind, dict[str, Parser]] = {
         "description": _text(),
     },
 }
-REQUIRED: dict[Kind, tuple[str, ...]] = {Kind.STREAM: ("subjects",), Kind.KV: (), Kind.OBJECT_STORE: ()}
+REQUIRED: dict[Kind, tuple[str, ...]] = {
+    Kind.STREAM: ("subjects",),
+    Kind.KV: (),
+    Kind.OBJECT_STORE: (),
+}
 
 
 def _seconds(value: Any) -> float:
@@ -384,7 +388,9 @@ def _resource(problems: _Problems, kind: Kind, name: str, raw: Any) -> Resource 
             continue
         parser = parsers.get(key)
         if parser is None:
-            problems.add(f"{where}.{key}", f"unknown key (known: {', '.join([*parsers, 'protect'])})")
+            problems.add(
+                f"{where}.{key}", f"unknown key (known: {', '.join([*parsers, 'protect'])})"
+            )
             continue
         parsed = problems.parse(f"{where}.{key}", parser, value)
         if parsed is not None:
@@ -450,8 +456,10 @@ def parse(document: Mapping[str, Any], path: str) -> Config:
                 resources.append(res)
     _cross_checks(problems, resources)
     if not resources and not problems.lines:
-        problems.add("streams", "no resources declared (need [streams.*], [kv_buckets.*] or "
-                     "[object_stores.*])")
+        problems.add(
+            "streams",
+            "no resources declared (need [streams.*], [kv_buckets.*] or [object_stores.*])",
+        )
     if problems.lines:
         raise ConfigError(problems.lines)
     return Config(

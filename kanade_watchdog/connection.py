@@ -29,7 +29,9 @@ Callback = Callable[[], Awaitable[None]]
 class QuietErrors:
     """The client's error callback: one line per distinct error per interval."""
 
-    def __init__(self, *, interval: float = 60.0, sink: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, *, interval: float = 60.0, sink: Callable[[str], None] | None = None
+    ) -> None:
         self.interval = interval
         self.sink = sink
         self._last: dict[str, float] = {}
@@ -80,6 +82,7 @@ async def connect_once(
 async def connect_forever(
     settings: NatsSettings,
     *,
+    on_closed: Callback,
     on_disconnect: Callback,
     on_reconnect: Callback,
     on_error: Callable[[str], None] | None = None,
@@ -91,6 +94,7 @@ async def connect_forever(
         allow_reconnect=True,
         max_reconnect_attempts=-1,
         error_cb=QuietErrors(sink=on_error).callback,
+        closed_cb=on_closed,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
     )

@@ -185,8 +185,10 @@ def observed_value(config: Mapping[str, Any], field: str) -> Any:
         return tuple(value or ())
     if field == "placement":
         placement = value or {}
-        return (("cluster", placement.get("cluster", "") or ""),
-                ("tags", tuple(sorted(placement.get("tags") or ()))))
+        return (
+            ("cluster", placement.get("cluster", "") or ""),
+            ("tags", tuple(sorted(placement.get("tags") or ()))),
+        )
     if field == "metadata":
         return tuple(sorted((value or {}).items()))
     return value

@@ -9,6 +9,11 @@ from __future__ import annotations
 import logging
 import os
 
+try:  # systemd-python is a Linux-only dependency
+    from systemd import journal as _journal
+except ImportError:  # pragma: no cover - exercised only off Linux
+    _journal = None
+
 
 def stderr_is_journal() -> bool:
     value = os.environ.get("JOURNAL_STREAM", "")
@@ -25,9 +30,7 @@ def stderr_is_journal() -> bool:
 def journal_handler(*, force: bool = False) -> logging.Handler | None:
     if not force and not stderr_is_journal():
         return None
-    try:
-        from systemd import journal
-    except ImportError:
+    if _journal is None:
         return None
-    handler: logging.Handler = journal.JournalHandler(SYSLOG_IDENTIFIER="kanade-watchdog")
+    handler: logging.Handler = _journal.JournalHandler(SYSLOG_IDENTIFIER="kanade-watchdog")
     return handler

@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from .journal import journal_handler
+
 FIELDS_ATTR = "kanade"
 
 
@@ -44,27 +46,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+def _text_handler() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TextFormatter())
+    return handler
+
+
 def setup_logging(fmt: str, level: str) -> None:
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     handler: logging.Handler
     if fmt in ("auto", "journal"):
-        from .journal import journal_handler  # systemd-python only where it is used
-
-        maybe = journal_handler(force=fmt == "journal")
-        if maybe is not None:
-            handler = maybe
-        else:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(TextFormatter())
+        handler = journal_handler(force=fmt == "journal") or _text_handler()
     elif fmt == "json":
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
     else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(TextFormatter())
+        handler = _text_handler()
     root.addHandler(handler)
     root.setLevel(level.upper())
     # nats-py logs its own reconnect chatter at ERROR; our callbacks say it once.
     logging.getLogger("nats").setLevel(logging.CRITICAL)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)

@@ -80,8 +80,13 @@ def show(key: str, value: Any) -> str:
         return "[" + ", ".join(value) + "]"
     if isinstance(value, tuple) and key in ("placement", "metadata"):
         return "{" + ", ".join(f"{k}={v!r}" for k, v in value) + "}"
-    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(
-        value, bool) else str(value)
+    return (
+        repr(value)
+        if isinstance(value, str)
+        else str(value).lower()
+        if isinstance(value, bool)
+        else str(value)
+    )
 
 
 def _wrong_shape(resource: Resource, config: Mapping[str, Any]) -> str | None:
@@ -94,8 +99,10 @@ def _wrong_shape(resource: Resource, config: Mapping[str, Any]) -> str | None:
         current = desired.observed_value(config, field_name)
         if not desired.same(field_name, current, value):
             what = "a KV bucket" if resource.kind is Kind.KV else "an object store"
-            return (f"stream {resource.stream} exists but is not {what} "
-                    f"(subjects {show('subjects', current)}); rename or remove it by hand")
+            return (
+                f"stream {resource.stream} exists but is not {what} "
+                f"(subjects {show('subjects', current)}); rename or remove it by hand"
+            )
     return None
 
 
@@ -116,8 +123,11 @@ def _lowered(current: int, wanted: int) -> bool:
 
 
 def _at_stake(
-    resource: Resource, config: Mapping[str, Any], state: Mapping[str, Any],
-    changes: Iterable[Change], now: datetime,
+    resource: Resource,
+    config: Mapping[str, Any],
+    state: Mapping[str, Any],
+    changes: Iterable[Change],
+    now: datetime,
 ) -> tuple[str, ...]:
     """What stored data the update would discard, in an operator's words."""
     messages = int(state.get("messages", 0) or 0)
@@ -140,11 +150,15 @@ def _at_stake(
         elif wire == "max_age" and _lowered(cur, new):
             first = _parse_ts(state.get("first_ts"))
             if first is not None and (now - first).total_seconds() * 1e9 > new:
-                out.append(f"messages older than {format_duration_ns(new)} "
-                           f"(oldest from {first:%Y-%m-%d %H:%M:%S}Z) would expire at once")
+                out.append(
+                    f"messages older than {format_duration_ns(new)} "
+                    f"(oldest from {first:%Y-%m-%d %H:%M:%S}Z) would expire at once"
+                )
         elif wire == "max_msgs_per_subject" and _lowered(cur, new):
-            out.append(f"revisions beyond {new} per key/subject would be dropped "
-                       f"({messages} messages stored)")
+            out.append(
+                f"revisions beyond {new} per key/subject would be dropped "
+                f"({messages} messages stored)"
+            )
     return tuple(out)
 
 
@@ -175,20 +189,30 @@ def decide(resource: Resource, observed: Observed | None, now: datetime) -> Deci
     if not changes:
         return Decision(resource, Action.IN_SYNC)
     immutable = [
-        reason for c in changes
+        reason
+        for c in changes
         if (reason := _immutable(desired.wire_field(resource.kind, c.field), c.current, c.desired))
     ]
     if immutable:
-        return Decision(resource, Action.BLOCKED, changes=tuple(changes),
-                        reason="; ".join(immutable))
+        return Decision(
+            resource, Action.BLOCKED, changes=tuple(changes), reason="; ".join(immutable)
+        )
     at_stake = _at_stake(resource, config, observed.state, changes, now)
     if at_stake and resource.protect:
         return Decision(
-            resource, Action.BLOCKED, changes=tuple(changes), at_stake=at_stake,
+            resource,
+            Action.BLOCKED,
+            changes=tuple(changes),
+            at_stake=at_stake,
             reason="protect = true refuses an update that discards data: " + "; ".join(at_stake),
         )
-    return Decision(resource, Action.UPDATE, changes=tuple(changes),
-                    send=desired.overlay(resource, config), at_stake=at_stake)
+    return Decision(
+        resource,
+        Action.UPDATE,
+        changes=tuple(changes),
+        send=desired.overlay(resource, config),
+        at_stake=at_stake,
+    )
 
 
 def plan(

@@ -22,10 +22,13 @@ def _change_json(change: Change) -> dict[str, Any]:
             return [plain(v) for v in value]
         return value
 
-    return {"field": change.field, "current": plain(change.current),
-            "desired": plain(change.desired),
-            "current_text": show(change.field, change.current),
-            "desired_text": show(change.field, change.desired)}
+    return {
+        "field": change.field,
+        "current": plain(change.current),
+        "desired": plain(change.desired),
+        "current_text": show(change.field, change.current),
+        "desired_text": show(change.field, change.desired),
+    }
 
 
 def decision_json(d: Decision) -> dict[str, Any]:
@@ -66,7 +69,9 @@ def decision_lines(d: Decision, *, verbose: bool = False) -> list[str]:
 
 def plan_summary(decisions: Sequence[Decision]) -> str:
     counts = Counter(d.action for d in decisions)
-    parts = [f"{counts[a]} {a}" for a in (Action.CREATE, Action.UPDATE, Action.BLOCKED) if counts[a]]
+    parts = [
+        f"{counts[a]} {a}" for a in (Action.CREATE, Action.UPDATE, Action.BLOCKED) if counts[a]
+    ]
     total = len(decisions)
     if not parts:
         return f"{total}/{total} in sync"

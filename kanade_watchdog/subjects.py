@@ -57,6 +57,6 @@ def subjects_overlap(a: str, b: str) -> bool:
     for x, y in zip(ta, tb, strict=False):
         if x == ">" or y == ">":
             return True
-        if x != y and x != "*" and y != "*":
+        if x not in (y, "*") and y != "*":
             return False
     return len(ta) == len(tb)

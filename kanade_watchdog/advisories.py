@@ -1,0 +1,43 @@
+"""JetStream stream advisories -> marks on the work queue.
+
+`$JS.EVENT.ADVISORY.STREAM.{CREATED,DELETED,UPDATED}.<stream>` is published
+by the broker on every stream change. Only well-formed advisories about a
+declared stream mark work; anything else (another client's garbage, unknown
+names, oversized payloads) is dropped with a debug line. Pure parsing here;
+`daemon` subscribes and calls `stream_of`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+log = logging.getLogger("kanade_watchdog.advisories")
+
+SUBJECT = "$JS.EVENT.ADVISORY.STREAM.*.*"
+_PREFIX = "$JS.EVENT.ADVISORY.STREAM."
+_ACTIONS = {"CREATED": "create", "DELETED": "delete", "UPDATED": "modify"}
+_TYPE = "io.nats.jetstream.advisory.v1.stream_action"
+MAX_PAYLOAD = 64 * 1024  # real advisories are ~300 bytes
+
+
+def stream_of(subject: str, payload: bytes) -> str | None:
+    """The stream a genuine stream advisory is about, or None to ignore it."""
+    if not subject.startswith(_PREFIX):
+        return None
+    verb, _, stream = subject[len(_PREFIX) :].partition(".")
+    if verb not in _ACTIONS or not stream:
+        log.debug("ignoring advisory on %s: unknown action", subject)
+        return None
+    if len(payload) > MAX_PAYLOAD:
+        log.debug("ignoring advisory on %s: %d-byte payload", subject, len(payload))
+        return None
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        log.debug("ignoring advisory on %s: not JSON", subject)
+        return None
+    if not isinstance(doc, dict) or doc.get("type") != _TYPE or doc.get("stream") != stream:
+        log.debug("ignoring advisory on %s: not a stream action for %s", subject, stream)
+        return None
+    return stream

@@ -1,0 +1,302 @@
+"""`kanade-watchdog run`: the supervisor that wires triggers, the worker and systemd.
+
+One asyncio loop, named tasks: `connection` (connect, reconnect forever,
+rebuild a closed client), `worker` (the only reconciler), `watchdog` (pings
+systemd while the worker makes progress), plus the resync timer and the
+advisory subscription, which only mark work. Signal handlers set flags:
+SIGTERM/SIGINT stop within `stop_timeout`; SIGHUP reloads the config
+(validated first; an invalid file keeps the old one running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from . import advisories, exitcodes
+from .broker import Broker
+from .config import Config, load
+from .connection import connect_forever
+from .errors import ConfigError
+from .events import Event, Trigger
+from .logs import fields
+from .notify import Notifier, watchdog_period
+from .resync import ResyncTimer
+from .status import StatusBoard
+from .worker import Worker
+
+log = logging.getLogger("kanade_watchdog")
+
+TEST_HOOKS_ENV = "KANADE_WATCHDOG_TEST_HOOKS"  # enables SIGUSR2 = wedge the worker
+EXTEND_EVERY = 10.0  # while starting: ask systemd for more time, this often
+
+
+class Daemon:
+    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.board = StatusBoard(config.resources)
+        self.worker = Worker(config, board=self.board)
+        self.stop_requested = asyncio.Event()
+        self.nc: Client | None = None
+        self.broker: Broker | None = None
+        self._stopping = False
+        self._reload_pending = False
+        self._reload_ready_due = False
+        self._timer: ResyncTimer | None = None
+        self.board.on_change = self._on_status
+
+    # --- systemd status ----------------------------------------------------------------
+
+    def _on_status(self) -> None:
+        line = self.board.line()
+        if not self.notifier.ready_sent:
+            if self.board.all_present() and self.board.last_pass is not None:
+                self.notifier.ready(line)
+                log.info(
+                    "ready: %s", line, extra=fields(action=Event.READY, message_id=Event.READY)
+                )
+                return
+            if not self.board.broker_text:
+                missing = self.board.missing()
+                line = f"waiting for {len(missing)} resource(s): {', '.join(missing[:3])}"
+        elif self._reload_ready_due and self.board.last_pass is not None:
+            self._reload_ready_due = False
+            self.notifier.ready(line)
+            return
+        self.notifier.status(line)
+
+    # --- connection ----------------------------------------------------------------------
+
+    async def _on_disconnect(self) -> None:
+        if self._stopping:
+            return
+        self.worker.detach()
+        servers = ", ".join(self.config.nats.servers)
+        self.board.broker_down(f"waiting for broker {servers}")
+        log.warning(
+            "broker lost (%s); reconnecting",
+            servers,
+            extra=fields(action=Event.BROKER_LOST, message_id=Event.BROKER_LOST),
+        )
+
+    async def _on_reconnect(self) -> None:
+        assert self.broker is not None
+        url = self.nc.connected_url.netloc if self.nc and self.nc.connected_url else "?"
+        log.info(
+            "broker back (%s); full resync",
+            url,
+            extra=fields(action=Event.BROKER_BACK, message_id=Event.BROKER_BACK),
+        )
+        self.board.broker_up()
+        self.worker.attach(self.broker)
+        self.worker.queue.mark_all(Trigger.RECONNECT)
+
+    async def _on_advisory(self, msg: Msg) -> None:
+        stream = advisories.stream_of(msg.subject, msg.data)
+        if stream is not None and stream in self.worker.config.by_stream():
+            self.worker.queue.mark(stream, Trigger.ADVISORY)
+
+    async def connection_task(self) -> None:
+        """Keep exactly one live client, forever: connect (blocking until a
+        server answers), then rebuild it if nats-py ever closes it for good."""
+        servers = ", ".join(self.config.nats.servers)
+        first = True
+        while True:
+            self.board.broker_down(f"waiting for broker {servers}")
+            log.info(
+                "connecting to %s",
+                servers,
+                extra=fields(action=Event.WAITING, message_id=Event.WAITING),
+            )
+            closed = asyncio.Event()
+
+            async def on_closed(closed: asyncio.Event = closed) -> None:
+                closed.set()
+
+            nc = await connect_forever(
+                self.config.nats,
+                on_closed=on_closed,
+                on_disconnect=self._on_disconnect,
+                on_reconnect=self._on_reconnect,
+                on_error=lambda text: self.broker.note_error(text) if self.broker else None,
+            )
+            self.nc = nc
+            self.broker = Broker(
+                nc,
+                timeout=self.config.nats.request_timeout,
+                domain=self.config.nats.jetstream_domain,
+            )
+            if self.config.watchdog.advisories:
+                await nc.subscribe(advisories.SUBJECT, cb=self._on_advisory)
+            url = nc.connected_url.netloc if nc.connected_url else servers
+            log.info(
+                "connected to %s",
+                url,
+                extra=fields(action=Event.BROKER_BACK, message_id=Event.BROKER_BACK),
+            )
+            self.board.broker_up()
+            self.worker.attach(self.broker)
+            self.worker.queue.mark_all(Trigger.STARTUP if first else Trigger.RECONNECT)
+            first = False
+            await closed.wait()
+            self.worker.detach()
+            await asyncio.sleep(1.0)  # never a tight loop, whatever closed it
+            log.warning(
+                "connection closed for good; building a new one",
+                extra=fields(action=Event.BROKER_LOST, message_id=Event.BROKER_LOST),
+            )
+
+    # --- systemd watchdog -----------------------------------------------------------------
+
+    async def watchdog_task(self, period: float) -> None:
+        """Ping while the loop runs (this task runs at all) AND the worker is
+        not stuck in one pass past its deadline. A broker that is down is not
+        a wedge: the worker then waits idle, and requests have timeouts."""
+        limit = self.config.watchdog.pass_deadline + self.config.nats.request_timeout
+        while True:
+            busy = self.worker.busy_since
+            if busy is None or time.monotonic() - busy < limit:
+                self.notifier.watchdog()
+            else:
+                log.error(
+                    "worker stuck in one pass for %.0fs; withholding watchdog pings",
+                    time.monotonic() - busy,
+                )
+            await asyncio.sleep(period)
+
+    async def extend_start_task(self) -> None:
+        """Until READY, keep systemd's start timeout from killing a start that
+        is waiting for the broker (it stays 'activating' with a STATUS line)."""
+        while not self.notifier.ready_sent:
+            self.notifier.extend_timeout(EXTEND_EVERY * 3)
+            await asyncio.sleep(EXTEND_EVERY)
+
+    # --- signals --------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            config = load(self.config.path)
+        except ConfigError as exc:
+            log.exception(
+                "reload refused, still running the previous config: %s",
+                " | ".join(exc.problems),
+                extra=fields(
+                    action=Event.RELOAD_FAILED,
+                    message_id=Event.RELOAD_FAILED,
+                    trigger=Trigger.RELOAD,
+                ),
+            )
+            self.notifier.ready(self.board.line())
+            return
+        self.config = config
+        if self._timer is not None:
+            self._timer.reschedule(
+                interval=config.watchdog.resync_interval, jitter=config.watchdog.resync_jitter
+            )
+        self._reload_ready_due = self.notifier.ready_sent
+        self.worker.reload(config)
+        log.info(
+            "reloaded %s: %d resources",
+            config.path,
+            len(config.resources),
+            extra=fields(action=Event.RELOADED, message_id=Event.RELOADED, trigger=Trigger.RELOAD),
+        )
+        if not self.worker.connected.is_set() and self._reload_ready_due:
+            self._reload_ready_due = False
+            self.notifier.ready(self.board.line())
+
+    def wedge(self) -> None:
+        log.warning("test hook: wedging the worker")
+        self.worker.wedge = asyncio.Event()
+
+    # --- the whole life -------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop_requested.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop_requested.set)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        if os.environ.get(TEST_HOOKS_ENV) == "1":
+            loop.add_signal_handler(signal.SIGUSR2, self.wedge)
+        log.info(
+            "starting: %d resources from %s",
+            len(self.config.resources),
+            self.config.path,
+            extra=fields(action=Event.STARTED, message_id=Event.STARTED),
+        )
+        tasks = [
+            asyncio.create_task(self.connection_task(), name="connection"),
+            asyncio.create_task(self.worker.run(), name="worker"),
+            asyncio.create_task(self.extend_start_task(), name="extend-start"),
+        ]
+        period = watchdog_period()
+        if period is not None:
+            tasks.append(asyncio.create_task(self.watchdog_task(period), name="watchdog"))
+        w = self.config.watchdog
+        self._timer = ResyncTimer(
+            lambda: self.worker.queue.mark_all(Trigger.RESYNC),
+            interval=w.resync_interval,
+            jitter=w.resync_jitter,
+        )
+        self._timer.start()
+        stop = asyncio.create_task(self.stop_requested.wait(), name="stop")
+        done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        code = exitcodes.OK
+        for task in done:
+            if task is not stop:  # a task that should live forever ended: a bug
+                code = exitcodes.INTERNAL
+                exc = task.exception() if not task.cancelled() else None
+                log.error("task %s ended unexpectedly: %r", task.get_name(), exc)
+        await self.shutdown(tasks)
+        return code
+
+    async def shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        self._stopping = True
+        self.notifier.stopping()
+        log.info("stopping", extra=fields(action=Event.STOPPING, message_id=Event.STOPPING))
+        if self._timer is not None:
+            self._timer.stop()
+        deadline = time.monotonic() + self.config.watchdog.stop_timeout
+        # Let a pass in flight finish (its writes are single requests), bounded.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                self.worker.idle.wait(), max(0.0, deadline - time.monotonic() - 1)
+            )
+        for task in tasks:
+            task.cancel()
+        _, stuck = await asyncio.wait(tasks, timeout=max(0.1, deadline - time.monotonic() - 1))
+        if stuck:
+            names = ", ".join(t.get_name() for t in stuck)
+            log.error("tasks still running at the stop deadline: %s; exiting anyway", names)
+            logging.shutdown()
+            os._exit(exitcodes.OK)
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.close(), timeout=2)
+
+
+def run_daemon(path: str) -> int:
+    """Entry point of `kanade-watchdog run`; returns the exit code."""
+    try:
+        config = load(path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            log.exception("config error: %s", line)
+        return exitcodes.CONFIG
+    try:
+        return asyncio.run(Daemon(config).run())
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return exitcodes.OK
+    except Exception as exc:
+        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return exitcodes.INTERNAL

@@ -1,0 +1,344 @@
+"""The one reconcile worker, and the work queue every trigger feeds.
+
+Triggers (startup, the resync timer, reconnects, advisories, reloads,
+retries) only MARK work: "everything" or "these streams". The single worker
+drains the marks into passes, so a burst of events becomes a handful of
+passes and passes never overlap. A full pass reads the broker with the paged
+stream list; a partial pass reads just the marked streams. Writes happen
+only for decisions that need them, so an in-sync broker sees none, and the
+UPDATED advisory our own update causes ends in a read.
+`daemon` owns the connection and hands the worker a `Broker`; the worker
+reports to `status.StatusBoard` after each pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .apply import Outcome, Result, execute, kind_word
+from .backoff import Backoff
+from .broker import Broker
+from .config import Config, Resource
+from .errors import BrokerError
+from .events import Event, Trigger
+from .logs import fields
+from .plan import Action, Decision, Observed, decide
+from .status import StatusBoard
+
+log = logging.getLogger("kanade_watchdog.worker")
+
+EVERYTHING = "*"  # the backoff key of a failed full read
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass
+class Batch:
+    full: Trigger | None = None
+    streams: dict[str, Trigger] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.full is not None or bool(self.streams)
+
+
+class WorkQueue:
+    """Marks from any trigger; `take()` hands the worker everything marked so far."""
+
+    def __init__(self) -> None:
+        self._pending = Batch()
+        self._wake = asyncio.Event()
+        self.marks = 0  # how many marks were made (coalescing is marks vs passes)
+
+    def mark_all(self, trigger: Trigger) -> None:
+        self.marks += 1
+        if self._pending.full is None:
+            self._pending.full = trigger
+        self._wake.set()
+
+    def mark(self, stream: str, trigger: Trigger) -> None:
+        self.marks += 1
+        self._pending.streams.setdefault(stream, trigger)
+        self._wake.set()
+
+    async def wait(self, at_most: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), at_most)
+
+    def take(self) -> Batch:
+        batch, self._pending = self._pending, Batch()
+        self._wake.clear()
+        return batch
+
+
+class Worker:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        board: StatusBoard,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        self.board = board
+        self.queue = WorkQueue()
+        self.clock = clock
+        self.now = now
+        self.backoff = self._new_backoff()
+        self.broker: Broker | None = None
+        self.connected = asyncio.Event()
+        self.passes = 0
+        self.busy_since: float | None = None  # set while a pass runs (watchdog)
+        self.idle = asyncio.Event()  # clear while a pass runs (graceful stop)
+        self.idle.set()
+        self.wedge: asyncio.Event | None = None  # test hook: hold the next pass
+        self._failures: dict[str, str] = {}  # stream -> last failure text, to log once
+
+    def _new_backoff(self) -> Backoff:
+        w = self.config.watchdog
+        return Backoff(
+            initial=w.backoff_initial,
+            maximum=w.backoff_max,
+            permanent=w.permanent_retry,
+            clock=self.clock,
+        )
+
+    # --- connection and config, from the daemon ---------------------------------
+
+    def attach(self, broker: Broker) -> None:
+        self.broker = broker
+        self.connected.set()
+
+    def detach(self) -> None:
+        self.connected.clear()
+
+    def reload(self, config: Config) -> None:
+        """Swap the declaration; everything is looked at again, from scratch."""
+        self.config = config
+        self.backoff = self._new_backoff()
+        self._failures.clear()
+        self.board.declare(config.resources)
+        self.queue.mark_all(Trigger.RELOAD)
+
+    # --- the loop ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Drain marks into passes until cancelled."""
+        while True:
+            await self.queue.wait(self.backoff.next_due())
+            for key in self.backoff.pop_due():
+                if key == EVERYTHING:
+                    self.queue.mark_all(Trigger.RETRY)
+                else:
+                    self.queue.mark(key, Trigger.RETRY)
+            batch = self.queue.take()
+            if not batch:
+                continue
+            if not self.connected.is_set():
+                # Nothing to do until the reconnect callback marks everything.
+                await self.connected.wait()
+                continue
+            await self.run_pass(batch)
+
+    async def run_pass(self, batch: Batch) -> None:
+        self.busy_since = self.clock()
+        self.idle.clear()
+        try:
+            if self.wedge is not None:
+                await _wedged(self.wedge)
+            await asyncio.wait_for(self._reconcile(batch), self.config.watchdog.pass_deadline)
+        except TimeoutError:
+            log.warning(
+                "reconcile pass exceeded its %gs deadline; retrying",
+                self.config.watchdog.pass_deadline,
+            )
+            self.backoff.failed(EVERYTHING, transient=True)
+        finally:
+            self.busy_since = None
+            self.idle.set()
+            self.passes += 1
+            self.board.pass_done(self.clock())
+
+    async def _reconcile(self, batch: Batch) -> None:
+        assert self.broker is not None
+        broker, config = self.broker, self.config
+        by_stream = config.by_stream()
+        decisions: list[tuple[Decision, Trigger]] = []
+        now = self.now()
+        if batch.full is not None:
+            try:
+                observed = await broker.list_streams()
+            except BrokerError as exc:
+                self._read_failed(exc)
+                return
+            self.backoff.succeeded(EVERYTHING)
+            for res in config.resources:
+                trigger = batch.streams.get(res.stream)
+                if trigger is None and not self.backoff.due(res.stream):
+                    continue  # still backing off; an event would bring it in early
+                decisions.append(
+                    (decide(res, observed.get(res.stream), now), trigger or batch.full)
+                )
+        else:
+            targets = [(by_stream[s], t) for s, t in batch.streams.items() if s in by_stream]
+            infos = await asyncio.gather(*(self._info(broker, r) for r, _ in targets))
+            for (res, trigger), info in zip(targets, infos, strict=True):
+                if isinstance(info, BrokerError):
+                    self._record_failure(res, info, trigger)
+                else:
+                    decisions.append((decide(res, info, now), trigger))
+        outcomes = await asyncio.gather(
+            *(execute(broker, d, config.resources, now) for d, _ in decisions)
+        )
+        for (_, trigger), outcome in zip(decisions, outcomes, strict=True):
+            self._record(outcome, trigger)
+        in_sync = sum(o.result is Result.IN_SYNC for o in outcomes)
+        log.debug(
+            "pass (%s): %d looked at, %d in sync", batch.full or "events", len(outcomes), in_sync
+        )
+
+    @staticmethod
+    async def _info(broker: Broker, res: Resource) -> Observed | BrokerError | None:
+        try:
+            return await broker.stream_info(res.stream)
+        except BrokerError as exc:
+            return exc
+
+    def _read_failed(self, exc: BrokerError) -> None:
+        delay = self.backoff.failed(EVERYTHING, transient=exc.transient)
+        text = str(exc)
+        if self._failures.get(EVERYTHING) != text:
+            self._failures[EVERYTHING] = text
+            log.warning(
+                "cannot read the broker's streams: %s (retry in %.1fs)",
+                text,
+                delay,
+                extra=fields(action=Event.FAILED),
+            )
+
+    # --- recording outcomes: one line per action, failures once per change -----------
+
+    def _record(self, outcome: Outcome, trigger: Trigger) -> None:
+        d = outcome.decision
+        res = d.resource
+        present = d.action is not Action.CREATE and not (
+            d.action is Action.BLOCKED and not d.changes
+        )
+        common = {
+            "resource": res.name,
+            "stream": res.stream,
+            "kind": str(res.kind),
+            "trigger": str(trigger),
+        }
+        if outcome.result is Result.FAILED:
+            assert outcome.error is not None
+            self._record_failure(res, outcome.error, trigger, present=present)
+            return
+        self.backoff.succeeded(res.stream)
+        was_failing = self._failures.pop(res.stream, None)
+        if outcome.result is Result.CREATED:
+            log.info(
+                "created %s %s (trigger %s)",
+                kind_word(res.kind),
+                res.name,
+                trigger,
+                extra=fields(action=Event.CREATED, message_id=Event.CREATED, **common),
+            )
+            self.board.healed(res, self.clock())
+        elif outcome.result is Result.UPDATED:
+            diff = "; ".join(str(c) for c in d.changes)
+            log.info(
+                "updated %s %s: %s (trigger %s)",
+                kind_word(res.kind),
+                res.name,
+                diff,
+                trigger,
+                extra=fields(action=Event.UPDATED, message_id=Event.UPDATED, diff=diff, **common),
+            )
+            for stake in d.at_stake:
+                log.warning(
+                    "%s %s: data discarded by the update: %s",
+                    kind_word(res.kind),
+                    res.name,
+                    stake,
+                    extra=fields(action=Event.UPDATED, **common),
+                )
+            self.board.healed(res, self.clock())
+        elif outcome.result is Result.BLOCKED:
+            if was_failing != d.reason:
+                log.warning(
+                    "blocked %s %s: %s%s (trigger %s)",
+                    kind_word(res.kind),
+                    res.name,
+                    d.reason,
+                    "".join(f"; {c}" for c in d.changes),
+                    trigger,
+                    extra=fields(
+                        action=Event.BLOCKED,
+                        message_id=Event.BLOCKED,
+                        diff="; ".join(str(c) for c in d.changes),
+                        **common,
+                    ),
+                )
+            self._failures[res.stream] = d.reason
+        elif was_failing is not None:
+            log.info(
+                "%s %s is in sync again",
+                kind_word(res.kind),
+                res.name,
+                extra=fields(action=Event.RECOVERED, message_id=Event.RECOVERED, **common),
+            )
+        self.board.set(
+            res,
+            outcome.result,
+            present=present,
+            reason=d.reason if outcome.result is Result.BLOCKED else "",
+        )
+
+    def _record_failure(
+        self, res: Resource, error: Exception, trigger: Trigger, *, present: bool | None = None
+    ) -> None:
+        transient = bool(getattr(error, "transient", True))
+        delay = self.backoff.failed(res.stream, transient=transient)
+        text = str(error)
+        if self._failures.get(res.stream) != text:
+            self._failures[res.stream] = text
+            log.warning(
+                "failed %s %s: %s (%s; retry in %.1fs; trigger %s)",
+                kind_word(res.kind),
+                res.name,
+                text,
+                "transient" if transient else "permanent",
+                delay,
+                trigger,
+                extra=fields(
+                    action=Event.FAILED,
+                    message_id=Event.FAILED,
+                    resource=res.name,
+                    stream=res.stream,
+                    kind=str(res.kind),
+                    trigger=str(trigger),
+                    error=text,
+                ),
+            )
+        else:
+            log.debug("%s still failing: %s (retry in %.1fs)", res.label, text, delay)
+        self.board.set(res, Result.FAILED, present=present, reason=text)
+
+
+async def _wedged(release: asyncio.Event) -> None:
+    """Test hook: a pass stuck in a call that ignores cancellation, the way a
+    hung broker call would look. Only `release` ends it."""
+    while not release.is_set():
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            continue
