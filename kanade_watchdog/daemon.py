@@ -56,6 +56,10 @@ class Daemon:
 
     # --- systemd status ----------------------------------------------------------------
 
+    # After SIGHUP, READY=1 waits for the first pass on the new config: passes
+    # finished (or in flight) when the signal came do not count.
+    _reload_after_pass = 0
+
     def _on_status(self) -> None:
         line = self.board.line()
         if not self.notifier.ready_sent:
@@ -67,8 +71,12 @@ class Daemon:
                 return
             if not self.board.broker_text:
                 missing = self.board.missing()
-                line = f"waiting for {len(missing)} resource(s): {', '.join(missing[:3])}"
-        elif self._reload_ready_due and self.board.last_pass is not None:
+                shown = ", ".join(missing[:3]) + (
+                    f" +{len(missing) - 3} more" if len(missing) > 3 else ""
+                )
+                after = f" ({line})" if self.board.last_pass is not None else ""
+                line = f"waiting for {len(missing)} resource(s): {shown}{after}"
+        elif self._reload_ready_due and self.worker.passes > self._reload_after_pass:
             self._reload_ready_due = False
             self.notifier.ready(line)
             return
@@ -101,9 +109,9 @@ class Daemon:
         self.worker.queue.mark_all(Trigger.RECONNECT)
 
     async def _on_advisory(self, msg: Msg) -> None:
-        stream = advisories.stream_of(msg.subject, msg.data)
-        if stream is not None and stream in self.worker.config.by_stream():
-            self.worker.queue.mark(stream, Trigger.ADVISORY)
+        advisory = advisories.parse(msg.subject, msg.data)
+        if advisory is not None and advisory.stream in self.worker.managed:
+            self.worker.queue.mark(advisory.stream, Trigger.ADVISORY, deleted=advisory.deleted)
 
     async def connection_task(self) -> None:
         """Keep exactly one live client, forever: connect (blocking until a
@@ -161,15 +169,20 @@ class Daemon:
         """Ping while the loop runs (this task runs at all) AND the worker is
         not stuck in one pass past its deadline. A broker that is down is not
         a wedge: the worker then waits idle, and requests have timeouts."""
-        limit = self.config.watchdog.pass_deadline + self.config.nats.request_timeout
+        withheld = False
         while True:
+            limit = self.config.watchdog.pass_deadline + self.config.nats.request_timeout
             busy = self.worker.busy_since
             if busy is None or time.monotonic() - busy < limit:
                 self.notifier.watchdog()
-            else:
+                withheld = False
+            elif not withheld:
+                withheld = True
                 log.error(
-                    "worker stuck in one pass for %.0fs; withholding watchdog pings",
+                    "worker stuck in one pass for %.0fs (limit %.0fs); withholding watchdog "
+                    "pings so systemd restarts the daemon",
                     time.monotonic() - busy,
+                    limit,
                 )
             await asyncio.sleep(period)
 
@@ -183,7 +196,11 @@ class Daemon:
     # --- signals --------------------------------------------------------------------------
 
     def request_reload(self) -> None:
-        self.notifier.reloading()
+        # Before the first READY=1 a reload only swaps the config: READY must
+        # keep meaning "every declared resource exists".
+        running = self.notifier.ready_sent
+        if running:
+            self.notifier.reloading()
         try:
             config = load(self.config.path)
         except ConfigError as exc:
@@ -196,14 +213,18 @@ class Daemon:
                     trigger=Trigger.RELOAD,
                 ),
             )
-            self.notifier.ready(self.board.line())
+            if running:
+                self.notifier.ready(self.board.line())
             return
         self.config = config
         if self._timer is not None:
             self._timer.reschedule(
                 interval=config.watchdog.resync_interval, jitter=config.watchdog.resync_jitter
             )
-        self._reload_ready_due = self.notifier.ready_sent
+        self._reload_after_pass = self.worker.passes + (
+            1 if self.worker.busy_since is not None else 0
+        )
+        self._reload_ready_due = running
         self.worker.reload(config)
         log.info(
             "reloaded %s: %d resources",

@@ -1,8 +1,10 @@
 """Log output: readable lines on a terminal, JSON for shippers, journal under systemd.
 
 Events carry structured fields through `extra=fields(...)`; each handler
-renders them its own way (appended `key=value`, JSON keys, or journal fields
-KANADE_*). Every module logs through the standard `logging` package.
+renders them its own way: the text line is the message alone (it already
+names the resource and the trigger), JSON gets them as keys, the journal as
+KANADE_* fields with the event's MESSAGE_ID (`journal`). Every module logs
+through the standard `logging` package.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from .journal import journal_handler
+from .journal import journal_handler, message_id
 
 FIELDS_ATTR = "kanade"
 
@@ -42,7 +44,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        doc.update(record_fields(record))
+        values = record_fields(record)
+        if "message_id" in values:  # the same fixed ID the journal gets
+            values["message_id"] = message_id(values["message_id"]) or str(values["message_id"])
+        doc.update(values)
         return json.dumps(doc, default=str)
 
 
@@ -58,7 +63,9 @@ def setup_logging(fmt: str, level: str) -> None:
         root.removeHandler(old)
     handler: logging.Handler
     if fmt in ("auto", "journal"):
-        handler = journal_handler(force=fmt == "journal") or _text_handler()
+        handler = (
+            journal_handler(fields_of=record_fields, force=fmt == "journal") or _text_handler()
+        )
     elif fmt == "json":
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())

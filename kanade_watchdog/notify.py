@@ -1,8 +1,9 @@
 """systemd notifications through systemd-python: READY, STATUS, WATCHDOG,
 RELOADING, STOPPING, EXTEND_TIMEOUT_USEC. A no-op outside systemd.
 
-`daemon` decides when; this module only knows the protocol. The watchdog
-period comes from WATCHDOG_USEC (for our PID), pinged at half of it.
+`daemon` decides when; this module only knows the protocol (sd_notify(3)).
+The watchdog period comes from WATCHDOG_USEC (for our PID), pinged at half
+of it. The sender is injectable; tests also bind a real NOTIFY_SOCKET.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ class Notifier:
         self._send(f"READY=1\nSTATUS={status}")
 
     def reloading(self) -> None:
+        # MONOTONIC_USEC lets systemd (253+) tell this reload from a later one.
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+        self._last_status = "reloading"
+        self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading")
 
     def stopping(self) -> None:
         self._send("STOPPING=1\nSTATUS=stopping")

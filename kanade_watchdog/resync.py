@@ -13,6 +13,13 @@ from collections.abc import Callable
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 
+def _jitter(interval: float, jitter: float) -> float | None:
+    # Jitter spreads several watchdogs' resyncs apart; more than half the
+    # interval would make the interval meaningless.
+    bounded = min(jitter, interval / 2)
+    return bounded if bounded > 0 else None
+
+
 class ResyncTimer:
     def __init__(self, mark: Callable[[], None], *, interval: float, jitter: float) -> None:
         self._scheduler = AsyncIOScheduler()
@@ -20,7 +27,7 @@ class ResyncTimer:
             mark,
             "interval",
             seconds=interval,
-            jitter=jitter or None,
+            jitter=_jitter(interval, jitter),
             coalesce=True,
             max_instances=1,
             id="resync",
@@ -32,7 +39,7 @@ class ResyncTimer:
 
     def reschedule(self, *, interval: float, jitter: float) -> None:
         self._scheduler.reschedule_job(
-            "resync", trigger="interval", seconds=interval, jitter=jitter or None
+            "resync", trigger="interval", seconds=interval, jitter=_jitter(interval, jitter)
         )
 
     def stop(self) -> None:

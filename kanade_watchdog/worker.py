@@ -44,6 +44,10 @@ def utcnow() -> datetime:
 class Batch:
     full: Trigger | None = None
     streams: dict[str, Trigger] = field(default_factory=dict)
+    # Streams whose latest news is a DELETED advisory: re-create without
+    # reading first (one round trip instead of two). A create that finds the
+    # stream back already gets 10058 and falls back to read-and-compare.
+    gone: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return self.full is not None or bool(self.streams)
@@ -63,9 +67,13 @@ class WorkQueue:
             self._pending.full = trigger
         self._wake.set()
 
-    def mark(self, stream: str, trigger: Trigger) -> None:
+    def mark(self, stream: str, trigger: Trigger, *, deleted: bool = False) -> None:
         self.marks += 1
         self._pending.streams.setdefault(stream, trigger)
+        if deleted:
+            self._pending.gone.add(stream)
+        else:
+            self._pending.gone.discard(stream)
         self._wake.set()
 
     async def wait(self, at_most: float | None) -> None:
@@ -88,6 +96,7 @@ class Worker:
         now: Callable[[], datetime] = utcnow,
     ) -> None:
         self.config = config
+        self.managed = frozenset(config.by_stream())
         self.board = board
         self.queue = WorkQueue()
         self.clock = clock
@@ -123,6 +132,7 @@ class Worker:
     def reload(self, config: Config) -> None:
         """Swap the declaration; everything is looked at again, from scratch."""
         self.config = config
+        self.managed = frozenset(config.by_stream())
         self.backoff = self._new_backoff()
         self._failures.clear()
         self.board.declare(config.resources)
@@ -189,7 +199,9 @@ class Worker:
                 )
         else:
             targets = [(by_stream[s], t) for s, t in batch.streams.items() if s in by_stream]
-            infos = await asyncio.gather(*(self._info(broker, r) for r, _ in targets))
+            infos = await asyncio.gather(
+                *(self._info(broker, r, r.stream in batch.gone) for r, _ in targets)
+            )
             for (res, trigger), info in zip(targets, infos, strict=True):
                 if isinstance(info, BrokerError):
                     self._record_failure(res, info, trigger)
@@ -206,7 +218,9 @@ class Worker:
         )
 
     @staticmethod
-    async def _info(broker: Broker, res: Resource) -> Observed | BrokerError | None:
+    async def _info(broker: Broker, res: Resource, gone: bool) -> Observed | BrokerError | None:
+        if gone:
+            return None
         try:
             return await broker.stream_info(res.stream)
         except BrokerError as exc:
