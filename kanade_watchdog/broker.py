@@ -70,7 +70,7 @@ class Broker:
             ) from None
         except nats.errors.Error as exc:  # closed, reconnecting, draining...
             raise BrokerUnavailable(
-                f"{exc or type(exc).__name__} ({subject})", subject=subject
+                f"{str(exc) or type(exc).__name__} ({subject})", subject=subject
             ) from exc
         try:
             answer = json.loads(msg.data)

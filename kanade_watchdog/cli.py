@@ -23,7 +23,6 @@ from .apply import Outcome, execute
 from .broker import Broker
 from .config import DEFAULT_PATH, ENV_PATH, Config, load
 from .connection import connect_once
-from .daemon import run_daemon
 from .errors import BrokerError, ConfigError
 from .logs import setup_logging
 from .plan import Action, Decision, plan
@@ -206,7 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         for line in exc.problems:
             print(f"config error: {line}", file=sys.stderr)
-        return exitcodes.CHECK_UNKNOWN if args.command == "check" else exitcodes.CONFIG
+        if args.command == "check":  # a monitoring system reads stdout only
+            print(f"JETSTREAM UNKNOWN - config error: {exc.problems[0]}")
+            return exitcodes.CHECK_UNKNOWN
+        return exitcodes.CONFIG
     except BrokerError as exc:
         print(f"broker error: {exc}", file=sys.stderr)
         return exitcodes.FAILURE
@@ -218,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
+        # The scheduler and systemd stay out of the one-shot commands' start-up.
+        from .daemon import run_daemon  # noqa: PLC0415
+
         setup_logging(args.log_format, args.log_level)
         return run_daemon(args.config)
     setup_logging("text", "warning")

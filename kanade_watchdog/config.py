@@ -72,7 +72,7 @@ class NatsSettings:
 class WatchdogSettings:
     resync_interval: float = 30.0
     resync_jitter: float = 3.0
-    backoff_initial: float = 0.1
+    backoff_initial: float = 0.01
     backoff_max: float = 300.0
     permanent_retry: float = 300.0
     advisories: bool = True

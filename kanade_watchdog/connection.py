@@ -75,7 +75,7 @@ async def connect_once(
         )
     except Exception as exc:  # nats-py raises OSError, NoServersError, auth errors...
         raise BrokerUnavailable(
-            f"cannot connect to {', '.join(settings.servers)}: {exc or type(exc).__name__}"
+            f"cannot connect to {', '.join(settings.servers)}: {str(exc) or type(exc).__name__}"
         ) from exc
 
 

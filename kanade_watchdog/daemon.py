@@ -255,14 +255,16 @@ class Daemon:
             self.config.path,
             extra=fields(action=Event.STARTED, message_id=Event.STARTED),
         )
-        tasks = [
+        # These live until shutdown; any of them ending on its own is a bug.
+        forever = [
             asyncio.create_task(self.connection_task(), name="connection"),
             asyncio.create_task(self.worker.run(), name="worker"),
-            asyncio.create_task(self.extend_start_task(), name="extend-start"),
         ]
         period = watchdog_period()
         if period is not None:
-            tasks.append(asyncio.create_task(self.watchdog_task(period), name="watchdog"))
+            forever.append(asyncio.create_task(self.watchdog_task(period), name="watchdog"))
+        # This one ends by itself once READY=1 is sent.
+        starting = asyncio.create_task(self.extend_start_task(), name="extend-start")
         w = self.config.watchdog
         self._timer = ResyncTimer(
             lambda: self.worker.queue.mark_all(Trigger.RESYNC),
@@ -271,14 +273,14 @@ class Daemon:
         )
         self._timer.start()
         stop = asyncio.create_task(self.stop_requested.wait(), name="stop")
-        done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([stop, *forever], return_when=asyncio.FIRST_COMPLETED)
         code = exitcodes.OK
         for task in done:
-            if task is not stop:  # a task that should live forever ended: a bug
+            if task is not stop:
                 code = exitcodes.INTERNAL
                 exc = task.exception() if not task.cancelled() else None
                 log.error("task %s ended unexpectedly: %r", task.get_name(), exc)
-        await self.shutdown(tasks)
+        await self.shutdown([*forever, starting])
         return code
 
     async def shutdown(self, tasks: list[asyncio.Task[None]]) -> None:

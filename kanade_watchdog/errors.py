@@ -20,7 +20,22 @@ ERR_STREAM_NOT_FOUND = 10059
 ERR_SUBJECTS_OVERLAP = 10065
 ERR_REPLICAS_NOT_SUPPORTED = 10074
 
-_TRANSIENT_ERR_CODES = frozenset({ERR_NO_META_LEADER})
+ERR_STORE_CREATE_FAILED = 10049
+
+# Answers that restate a fact about the request or the broker's capacity:
+# repeating the request soon cannot change them. Everything else the broker
+# may say (503 elections, 10049 while a deleted stream's files are still
+# being removed, and codes newer than this list) is retried soon.
+_PERMANENT_ERR_CODES = frozenset(
+    {
+        ERR_INSUFFICIENT_MEMORY,
+        ERR_INSUFFICIENT_STORAGE,
+        ERR_IMMUTABLE_FIELD,
+        ERR_NAME_IN_USE,
+        ERR_SUBJECTS_OVERLAP,
+        ERR_REPLICAS_NOT_SUPPORTED,
+    }
+)
 
 
 class WatchdogError(Exception):
@@ -66,9 +81,8 @@ class ApiError(BrokerError):
         self.err_code = err_code
         self.description = description
         super().__init__(f"{description} (code {code}/{err_code})", subject=subject)
-        # 503s are elections and restarts; every other API answer is a fact
-        # about the request that retrying at full speed will not change.
-        self.transient = code == 503 or err_code in _TRANSIENT_ERR_CODES
+        # A 400 is a request the broker will never accept as sent.
+        self.transient = err_code not in _PERMANENT_ERR_CODES and code != 400
 
 
 class ResourceError(WatchdogError):

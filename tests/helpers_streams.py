@@ -95,7 +95,7 @@ class CliRun:
         return {str(r["stream"]): r for r in self.json()["resources"]}
 
 
-async def run_cli(*args: str, config: Path, timeout: float = 30.0) -> CliRun:
+async def run_cli(*args: str, config: Path, limit_seconds: float = 30.0) -> CliRun:
     """Run the command line in a subprocess, as an operator or a unit would.
 
     The event loop keeps running meanwhile (audit advisories keep arriving).
@@ -104,7 +104,12 @@ async def run_cli(*args: str, config: Path, timeout: float = 30.0) -> CliRun:
     argv = [sys.executable, "-m", "kanade_watchdog", *args, "--config", str(config)]
     started = time.monotonic()
     proc = await asyncio.to_thread(
-        subprocess.run, argv, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        subprocess.run,
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=limit_seconds,
+        cwd=REPO,
         check=False,
     )
     run = CliRun(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
