@@ -9,7 +9,9 @@ Every key is known: a typo is an error, never silently ignored.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +20,13 @@ from typing import Any
 
 from .errors import ConfigError
 from .subjects import bucket_name_problem, stream_name_problem, subject_problem, subjects_overlap
-from .units import INT64_MAX, NS_PER_SECOND, parse_duration_ns, parse_size_bytes
+from .units import (
+    INT64_MAX,
+    NS_PER_SECOND,
+    format_duration_ns,
+    parse_duration_ns,
+    parse_size_bytes,
+)
 
 DEFAULT_PATH = "/etc/kanade/watchdog.toml"
 ENV_PATH = "KANADE_WATCHDOG_CONFIG"
@@ -97,8 +105,20 @@ Parser = Callable[[Any], Any]
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer beyond Python's 4300-digit str() limit
+        return f"a {value.bit_length()}-bit integer"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _key(name: str) -> str:
+    """A key as it appears in a problem line: quoted (and so on one line)
+    unless it is a plain TOML bare key."""
+    return name if _PLAIN_KEY.fullmatch(name) else json.dumps(name)
 
 
 def _is_int(value: Any) -> bool:
@@ -118,6 +138,26 @@ def _duration(value: Any) -> int:
     raise ValueError("must be a duration like '90d' or a number of seconds")
 
 
+MIN_AGE_NS = 100_000_000  # the broker refuses a max_age below 100ms (10052)
+
+
+def _age(value: Any) -> int:
+    """max_age / ttl: 0 is "keep forever", else at least 100ms."""
+    ns = _duration(value)
+    if 0 < ns < MIN_AGE_NS:
+        raise ValueError("must be 0 (no limit) or at least 100ms")
+    return ns
+
+
+def _window(value: Any) -> int:
+    # The broker turns a 0 window into its 2-minute default, which would
+    # then read as drift on every pass.
+    ns = _duration(value)
+    if ns == 0:
+        raise ValueError("must be greater than zero")
+    return ns
+
+
 def _size(limit: int = INT64_MAX) -> Parser:
     def parse(value: Any) -> int:
         if value == "unlimited":
@@ -132,6 +172,8 @@ def _size(limit: int = INT64_MAX) -> Parser:
             raise ValueError("must be a size like '512MiB', a byte count or \"unlimited\"")
         if n > limit:
             raise ValueError(f"must be at most {limit} bytes")
+        if n == 0:  # the broker stores 0 as "unlimited": say so instead
+            raise ValueError('must be at least 1 byte (write "unlimited" for no cap)')
         return n
 
     return parse
@@ -146,6 +188,8 @@ def _count(value: Any) -> int:
         raise ValueError('must not be negative (write "unlimited" for no limit)')
     if value > INT64_MAX:
         raise ValueError("too large")
+    if value == 0:  # the broker stores 0 as "unlimited": say so instead
+        raise ValueError('must be at least 1 (write "unlimited" for no limit)')
     return int(value)
 
 
@@ -184,6 +228,10 @@ def _text(max_len: int = 4096) -> Parser:
     return parse
 
 
+# Subjects the broker keeps for itself; a stream may not capture them.
+_RESERVED_SUBJECTS = ("$JS.API.>", "$SYS.>")
+
+
 def _subjects(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise ValueError("must be a non-empty list of subjects")
@@ -194,8 +242,14 @@ def _subjects(value: Any) -> tuple[str, ...]:
         problem = subject_problem(item)
         if problem:
             raise ValueError(f"subject {item!r} {problem}")
+        for reserved in _RESERVED_SUBJECTS:
+            if subjects_overlap(item, reserved):
+                raise ValueError(f"subject {item!r} captures the broker's own {reserved}")
         if item in out:
             raise ValueError(f"subject {item!r} is listed twice")
+        for earlier in out:
+            if subjects_overlap(item, earlier):
+                raise ValueError(f"subject {item!r} overlaps {earlier!r} of the same stream")
         out.append(item)
     return tuple(out)
 
@@ -236,14 +290,14 @@ FIELDS: dict[Kind, dict[str, Parser]] = {
         "subjects": _subjects,
         "retention": _enum("limits", "interest", "workqueue"),
         "storage": _STORAGE,
-        "max_age": _duration,
+        "max_age": _age,
         "max_bytes": _size(),
         "max_msgs": _count,
         "max_msgs_per_subject": _count,
         "max_msg_size": _size(INT32_MAX),
         "discard": _enum("old", "new"),
         "num_replicas": _REPLICAS,
-        "duplicate_window": _duration,
+        "duplicate_window": _window,
         "description": _text(),
         "compression": _COMPRESSION,
         "placement": _placement,
@@ -255,7 +309,7 @@ FIELDS: dict[Kind, dict[str, Parser]] = {
     },
     Kind.KV: {
         "history": _int_range(1, 64),
-        "ttl": _duration,
+        "ttl": _age,
         "max_bytes": _size(),
         "max_value_size": _size(INT32_MAX),
         "storage": _STORAGE,
@@ -265,7 +319,7 @@ FIELDS: dict[Kind, dict[str, Parser]] = {
         "description": _text(),
     },
     Kind.OBJECT_STORE: {
-        "ttl": _duration,
+        "ttl": _age,
         "max_bytes": _size(),
         "storage": _STORAGE,
         "replicas": _REPLICAS,
@@ -363,7 +417,7 @@ def _settings(
     for key, value in _table(problems, section, raw).items():
         parser = parsers.get(key)
         if parser is None:
-            problems.add(f"{section}.{key}", f"unknown key (known: {', '.join(parsers)})")
+            problems.add(f"{section}.{_key(key)}", f"unknown key (known: {', '.join(parsers)})")
             continue
         parsed = problems.parse(f"{section}.{key}", parser, value)
         if parsed is not None:
@@ -372,7 +426,7 @@ def _settings(
 
 
 def _resource(problems: _Problems, kind: Kind, name: str, raw: Any) -> Resource | None:
-    where = f"{SECTION[kind]}.{name}"
+    where = f"{SECTION[kind]}.{_key(name)}"
     problem = stream_name_problem(name) if kind is Kind.STREAM else bucket_name_problem(name)
     if problem:
         problems.add(where, f"name {problem}, got {_show(name)}")
@@ -389,7 +443,7 @@ def _resource(problems: _Problems, kind: Kind, name: str, raw: Any) -> Resource 
         parser = parsers.get(key)
         if parser is None:
             problems.add(
-                f"{where}.{key}", f"unknown key (known: {', '.join([*parsers, 'protect'])})"
+                f"{where}.{_key(key)}", f"unknown key (known: {', '.join([*parsers, 'protect'])})"
             )
             continue
         parsed = problems.parse(f"{where}.{key}", parser, value)
@@ -400,7 +454,11 @@ def _resource(problems: _Problems, kind: Kind, name: str, raw: Any) -> Resource 
             problems.add(f"{where}.{key}", "is required")
     window, age = declared.get("duplicate_window"), declared.get("max_age")
     if window and age and window > age:
-        problems.add(f"{where}.duplicate_window", "must not be longer than max_age")
+        problems.add(
+            f"{where}.duplicate_window",
+            f"must not be longer than max_age ({format_duration_ns(age)}), "
+            f"got {_show(table['duplicate_window'])}",
+        )
     if len(problems.lines) != before:
         return None
     return Resource(kind=kind, name=name, declared=declared, protect=protect)
@@ -422,9 +480,9 @@ def _cross_checks(problems: _Problems, resources: list[Resource]) -> None:
         other = owner.get(res.stream)
         if other is not None:
             problems.add(
-                f"{SECTION[res.kind]}.{res.name}",
+                f"{SECTION[res.kind]}.{_key(res.name)}",
                 f"its stream {res.stream!r} is already declared by "
-                f"{SECTION[other.kind]}.{other.name}",
+                f"{SECTION[other.kind]}.{_key(other.name)}",
             )
         owner[res.stream] = res
     claimed: list[tuple[str, Resource]] = []
@@ -433,9 +491,9 @@ def _cross_checks(problems: _Problems, resources: list[Resource]) -> None:
             for other_subject, other in claimed:
                 if other is not res and subjects_overlap(subject, other_subject):
                     problems.add(
-                        f"{SECTION[res.kind]}.{res.name}.subjects",
+                        f"{SECTION[res.kind]}.{_key(res.name)}.subjects",
                         f"{subject!r} overlaps {other_subject!r} of "
-                        f"{SECTION[other.kind]}.{other.name}",
+                        f"{SECTION[other.kind]}.{_key(other.name)}",
                     )
             claimed.append((subject, res))
 
@@ -445,7 +503,7 @@ def parse(document: Mapping[str, Any], path: str) -> Config:
     problems = _Problems(path)
     for key in document:
         if key not in _TOP_KEYS:
-            problems.add(key, f"unknown key (known: {', '.join(_TOP_KEYS)})")
+            problems.add(_key(key), f"unknown key (known: {', '.join(_TOP_KEYS)})")
     nats = _settings(problems, "nats", document.get("nats", {}), _NATS_KEYS)
     watchdog = _settings(problems, "watchdog", document.get("watchdog", {}), _WATCHDOG_KEYS)
     resources: list[Resource] = []
@@ -498,4 +556,6 @@ def load(path: str) -> Config:
         raise ConfigError([f"{path}: TOML syntax: {exc}"]) from None
     except RecursionError:
         raise ConfigError([f"{path}: TOML syntax: nested too deeply"]) from None
+    except ValueError as exc:  # an integer beyond Python's 4300-digit limit
+        raise ConfigError([f"{path}: TOML value: {exc}"]) from None
     return parse(document, path)

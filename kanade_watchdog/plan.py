@@ -128,38 +128,66 @@ def _at_stake(
     state: Mapping[str, Any],
     changes: Iterable[Change],
     now: datetime,
-) -> tuple[str, ...]:
-    """What stored data the update would discard, in an operator's words."""
+) -> list[tuple[str, bool]]:
+    """What the update does to stored data, in an operator's words, each with
+    whether data is actually lost (what `protect` refuses)."""
     messages = int(state.get("messages", 0) or 0)
     stored = int(state.get("bytes", 0) or 0)
     if not messages:
-        return ()
-    discard_old = config.get("discard", "old") == "old"
-    out: list[str] = []
+        return []
+    # The policy in force after the update decides: with discard old the
+    # broker deletes the oldest messages at once; with discard new it keeps
+    # them all and refuses new writes until usage drops.
+    discard = dict(resource.declared).get("discard") if resource.kind is Kind.STREAM else None
+    discard_old = (discard or config.get("discard", "old")) == "old"
+    out: list[tuple[str, bool]] = []
     for change in changes:
         wire = desired.wire_field(resource.kind, change.field)
         cur, new = change.current, change.desired
         if wire == "max_bytes" and _lowered(cur, new) and stored > new:
-            out.append(
+            over = (
                 f"{format_size(stored - new)} of {format_size(stored)} stored is over the new "
                 f"cap of {format_size(new)}"
-                + (" and would be discarded" if discard_old else "; new writes would be refused")
+            )
+            out.append(
+                (
+                    over
+                    + (
+                        " and would be discarded"
+                        if discard_old
+                        else "; new writes would be refused"
+                    ),
+                    discard_old,
+                )
             )
         elif wire == "max_msgs" and _lowered(cur, new) and messages > new:
-            out.append(f"{messages - new} of {messages} messages over the new max_msgs {new}")
+            over = f"{messages - new} of {messages} messages over the new max_msgs {new}"
+            out.append(
+                (
+                    over
+                    + (" would be discarded" if discard_old else "; new writes would be refused"),
+                    discard_old,
+                )
+            )
         elif wire == "max_age" and _lowered(cur, new):
             first = _parse_ts(state.get("first_ts"))
             if first is not None and (now - first).total_seconds() * 1e9 > new:
                 out.append(
-                    f"messages older than {format_duration_ns(new)} "
-                    f"(oldest from {first:%Y-%m-%d %H:%M:%S}Z) would expire at once"
+                    (
+                        f"messages older than {format_duration_ns(new)} "
+                        f"(oldest from {first:%Y-%m-%d %H:%M:%S}Z) would expire at once",
+                        True,
+                    )
                 )
         elif wire == "max_msgs_per_subject" and _lowered(cur, new):
             out.append(
-                f"revisions beyond {new} per key/subject would be dropped "
-                f"({messages} messages stored)"
+                (
+                    f"revisions beyond {new} per key/subject would be dropped "
+                    f"({messages} messages stored)",
+                    True,
+                )
             )
-    return tuple(out)
+    return out
 
 
 def _parse_ts(text: Any) -> datetime | None:
@@ -197,14 +225,16 @@ def decide(resource: Resource, observed: Observed | None, now: datetime) -> Deci
         return Decision(
             resource, Action.BLOCKED, changes=tuple(changes), reason="; ".join(immutable)
         )
-    at_stake = _at_stake(resource, config, observed.state, changes, now)
-    if at_stake and resource.protect:
+    effects = _at_stake(resource, config, observed.state, changes, now)
+    at_stake = tuple(text for text, _ in effects)
+    lost = [text for text, loses_data in effects if loses_data]
+    if lost and resource.protect:
         return Decision(
             resource,
             Action.BLOCKED,
             changes=tuple(changes),
             at_stake=at_stake,
-            reason="protect = true refuses an update that discards data: " + "; ".join(at_stake),
+            reason="protect = true refuses an update that discards data: " + "; ".join(lost),
         )
     return Decision(
         resource,

@@ -8,6 +8,7 @@ bytes; operators write "90d" and "512MiB".
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 NS_PER_SECOND = 1_000_000_000
 
@@ -51,18 +52,17 @@ def parse_duration_ns(text: str) -> int:
     if not s:
         raise ValueError("empty duration")
     pos = 0
-    total = 0.0
+    total = Fraction(0)  # exact: floats lose nanoseconds beyond 2**53
     for match in _DURATION_PART.finditer(s):
         if match.start() != pos:
             break
-        total += float(match.group(1)) * _DURATION_UNITS_NS[match.group(2)]
+        total += Fraction(match.group(1)) * _DURATION_UNITS_NS[match.group(2)]
         pos = match.end()
     if pos != len(s):
         raise ValueError("not a duration (use e.g. 90d, 12h, 30m, 45s, 500ms)")
-    ns = round(total)
-    if ns > INT64_MAX:
+    if total > INT64_MAX:
         raise ValueError("duration too large")
-    return ns
+    return round(total)
 
 
 def parse_size_bytes(text: str) -> int:
@@ -71,11 +71,11 @@ def parse_size_bytes(text: str) -> int:
     match = _SIZE.fullmatch(s)
     if not match or match.group(2) not in _SIZE_UNITS | {"": 1}:
         raise ValueError("not a size (use e.g. 512MiB, 2GiB, 100MB or a byte count)")
-    value = float(match.group(1)) * _SIZE_UNITS.get(match.group(2), 1)
-    if value != int(value):
-        raise ValueError("not a whole number of bytes")
+    value = Fraction(match.group(1)) * _SIZE_UNITS.get(match.group(2), 1)
     if value > INT64_MAX:
         raise ValueError("size too large")
+    if value.denominator != 1:
+        raise ValueError("not a whole number of bytes")
     return int(value)
 
 

@@ -92,7 +92,7 @@ def test_parse_duration_rejects_garbage(text: str) -> None:
         parse_duration_ns(text)
 
 
-@pytest.mark.parametrize("text", ["106752d", "15250w", "9223372036854775808ns"], ids=repr)
+@pytest.mark.parametrize("text", ["106752d", "15251w", "9223372036854775808ns"], ids=repr)
 def test_parse_duration_rejects_beyond_int64(text: str) -> None:
     """A duration JetStream cannot store as an int64 of nanoseconds is refused as too large."""
     with pytest.raises(ValueError, match="too large"):
@@ -105,24 +105,12 @@ def test_parse_duration_accepts_the_largest_whole_day() -> None:
     assert parse_duration_ns(f"{days}d") == days * DAY
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="units.parse_duration_ns adds parts as floats: '9007199254740993ns' (2**53+1) "
-    "comes back as 9007199254740992, so exact nanosecond durations above 2**53 "
-    "(about 104 days) lose their low digits",
-)
 def test_parse_duration_is_exact_beyond_float_precision() -> None:
     """A whole-nanosecond duration beyond 2**53 parses to exactly that many nanoseconds."""
     n = 2**53 + 1
     assert parse_duration_ns(f"{n}ns") == n
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="units.parse_duration_ns('1'*400 + 's') raises OverflowError ('cannot convert "
-    "float infinity to integer') instead of the documented ValueError",
-)
 def test_parse_duration_overflowing_digits_raise_value_error() -> None:
     """A number too long for a float is refused with ValueError, like every other bad input."""
     with pytest.raises(ValueError, match="too large"):
@@ -173,7 +161,7 @@ def test_parse_size_rejects_garbage(text: str) -> None:
         parse_size_bytes(text)
 
 
-@pytest.mark.parametrize("text", ["1.5", "1.1B", "0.3KB", "1.0000001KiB"], ids=repr)
+@pytest.mark.parametrize("text", ["1.5", "1.1B", "0.0005KB", "1.0000001KiB"], ids=repr)
 def test_parse_size_rejects_fractional_bytes(text: str) -> None:
     """A size that does not come to a whole number of bytes is refused."""
     with pytest.raises(ValueError, match="whole number of bytes"):
@@ -187,12 +175,6 @@ def test_parse_size_rejects_beyond_int64(text: str) -> None:
         parse_size_bytes(text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="units.parse_size_bytes multiplies as a float: '9223372036854775807' (INT64_MAX, "
-    "the largest valid cap) is rejected as 'size too large', and '9007199254740993' "
-    "comes back as 9007199254740992",
-)
 @pytest.mark.parametrize("n", [INT64_MAX, 2**53 + 1], ids=["int64-max", "2**53+1"])
 def test_parse_size_is_exact_for_every_int64(n: int) -> None:
     """A plain byte count up to INT64_MAX parses to exactly that count."""
@@ -253,9 +235,10 @@ def test_duration_round_trip(ns: int) -> None:
         st.integers(min_value=0, max_value=1023),
         st.builds(
             lambda k, unit: k * unit,
-            st.integers(min_value=1, max_value=10**6),
-            st.sampled_from([KIB, MIB, GIB, TIB]),
+            st.integers(min_value=1, max_value=1023),
+            st.sampled_from([KIB, MIB, GIB]),
         ),
+        st.builds(lambda k: k * TIB, st.integers(min_value=1, max_value=10**6)),
     )
 )
 @settings(max_examples=300, deadline=None)
