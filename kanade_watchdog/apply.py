@@ -38,6 +38,7 @@ class Result(StrEnum):
     UPDATED = "updated"
     IN_SYNC = "in_sync"
     BLOCKED = "blocked"
+    NEWER_SPEC = "newer_spec"
     FAILED = "failed"
 
 
@@ -117,6 +118,8 @@ async def execute(
         return Outcome(decision, Result.IN_SYNC)
     if decision.action is Action.BLOCKED:
         return Outcome(decision, Result.BLOCKED)
+    if decision.action is Action.NEWER_SPEC:
+        return Outcome(decision, Result.NEWER_SPEC)
     assert decision.send is not None
     try:
         if decision.action is Action.CREATE:

@@ -25,7 +25,7 @@ from .config import DEFAULT_PATH, ENV_PATH, Config, load
 from .connection import connect_once
 from .errors import BrokerError, ConfigError
 from .logs import setup_logging
-from .plan import Action, Decision, plan
+from .plan import Action, Decision, Observed, plan
 
 log = logging.getLogger("kanade_watchdog")
 
@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _observe_and_plan(config: Config) -> tuple[Broker, list[Decision]]:
+async def _observe(config: Config) -> tuple[Broker, dict[str, Observed]]:
+    """Connect and read every stream (one request per 256)."""
     broker_ref: list[Broker] = []
     nc = await connect_once(
         config.nats, on_error=lambda text: broker_ref[0].note_error(text) if broker_ref else None
@@ -84,7 +85,30 @@ async def _observe_and_plan(config: Config) -> tuple[Broker, list[Decision]]:
     except BaseException:
         await nc.close()
         raise
+    return broker, observed
+
+
+async def _observe_and_plan(config: Config) -> tuple[Broker, list[Decision]]:
+    broker, observed = await _observe(config)
     return broker, plan(config.resources, observed, utcnow())
+
+
+def cluster_facts(config: Config, observed: dict[str, Observed]) -> tuple[list[str], list[str]]:
+    """(leaderless streams, streams with fewer current replicas than declared)."""
+    leaderless: list[str] = []
+    short: list[str] = []
+    for res in config.resources:
+        obs = observed.get(res.stream)
+        if obs is None or not obs.cluster:
+            continue
+        if not obs.cluster.get("leader"):
+            leaderless.append(res.label)
+        wanted = int(obs.config.get("num_replicas", 1) or 1)
+        peers = obs.cluster.get("replicas") or []
+        current = 1 + sum(1 for p in peers if p.get("current"))
+        if obs.cluster.get("leader") and current < wanted:
+            short.append(f"{res.label} {current}/{wanted}")
+    return leaderless, short
 
 
 async def _plan(config: Config, args: argparse.Namespace) -> int:
@@ -156,11 +180,13 @@ async def _apply(config: Config, args: argparse.Namespace) -> int:
 async def _check(config: Config) -> int:
     started = time.perf_counter()
     try:
-        broker, decisions = await _observe_and_plan(config)
+        broker, observed = await _observe(config)
     except BrokerError as exc:
         print(f"JETSTREAM CRITICAL - broker unreachable: {exc}")
         return exitcodes.CHECK_CRITICAL
     await broker.nc.close()
+    decisions = plan(config.resources, observed, utcnow())
+    leaderless, short = cluster_facts(config, observed)
     elapsed = time.perf_counter() - started
     by_action: dict[Action, list[str]] = {a: [] for a in Action}
     for d in decisions:
@@ -169,19 +195,32 @@ async def _check(config: Config) -> int:
     perf = (
         f"resources={total} in_sync={len(by_action[Action.IN_SYNC])} "
         f"missing={len(by_action[Action.CREATE])} drifted={len(by_action[Action.UPDATE])} "
-        f"blocked={len(by_action[Action.BLOCKED])} time={elapsed:.3f}s"
+        f"blocked={len(by_action[Action.BLOCKED])} "
+        f"newer_spec={len(by_action[Action.NEWER_SPEC])} leaderless={len(leaderless)} "
+        f"replicas_behind={len(short)} time={elapsed:.3f}s"
     )
-    if by_action[Action.CREATE]:
+    if by_action[Action.CREATE] or leaderless:
         status, code = "CRITICAL", exitcodes.CHECK_CRITICAL
-        text = "missing: " + ", ".join(by_action[Action.CREATE])
-    elif by_action[Action.UPDATE] or by_action[Action.BLOCKED]:
+        text = "; ".join(
+            part
+            for part in (
+                "missing: " + ", ".join(by_action[Action.CREATE])
+                if by_action[Action.CREATE]
+                else "",
+                "no leader: " + ", ".join(leaderless) if leaderless else "",
+            )
+            if part
+        )
+    elif any(by_action[a] for a in (Action.UPDATE, Action.BLOCKED, Action.NEWER_SPEC)):
         status, code = "WARNING", exitcodes.CHECK_WARNING
-        parts = []
-        if by_action[Action.UPDATE]:
-            parts.append("drifted: " + ", ".join(by_action[Action.UPDATE]))
-        if by_action[Action.BLOCKED]:
-            parts.append("blocked: " + ", ".join(by_action[Action.BLOCKED]))
-        text = "; ".join(parts)
+        words = {
+            Action.UPDATE: "drifted",
+            Action.BLOCKED: "blocked",
+            Action.NEWER_SPEC: "newer spec present",
+        }
+        text = "; ".join(
+            f"{word}: {', '.join(by_action[a])}" for a, word in words.items() if by_action[a]
+        )
     else:
         status, code = "OK", exitcodes.CHECK_OK
         text = f"{total}/{total} in sync"

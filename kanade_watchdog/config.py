@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -55,6 +55,7 @@ class Resource:
     name: str
     declared: Mapping[str, Any]
     protect: bool = False
+    spec_version: int = 1  # the file's spec_version, carried for the planner
 
     @property
     def stream(self) -> str:
@@ -91,6 +92,7 @@ class WatchdogSettings:
 @dataclass(frozen=True)
 class Config:
     path: str
+    spec_version: int = 1
     nats: NatsSettings = field(default_factory=NatsSettings)
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     resources: tuple[Resource, ...] = ()
@@ -382,7 +384,8 @@ _WATCHDOG_KEYS: dict[str, Parser] = {
     "stop_timeout": _positive_seconds,
     "pass_deadline": _positive_seconds,
 }
-_TOP_KEYS = ("nats", "watchdog", *SECTION.values())
+_TOP_KEYS = ("spec_version", "nats", "watchdog", *SECTION.values())
+MAX_SPEC_VERSION = 2**31 - 1
 
 
 class _Problems:
@@ -504,6 +507,9 @@ def parse(document: Mapping[str, Any], path: str) -> Config:
     for key in document:
         if key not in _TOP_KEYS:
             problems.add(_key(key), f"unknown key (known: {', '.join(_TOP_KEYS)})")
+    spec_version = problems.parse(
+        "spec_version", _int_range(1, MAX_SPEC_VERSION), document.get("spec_version", 1)
+    )
     nats = _settings(problems, "nats", document.get("nats", {}), _NATS_KEYS)
     watchdog = _settings(problems, "watchdog", document.get("watchdog", {}), _WATCHDOG_KEYS)
     resources: list[Resource] = []
@@ -522,9 +528,10 @@ def parse(document: Mapping[str, Any], path: str) -> Config:
         raise ConfigError(problems.lines)
     return Config(
         path=path,
+        spec_version=spec_version,
         nats=NatsSettings(**nats),
         watchdog=WatchdogSettings(**watchdog),
-        resources=tuple(resources),
+        resources=tuple(replace(r, spec_version=spec_version) for r in resources),
     )
 
 

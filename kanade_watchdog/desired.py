@@ -13,6 +13,8 @@ Pure. From a `config.Resource` it derives
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,6 +56,44 @@ SERVER_DEFAULTS: dict[str, Any] = {
     "allow_rollup_hdrs": False,
     "sealed": False,
 }
+
+
+# Stream metadata every write carries, so several watchdogs (a rolling
+# upgrade: old and new releases side by side) can tell whose spec is newer.
+MANAGED_BY_KEY = "kanade.managed_by"
+MANAGED_BY = "kanade-watchdog"
+SPEC_VERSION_KEY = "kanade.spec_version"
+SPEC_HASH_KEY = "kanade.spec_hash"
+
+
+def spec_hash(resource: Resource) -> str:
+    """A short fingerprint of what the config declares for this resource."""
+    text = json.dumps(
+        [str(resource.kind), resource.name, sorted(resource.declared.items())],
+        sort_keys=True,
+        default=list,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def marker(resource: Resource) -> dict[str, str]:
+    return {
+        MANAGED_BY_KEY: MANAGED_BY,
+        SPEC_VERSION_KEY: str(resource.spec_version),
+        SPEC_HASH_KEY: spec_hash(resource),
+    }
+
+
+def observed_marker(config: Mapping[str, Any]) -> tuple[int, str] | None:
+    """(spec_version, spec_hash) a watchdog left on this stream, if any."""
+    metadata = config.get("metadata") or {}
+    if not isinstance(metadata, Mapping) or metadata.get(MANAGED_BY_KEY) != MANAGED_BY:
+        return None
+    try:
+        version = int(str(metadata.get(SPEC_VERSION_KEY, "")))
+    except ValueError:
+        return None
+    return version, str(metadata.get(SPEC_HASH_KEY, ""))
 
 
 def wire_field(kind: Kind, key: str) -> str:
@@ -154,6 +194,7 @@ def create_config(resource: Resource) -> dict[str, Any]:
     for key, value in resource.declared.items():
         field = wire_field(resource.kind, key)
         config[field] = _to_wire(field, value)
+    config["metadata"] = {**config.get("metadata", {}), **marker(resource)}
     _fix_duplicate_window(config)
     return config
 
@@ -173,6 +214,7 @@ def overlay(resource: Resource, observed: Mapping[str, Any]) -> dict[str, Any]:
             config["metadata"] = merged
         else:
             config[field] = _to_wire(field, value)
+    config["metadata"] = {**(config.get("metadata") or {}), **marker(resource)}
     _fix_duplicate_window(config)
     return config
 

@@ -120,6 +120,11 @@ class JournalHandler(logging.Handler):
             self.handleError(record)
 
 
+def available() -> bool:
+    """Whether systemd-python (the journal client) is installed."""
+    return _journal is not None
+
+
 def stderr_is_journal() -> bool:
     value = os.environ.get("JOURNAL_STREAM", "")
     dev, _, ino = value.partition(":")

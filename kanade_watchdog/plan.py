@@ -26,6 +26,7 @@ class Action(StrEnum):
     UPDATE = "update"
     IN_SYNC = "in_sync"
     BLOCKED = "blocked"
+    NEWER_SPEC = "newer_spec"  # a watchdog with a higher spec_version owns it now
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Decision:
     send: Mapping[str, Any] | None = None  # the full config for create/update
     reason: str = ""  # why blocked
     at_stake: tuple[str, ...] = ()  # data an update would discard
+    conflict: bool = False  # same spec_version, different content: two configs disagree
 
     @property
     def writes(self) -> bool:
@@ -209,6 +211,14 @@ def decide(resource: Resource, observed: Observed | None, now: datetime) -> Deci
     shape = _wrong_shape(resource, config)
     if shape:
         return Decision(resource, Action.BLOCKED, reason=shape)
+    owner = desired.observed_marker(config)
+    if owner is not None and owner[0] > resource.spec_version:
+        return Decision(
+            resource,
+            Action.NEWER_SPEC,
+            reason=f"newer spec present (spec_version {owner[0]} > {resource.spec_version}); "
+            "left to the watchdog that wrote it",
+        )
     changes: list[Change] = []
     for wire, (key, wanted) in desired.compared(resource).items():
         current = desired.observed_value(config, wire)
@@ -216,6 +226,20 @@ def decide(resource: Resource, observed: Observed | None, now: datetime) -> Deci
             changes.append(Change(key, current, wanted))
     if not changes:
         return Decision(resource, Action.IN_SYNC)
+    if (
+        owner is not None
+        and owner[0] == resource.spec_version
+        and owner[1] != desired.spec_hash(resource)
+    ):
+        # Reverting would start a tug of war with the other watchdog.
+        return Decision(
+            resource,
+            Action.BLOCKED,
+            changes=tuple(changes),
+            conflict=True,
+            reason=f"another watchdog wrote spec_version {owner[0]} with different content; "
+            "give the newer config a higher spec_version",
+        )
     immutable = [
         reason
         for c in changes

@@ -50,7 +50,13 @@ def outcome_json(o: Outcome) -> dict[str, Any]:
     return out
 
 
-_MARK = {Action.CREATE: "+", Action.UPDATE: "~", Action.IN_SYNC: "=", Action.BLOCKED: "!"}
+_MARK = {
+    Action.CREATE: "+",
+    Action.UPDATE: "~",
+    Action.IN_SYNC: "=",
+    Action.BLOCKED: "!",
+    Action.NEWER_SPEC: "^",
+}
 
 
 def decision_lines(d: Decision, *, verbose: bool = False) -> list[str]:
@@ -70,7 +76,9 @@ def decision_lines(d: Decision, *, verbose: bool = False) -> list[str]:
 def plan_summary(decisions: Sequence[Decision]) -> str:
     counts = Counter(d.action for d in decisions)
     parts = [
-        f"{counts[a]} {a}" for a in (Action.CREATE, Action.UPDATE, Action.BLOCKED) if counts[a]
+        f"{counts[a]} {a}"
+        for a in (Action.CREATE, Action.UPDATE, Action.BLOCKED, Action.NEWER_SPEC)
+        if counts[a]
     ]
     total = len(decisions)
     if not parts:
@@ -83,7 +91,7 @@ def outcome_line(o: Outcome) -> str:
     text = f"{kind_word(d.resource.kind)} {d.resource.name}: {o.result}"
     if o.result is Result.UPDATED:
         text += " (" + "; ".join(str(c) for c in d.changes) + ")"
-    if o.result is Result.BLOCKED:
+    if o.result in (Result.BLOCKED, Result.NEWER_SPEC):
         text += f" ({d.reason})"
     if o.error:
         text += f": {o.error}"
@@ -92,7 +100,14 @@ def outcome_line(o: Outcome) -> str:
 
 def apply_summary(outcomes: Sequence[Outcome]) -> str:
     counts = Counter(o.result for o in outcomes)
-    order = (Result.CREATED, Result.UPDATED, Result.IN_SYNC, Result.BLOCKED, Result.FAILED)
+    order = (
+        Result.CREATED,
+        Result.UPDATED,
+        Result.IN_SYNC,
+        Result.BLOCKED,
+        Result.NEWER_SPEC,
+        Result.FAILED,
+    )
     return ", ".join(f"{counts[r]} {r}" for r in order if counts[r])
 
 

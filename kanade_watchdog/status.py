@@ -94,9 +94,12 @@ class StatusBoard:
         ok = len(self.labels_with(Result.IN_SYNC, Result.CREATED, Result.UPDATED))
         parts = [f"{ok}/{self.total} in sync"]
         blocked = self.labels_with(Result.BLOCKED)
+        newer = self.labels_with(Result.NEWER_SPEC)
         failed = self.labels_with(Result.FAILED)
         if blocked:
             parts.append(f"{len(blocked)} blocked: {_few(blocked)}")
+        if newer:
+            parts.append(f"{len(newer)} newer spec present: {_few(newer)}")
         if failed:
             parts.append(f"{len(failed)} failing: {_few(failed)}")
         missing = self.missing()

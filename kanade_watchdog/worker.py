@@ -34,6 +34,9 @@ from .status import StatusBoard
 log = logging.getLogger("kanade_watchdog.worker")
 
 EVERYTHING = "*"  # the backoff key of a failed full read
+TRANSIENT_QUIET = 15.0  # seconds a transient failure stays at debug level (elections)
+CONFLICT_WARN_EVERY = 300.0
+_REASONED = (Result.BLOCKED, Result.NEWER_SPEC, Result.FAILED)
 
 
 def utcnow() -> datetime:
@@ -110,6 +113,8 @@ class Worker:
         self.idle.set()
         self.wedge: asyncio.Event | None = None  # test hook: hold the next pass
         self._failures: dict[str, str] = {}  # stream -> last failure text, to log once
+        self._failing_since: dict[str, float] = {}
+        self._conflict_warned: dict[str, float] = {}
 
     def _new_backoff(self) -> Backoff:
         w = self.config.watchdog
@@ -252,69 +257,91 @@ class Worker:
             "kind": str(res.kind),
             "trigger": str(trigger),
         }
+        what = f"{kind_word(res.kind)} {res.name}"
         if outcome.result is Result.FAILED:
             assert outcome.error is not None
             self._record_failure(res, outcome.error, trigger, present=present)
             return
         self.backoff.succeeded(res.stream)
-        was_failing = self._failures.pop(res.stream, None)
+        self._failing_since.pop(res.stream, None)
+        was = self._failures.pop(res.stream, None)
+        diff = "; ".join(str(c) for c in d.changes)
         if outcome.result is Result.CREATED:
             log.info(
-                "created %s %s (trigger %s)",
-                kind_word(res.kind),
-                res.name,
+                "created %s (trigger %s)",
+                what,
                 trigger,
                 extra=fields(action=Event.CREATED, message_id=Event.CREATED, **common),
             )
             self.board.healed(res, self.clock())
         elif outcome.result is Result.UPDATED:
-            diff = "; ".join(str(c) for c in d.changes)
             log.info(
-                "updated %s %s: %s (trigger %s)",
-                kind_word(res.kind),
-                res.name,
+                "updated %s: %s (trigger %s)",
+                what,
                 diff,
                 trigger,
                 extra=fields(action=Event.UPDATED, message_id=Event.UPDATED, diff=diff, **common),
             )
             for stake in d.at_stake:
                 log.warning(
-                    "%s %s: data discarded by the update: %s",
-                    kind_word(res.kind),
-                    res.name,
+                    "%s: stored data affected by the update: %s",
+                    what,
                     stake,
                     extra=fields(action=Event.UPDATED, **common),
                 )
             self.board.healed(res, self.clock())
         elif outcome.result is Result.BLOCKED:
-            if was_failing != d.reason:
+            self._failures[res.stream] = d.reason
+            if d.conflict:
+                self._warn_conflict(what, d.reason, diff, common)
+            elif was != d.reason:
                 log.warning(
-                    "blocked %s %s: %s%s (trigger %s)",
-                    kind_word(res.kind),
-                    res.name,
+                    "blocked %s: %s%s (trigger %s)",
+                    what,
                     d.reason,
                     "".join(f"; {c}" for c in d.changes),
                     trigger,
                     extra=fields(
-                        action=Event.BLOCKED,
-                        message_id=Event.BLOCKED,
-                        diff="; ".join(str(c) for c in d.changes),
-                        **common,
+                        action=Event.BLOCKED, message_id=Event.BLOCKED, diff=diff, **common
                     ),
                 )
+        elif outcome.result is Result.NEWER_SPEC:
             self._failures[res.stream] = d.reason
-        elif was_failing is not None:
+            if was != d.reason:
+                log.warning(
+                    "%s: %s (trigger %s)",
+                    what,
+                    d.reason,
+                    trigger,
+                    extra=fields(action=Event.NEWER_SPEC, message_id=Event.NEWER_SPEC, **common),
+                )
+        elif was is not None:
             log.info(
-                "%s %s is in sync again",
-                kind_word(res.kind),
-                res.name,
+                "%s is in sync again",
+                what,
                 extra=fields(action=Event.RECOVERED, message_id=Event.RECOVERED, **common),
             )
         self.board.set(
             res,
             outcome.result,
             present=present,
-            reason=d.reason if outcome.result is Result.BLOCKED else "",
+            reason=d.reason if outcome.result in _REASONED else "",
+        )
+
+    def _warn_conflict(self, what: str, reason: str, diff: str, common: dict[str, str]) -> None:
+        """Two configs with one spec_version fight over a resource: loud, but at
+        most once per CONFLICT_WARN_EVERY, and never a write."""
+        now = self.clock()
+        last = self._conflict_warned.get(common["stream"])
+        if last is not None and now - last < CONFLICT_WARN_EVERY:
+            return
+        self._conflict_warned[common["stream"]] = now
+        log.error(
+            "conflict on %s: %s (%s)",
+            what,
+            reason,
+            diff,
+            extra=fields(action=Event.BLOCKED, message_id=Event.BLOCKED, diff=diff, **common),
         )
 
     def _record_failure(
@@ -323,7 +350,13 @@ class Worker:
         transient = bool(getattr(error, "transient", True))
         delay = self.backoff.failed(res.stream, transient=transient)
         text = str(error)
-        if self._failures.get(res.stream) != text:
+        since = self._failing_since.setdefault(res.stream, self.clock())
+        # Elections and restarts make requests fail for a few seconds; that is
+        # not worth a warning unless it lasts.
+        quiet = transient and self.clock() - since < TRANSIENT_QUIET
+        if quiet or self._failures.get(res.stream) == text:
+            log.debug("%s failing: %s (retry in %.2fs)", res.label, text, delay)
+        else:
             self._failures[res.stream] = text
             log.warning(
                 "failed %s %s: %s (%s; retry in %.1fs; trigger %s)",
@@ -343,8 +376,6 @@ class Worker:
                     error=text,
                 ),
             )
-        else:
-            log.debug("%s still failing: %s (retry in %.1fs)", res.label, text, delay)
         self.board.set(res, Result.FAILED, present=present, reason=text)
 
 

@@ -5,6 +5,7 @@ protect) exercised against broker-shaped observed configs."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from kanade_watchdog.config import Kind, Resource, load, parse
+from kanade_watchdog.desired import marker
 from kanade_watchdog.errors import ConfigError
 from kanade_watchdog.plan import Action, Change, Observed, decide, plan
 
@@ -728,22 +730,21 @@ def test_create_object_store_ttl_and_cap() -> None:
 
 def test_create_stream_sends_declared_fields() -> None:
     """A missing stream is created with its declared fields, subjects as a JSON list."""
-    send = created(
-        stream(
-            max_age=90 * DAY,
-            max_bytes=GIB,
-            discard="old",
-            metadata=(("owner", "ops"),),
-            placement=(("cluster", ""), ("tags", ("ssd",))),
-        )
+    resource = stream(
+        max_age=90 * DAY,
+        max_bytes=GIB,
+        discard="old",
+        metadata=(("owner", "ops"),),
+        placement=(("cluster", ""), ("tags", ("ssd",))),
     )
+    send = created(resource)
     assert send == {
         "name": "S1",
         "subjects": ["s1.>"],
         "max_age": 90 * DAY,
         "max_bytes": GIB,
         "discard": "old",
-        "metadata": {"owner": "ops"},
+        "metadata": {"owner": "ops", **marker(resource)},
         "placement": {"tags": ["ssd"]},
     }
 
@@ -773,10 +774,11 @@ def test_update_sends_observed_config_with_declared_fields_overlaid() -> None:
         sources=[{"name": "OTHER"}],
         metadata={"_nats.req.level": "0", "team": "x"},
     )
-    send = updated(stream(max_age=90 * DAY, metadata=(("owner", "ops"),)), observed)
+    resource = stream(max_age=90 * DAY, metadata=(("owner", "ops"),))
+    send = updated(resource, observed)
     expected = dict(observed)
     expected["max_age"] = 90 * DAY
-    expected["metadata"] = {"_nats.req.level": "0", "team": "x", "owner": "ops"}
+    expected["metadata"] = {"_nats.req.level": "0", "team": "x", "owner": "ops", **marker(resource)}
     assert send == expected
 
 
@@ -784,8 +786,10 @@ def test_update_kv_uses_wire_fields_and_keeps_client_choices() -> None:
     """A KV update sends max_msgs_per_subject for history and keeps the creating client's
     own choices (allow_direct, deny_delete, allow_msg_ttl)."""
     observed = js_kv(max_msgs_per_subject=1)
-    send = updated(kv(history=5, ttl=HOUR), observed)
-    assert send == {**observed, "max_msgs_per_subject": 5, "max_age": HOUR}
+    resource = kv(history=5, ttl=HOUR)
+    send = updated(resource, observed)
+    metadata = {**observed["metadata"], **marker(resource)}
+    assert send == {**observed, "max_msgs_per_subject": 5, "max_age": HOUR, "metadata": metadata}
     assert "history" not in send
     assert "ttl" not in send
 
@@ -923,3 +927,69 @@ def test_stake_wording_when_update_switches_to_discard_new() -> None:
         NOW,
     )
     assert "new writes would be refused" in "\n".join(decision.at_stake)
+
+
+# --- several watchdogs: spec_version and the managed-by marker -------------------------
+
+
+def _versioned(version: int, **declared: Any) -> Resource:
+    return dataclasses.replace(stream(**declared), spec_version=version)
+
+
+def _written_by(resource: Resource, **fields: Any) -> dict[str, Any]:
+    """S1 as another watchdog (with `resource`'s spec) left it, `fields` changed."""
+    return broker_stream(**{k: v for k, v in created(resource).items() if k != "name"}, **fields)
+
+
+def test_every_write_carries_the_marker() -> None:
+    """Creates and updates stamp managed-by, spec_version and the spec hash."""
+    mine = _versioned(3, max_age=DAY)
+    assert created(mine)["metadata"] == marker(mine)
+    send = updated(mine, broker_stream(max_age=HOUR))
+    assert send["metadata"]["kanade.spec_version"] == "3"
+    assert send["metadata"]["kanade.managed_by"] == "kanade-watchdog"
+
+
+def test_newer_spec_on_the_broker_is_left_alone() -> None:
+    """A resource written by a higher spec_version is not touched, whatever differs."""
+    theirs = _versioned(2, max_age=DAY)
+    mine = _versioned(1, max_age=HOUR)
+    decision = decide(mine, Observed(config=_written_by(theirs)), NOW)
+    assert decision.action is Action.NEWER_SPEC
+    assert decision.send is None
+    assert "newer spec present (spec_version 2 > 1)" in decision.reason
+
+
+def test_older_spec_on_the_broker_is_updated() -> None:
+    """A resource written by a lower spec_version is brought to this config."""
+    theirs = _versioned(1, max_age=HOUR)
+    mine = _versioned(2, max_age=DAY)
+    decision = decide(mine, Observed(config=_written_by(theirs)), NOW)
+    assert decision.action is Action.UPDATE
+    assert decision.send is not None
+    assert decision.send["metadata"]["kanade.spec_version"] == "2"
+
+
+def test_same_spec_different_content_is_a_conflict_not_a_write() -> None:
+    """Equal spec_versions with different declared content block instead of fighting."""
+    theirs = _versioned(4, max_age=HOUR)
+    mine = _versioned(4, max_age=DAY)
+    decision = decide(mine, Observed(config=_written_by(theirs)), NOW)
+    assert decision.action is Action.BLOCKED
+    assert decision.conflict
+    assert decision.send is None
+
+
+def test_same_spec_same_content_drift_is_reverted() -> None:
+    """Drift on a resource this very spec wrote is ordinary drift: updated."""
+    mine = _versioned(4, max_age=DAY)
+    decision = decide(mine, Observed(config=_written_by(mine, max_age=HOUR)), NOW)
+    assert decision.action is Action.UPDATE
+    assert not decision.conflict
+
+
+def test_unmarked_resource_in_sync_is_adopted_without_a_write() -> None:
+    """A resource without the marker (made by the backend or by hand) is adopted: in
+    sync means no write, not even to add the marker."""
+    decision = decide(_versioned(7, max_age=DAY), Observed(config=broker_stream(max_age=DAY)), NOW)
+    assert decision.action is Action.IN_SYNC
