@@ -938,7 +938,8 @@ def _versioned(version: int, **declared: Any) -> Resource:
 
 def _written_by(resource: Resource, **fields: Any) -> dict[str, Any]:
     """S1 as another watchdog (with `resource`'s spec) left it, `fields` changed."""
-    return broker_stream(**{k: v for k, v in created(resource).items() if k != "name"}, **fields)
+    written = {k: v for k, v in created(resource).items() if k != "name"}
+    return broker_stream(**{**written, **fields})
 
 
 def test_every_write_carries_the_marker() -> None:
