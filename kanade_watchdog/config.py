@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from .errors import ConfigError
+from .secret import Secret
 from .subjects import bucket_name_problem, stream_name_problem, subject_problem, subjects_overlap
 from .units import (
     INT64_MAX,
@@ -68,6 +70,15 @@ class Resource:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None  # checked against the certificate; default: URL host
+    verify: bool = True
+
+
+@dataclass(frozen=True)
 class NatsSettings:
     servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     name: str = "kanade-watchdog"
@@ -75,6 +86,15 @@ class NatsSettings:
     request_timeout: float = 2.0
     reconnect_wait: float = 0.25
     jetstream_domain: str | None = None
+    # Credentials: at most one way to authenticate. Secrets never print.
+    token: Secret | None = None
+    token_file: str | None = None
+    user: str | None = None
+    password: Secret | None = None
+    password_file: str | None = None
+    nkey_seed_file: str | None = None
+    creds_file: str | None = None
+    tls: TlsSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -366,6 +386,37 @@ def _domain(value: Any) -> str:
     return str(value)
 
 
+def _secret(value: Any) -> Secret:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    return Secret(value)
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a file path")
+    return value
+
+
+def _tls(value: Any) -> TlsSettings:
+    if not isinstance(value, dict):
+        raise ValueError("must be a table (ca_file, cert_file, key_file, server_name, verify)")
+    known = {
+        "ca_file": _path,
+        "cert_file": _path,
+        "key_file": _path,
+        "server_name": _text(256),
+        "verify": _bool,
+    }
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(known)})")
+    parsed = {k: known[k](v) for k, v in value.items()}
+    if ("cert_file" in parsed) != ("key_file" in parsed):
+        raise ValueError("cert_file and key_file go together (client certificate)")
+    return TlsSettings(**parsed)
+
+
 _NATS_KEYS: dict[str, Parser] = {
     "servers": _servers,
     "name": _text(256),
@@ -373,6 +424,22 @@ _NATS_KEYS: dict[str, Parser] = {
     "request_timeout": _positive_seconds,
     "reconnect_wait": _positive_seconds,
     "jetstream_domain": _domain,
+    "token": _secret,
+    "token_file": _path,
+    "user": _text(256),
+    "password": _secret,
+    "password_file": _path,
+    "nkey_seed_file": _path,
+    "creds_file": _path,
+    "tls": _tls,
+}
+SECRET_KEYS = frozenset({"token", "password"})
+# Ways to authenticate; one at most.
+_AUTH_METHODS = {
+    "token": ("token", "token_file"),
+    "user and password": ("user", "password", "password_file"),
+    "nkey": ("nkey_seed_file",),
+    "credentials file": ("creds_file",),
 }
 _WATCHDOG_KEYS: dict[str, Parser] = {
     "resync_interval": _positive_seconds,
@@ -402,7 +469,8 @@ class _Problems:
         try:
             return parser(value)
         except (ValueError, TypeError, OverflowError) as exc:
-            self.add(key, f"{exc}, got {_show(value)}")
+            shown = "<hidden>" if key.rpartition(".")[2] in SECRET_KEYS else _show(value)
+            self.add(key, f"{exc}, got {shown}")
             return None
 
 
@@ -467,6 +535,18 @@ def _resource(problems: _Problems, kind: Kind, name: str, raw: Any) -> Resource 
     return Resource(kind=kind, name=name, declared=declared, protect=protect)
 
 
+def _auth_checks(problems: _Problems, nats: dict[str, Any]) -> None:
+    used = [m for m, keys in _AUTH_METHODS.items() if any(k in nats for k in keys)]
+    if len(used) > 1:
+        problems.add("nats", f"choose one way to authenticate, got {' and '.join(used)}")
+    for one, other in (("token", "token_file"), ("password", "password_file")):
+        if one in nats and other in nats:
+            problems.add(f"nats.{one}", f"set {one} or {other}, not both")
+    has_password = "password" in nats or "password_file" in nats
+    if ("user" in nats) != has_password:
+        problems.add("nats.user", "user and password (or password_file) go together")
+
+
 def _identity_subjects(resource: Resource) -> tuple[str, ...]:
     if resource.kind is Kind.KV:
         return (f"$KV.{resource.name}.>",)
@@ -511,6 +591,7 @@ def parse(document: Mapping[str, Any], path: str) -> Config:
         "spec_version", _int_range(1, MAX_SPEC_VERSION), document.get("spec_version", 1)
     )
     nats = _settings(problems, "nats", document.get("nats", {}), _NATS_KEYS)
+    _auth_checks(problems, nats)
     watchdog = _settings(problems, "watchdog", document.get("watchdog", {}), _WATCHDOG_KEYS)
     resources: list[Resource] = []
     for kind, section in SECTION.items():
@@ -538,7 +619,8 @@ def parse(document: Mapping[str, Any], path: str) -> Config:
 def load(path: str) -> Config:
     """Read and validate `path`. Every failure is a one-line `ConfigError`."""
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
+        size = st.st_size
         if os.path.isdir(path):
             raise ConfigError([f"{path}: is a directory, not a config file"])
         if size > MAX_FILE_BYTES:
@@ -565,4 +647,114 @@ def load(path: str) -> Config:
         raise ConfigError([f"{path}: TOML syntax: nested too deeply"]) from None
     except ValueError as exc:  # an integer beyond Python's 4300-digit limit
         raise ConfigError([f"{path}: TOML value: {exc}"]) from None
-    return parse(document, path)
+    return _resolve_secrets(parse(document, path), st.st_mode)
+
+
+ENV_TOKEN = "KANADE_NATS_TOKEN"
+_CREDENTIALS_VAR = re.compile(r"\$\{?CREDENTIALS_DIRECTORY\}?")
+MAX_SECRET_BYTES = 64 * 1024
+
+
+def _expand(path: str, key: str, problems: _Problems) -> str:
+    """Only $CREDENTIALS_DIRECTORY is expanded: that is where systemd's
+    LoadCredential= puts the unit's secrets."""
+    if not _CREDENTIALS_VAR.search(path):
+        return path
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        problems.add(
+            key,
+            "refers to $CREDENTIALS_DIRECTORY, which is not set (give the unit "
+            f"LoadCredential=), got {_show(path)}",
+        )
+        return path
+    return _CREDENTIALS_VAR.sub(lambda _m: directory, path)
+
+
+def _readable(path: str, key: str, problems: _Problems) -> bool:
+    if not os.path.isfile(path):
+        problems.add(key, f"no such file, got {_show(path)}")
+        return False
+    if not os.access(path, os.R_OK):
+        problems.add(key, f"permission denied, got {_show(path)}")
+        return False
+    return True
+
+
+def _read_secret(path: str, key: str, problems: _Problems) -> Secret | None:
+    if not _readable(path, key, problems):
+        return None
+    with open(path, "rb") as fh:
+        raw = fh.read(MAX_SECRET_BYTES + 1)
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        text = ""
+    if not text or len(raw) > MAX_SECRET_BYTES:
+        problems.add(key, f"must hold one secret as UTF-8 text, got {_show(path)}")
+        return None
+    return Secret(text)
+
+
+def _check_tls_files(tls: TlsSettings, problems: _Problems) -> None:
+    """Load the CA and key pair once now, so a bad PEM is a config error at
+    start or reload instead of a connection that can never succeed."""
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+    except (ssl.SSLError, OSError) as exc:
+        problems.add(
+            "nats.tls.ca_file", f"not a usable CA bundle ({exc}), got {_show(tls.ca_file)}"
+        )
+        return
+    if tls.cert_file and tls.key_file:
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        except (ssl.SSLError, OSError) as exc:
+            problems.add(
+                "nats.tls.cert_file",
+                f"certificate and key do not load ({exc}), got {_show(tls.cert_file)}",
+            )
+
+
+def _resolve_secrets(config: Config, mode: int) -> Config:
+    """Read secret files, check inline secrets are private, take the token from
+    the environment when the file names no way to authenticate."""
+    problems = _Problems(config.path)
+    nats = config.nats
+    changes: dict[str, Any] = {}
+    for key in ("token", "password"):
+        if getattr(nats, key) is not None and mode & 0o077:
+            problems.add(
+                f"nats.{key}",
+                f"an inline secret needs a config file only its owner can read (mode "
+                f"{mode & 0o777:04o}); chmod 600 it or use {key}_file",
+            )
+    for key, target in (("token_file", "token"), ("password_file", "password")):
+        path = getattr(nats, key)
+        if path is not None:
+            changes[target] = _read_secret(
+                _expand(path, f"nats.{key}", problems), f"nats.{key}", problems
+            )
+    for key in ("nkey_seed_file", "creds_file"):
+        path = getattr(nats, key)
+        if path is not None:
+            changes[key] = _expand(path, f"nats.{key}", problems)
+            _readable(changes[key], f"nats.{key}", problems)
+    if nats.tls is not None:
+        tls: dict[str, Any] = {}
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(nats.tls, key)
+            if path is not None:
+                tls[key] = _expand(path, f"nats.tls.{key}", problems)
+                _readable(tls[key], f"nats.tls.{key}", problems)
+        changes["tls"] = replace(nats.tls, **tls)
+        if not problems.lines:
+            _check_tls_files(changes["tls"], problems)
+    no_auth = not any(
+        (nats.token, nats.token_file, nats.user, nats.nkey_seed_file, nats.creds_file)
+    )
+    if no_auth and os.environ.get(ENV_TOKEN):
+        changes["token"] = Secret(os.environ[ENV_TOKEN])
+    if problems.lines:
+        raise ConfigError(problems.lines)
+    return replace(config, nats=replace(nats, **changes)) if changes else config

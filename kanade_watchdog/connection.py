@@ -11,15 +11,19 @@ logging. `cli` and `daemon` call `connect_once` / `connect_forever`.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
-from nats.aio.client import Client
+import nats.errors
+from nats.aio.client import Client, Server
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from .config import NatsSettings
 from .errors import BrokerUnavailable
+from .security import auth_options
 
 log = logging.getLogger("kanade_watchdog.connection")
 
@@ -36,8 +40,10 @@ class QuietErrors:
         self.sink = sink
         self._last: dict[str, float] = {}
         self.suppressed = 0
+        self.latest: Exception | None = None  # why the last attempt failed
 
     async def callback(self, exc: Exception) -> None:
+        self.latest = exc
         text = str(exc) or type(exc).__name__
         if self.sink is not None:
             self.sink(text)
@@ -50,8 +56,25 @@ class QuietErrors:
         log.debug("nats client: %s", text)
 
 
+MAX_RECONNECT_WAIT = 5.0  # reconnect pacing cap: a restarting broker is back in seconds
+MAX_CONNECT_WAIT = 30.0  # initial-connect pacing cap (a down broker, wrong credentials)
+
+
+def reconnect_pacing(base: float) -> Callable[[list[Server], dict[str, Any]], tuple[Server, float]]:
+    """nats-py's reconnect hook: the least-tried server, after a delay that grows
+    with the failed attempts (x1.5 each, capped), so a broker that refuses us
+    (credentials revoked, a stuck TLS handshake) is not hammered."""
+
+    def pick(servers: list[Server], _info: dict[str, Any]) -> tuple[Server, float]:
+        server = min(servers, key=lambda s: s.reconnects)
+        delay = min(base * 1.5**server.reconnects, MAX_RECONNECT_WAIT)
+        return server, delay * random.uniform(0.8, 1.2)
+
+    return pick
+
+
 def _options(settings: NatsSettings) -> dict[str, Any]:
-    return {
+    options: dict[str, Any] = {
         "servers": list(settings.servers),
         "name": settings.name,
         "connect_timeout": settings.connect_timeout,
@@ -60,6 +83,8 @@ def _options(settings: NatsSettings) -> dict[str, Any]:
         "ping_interval": 5,
         "max_outstanding_pings": 3,
     }
+    options.update(auth_options(settings))
+    return options
 
 
 async def connect_once(
@@ -75,8 +100,16 @@ async def connect_once(
         )
     except Exception as exc:  # nats-py raises OSError, NoServersError, auth errors...
         raise BrokerUnavailable(
-            f"cannot connect to {', '.join(settings.servers)}: {str(exc) or type(exc).__name__}"
+            f"cannot connect to {', '.join(settings.servers)}: {describe(exc)}"
         ) from exc
+
+
+def describe(exc: BaseException) -> str:
+    """nats-py's exceptions often have no text; the class name then says it."""
+    text = str(exc)
+    if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text.lower():
+        return "authorization refused (check the credentials in [nats])"
+    return text or type(exc).__name__
 
 
 async def connect_forever(
@@ -87,14 +120,56 @@ async def connect_forever(
     on_reconnect: Callback,
     on_error: Callable[[str], None] | None = None,
 ) -> Client:
-    """For the daemon: blocks until a server answers, then reconnects forever.
+    """For the daemon: returns once a server accepts us, trying with growing
+    pauses meanwhile; the client then reconnects forever on its own.
     Cancel the awaiting task to give up (shutdown)."""
-    return await nats.connect(
-        **_options(settings),
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
-        error_cb=QuietErrors(sink=on_error).callback,
-        closed_cb=on_closed,
-        disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect,
+    quiet = QuietErrors(sink=on_error)
+    retrying = AsyncRetrying(
+        wait=wait_exponential_jitter(
+            multiplier=settings.reconnect_wait, max=MAX_CONNECT_WAIT, jitter=settings.reconnect_wait
+        ),
+        retry=retry_if_exception_type(Exception),
+        before_sleep=_RetryLog(quiet).before_sleep,
+        reraise=True,
     )
+    async for attempt in retrying:
+        with attempt:
+            nc = await nats.connect(
+                **_options(settings),
+                allow_reconnect=True,
+                # One pass over the pool per attempt; tenacity paces the attempts.
+                max_reconnect_attempts=1,
+                reconnect_to_server_handler=reconnect_pacing(settings.reconnect_wait),
+                error_cb=quiet.callback,
+                closed_cb=on_closed,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+    # Once connected, never stop reconnecting: the pacing hook spaces attempts.
+    nc.options["max_reconnect_attempts"] = -1
+    return nc
+
+
+class _RetryLog:
+    """One line per distinct reason the broker cannot be reached, not one per attempt."""
+
+    def __init__(self, quiet: QuietErrors) -> None:
+        self.quiet = quiet
+        self.last = ""
+
+    def before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, nats.errors.NoServersError) and self.quiet.latest is not None:
+            exc = self.quiet.latest  # "no servers" hides the reason each one gave
+        text = describe(exc) if exc else "unknown"
+        wait = state.next_action.sleep if state.next_action else 0.0
+        if text != self.last:
+            self.last = text
+            log.warning("cannot connect yet: %s (retrying, next in %.1fs)", text, wait)
+        else:
+            log.debug(
+                "cannot connect yet: %s (attempt %d, next in %.1fs)",
+                text,
+                state.attempt_number,
+                wait,
+            )
