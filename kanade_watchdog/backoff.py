@@ -80,3 +80,7 @@ class Backoff:
 
     def reset(self) -> None:
         self._states.clear()
+
+    def forget_transient(self) -> None:
+        """A new connection makes every connection-level failure moot."""
+        self._states = {k: s for k, s in self._states.items() if not s.transient}

@@ -17,9 +17,12 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from . import advisories, exitcodes
 from .broker import Broker
@@ -52,6 +55,9 @@ class Daemon:
         self._reload_pending = False
         self._reload_ready_due = False
         self._timer: ResyncTimer | None = None
+        self._advisory_sub: Subscription | None = None
+        self._rebuild = False  # the next close is ours (new connection settings)
+        self._background: set[asyncio.Task[None]] = set()
         self.board.on_change = self._on_status
 
     # --- systemd status ----------------------------------------------------------------
@@ -105,13 +111,12 @@ class Daemon:
             extra=fields(action=Event.BROKER_BACK, message_id=Event.BROKER_BACK),
         )
         self.board.broker_up()
-        self.worker.attach(self.broker)
-        self.worker.queue.mark_all(Trigger.RECONNECT)
+        self.worker.attach(self.broker, Trigger.RECONNECT)
 
     async def _on_advisory(self, msg: Msg) -> None:
         advisory = advisories.parse(msg.subject, msg.data)
         if advisory is not None and advisory.stream in self.worker.managed:
-            self.worker.queue.mark(advisory.stream, Trigger.ADVISORY, deleted=advisory.deleted)
+            self.worker.queue.mark(advisory.stream, Trigger.ADVISORY)
 
     async def connection_task(self) -> None:
         """Keep exactly one live client, forever: connect (blocking until a
@@ -143,8 +148,8 @@ class Daemon:
                 timeout=self.config.nats.request_timeout,
                 domain=self.config.nats.jetstream_domain,
             )
-            if self.config.watchdog.advisories:
-                await nc.subscribe(advisories.SUBJECT, cb=self._on_advisory)
+            self._advisory_sub = None
+            await self._subscribe_advisories(nc)
             url = nc.connected_url.netloc if nc.connected_url else servers
             log.info(
                 "connected to %s",
@@ -152,11 +157,13 @@ class Daemon:
                 extra=fields(action=Event.BROKER_BACK, message_id=Event.BROKER_BACK),
             )
             self.board.broker_up()
-            self.worker.attach(self.broker)
-            self.worker.queue.mark_all(Trigger.STARTUP if first else Trigger.RECONNECT)
+            self.worker.attach(self.broker, Trigger.STARTUP if first else Trigger.RECONNECT)
             first = False
             await closed.wait()
             self.worker.detach()
+            if self._rebuild:  # a reload asked for it
+                self._rebuild = False
+                continue
             await asyncio.sleep(1.0)  # never a tight loop, whatever closed it
             log.warning(
                 "connection closed for good; building a new one",
@@ -204,7 +211,7 @@ class Daemon:
         try:
             config = load(self.config.path)
         except ConfigError as exc:
-            log.exception(
+            log.error(  # noqa: TRY400 - one line, no traceback: the problem lines say it all
                 "reload refused, still running the previous config: %s",
                 " | ".join(exc.problems),
                 extra=fields(
@@ -216,7 +223,8 @@ class Daemon:
             if running:
                 self.notifier.ready(self.board.line())
             return
-        self.config = config
+        old, self.config = self.config, config
+        self._connection_settings_changed(old, config)
         if self._timer is not None:
             self._timer.reschedule(
                 interval=config.watchdog.resync_interval, jitter=config.watchdog.resync_jitter
@@ -235,6 +243,31 @@ class Daemon:
         if not self.worker.connected.is_set() and self._reload_ready_due:
             self._reload_ready_due = False
             self.notifier.ready(self.board.line())
+
+    def _connection_settings_changed(self, old: Config, new: Config) -> None:
+        """Apply a reload's [nats] and advisory changes to the live connection."""
+        if new.nats != old.nats and self.nc is not None:
+            log.info("connection settings changed; reconnecting with the new ones")
+            self._rebuild = True
+            nc = self.nc
+            self._spawn(nc.close())
+        elif new.watchdog.advisories != old.watchdog.advisories and self.nc is not None:
+            self._spawn(self._subscribe_advisories(self.nc))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _subscribe_advisories(self, nc: Client) -> None:
+        """Subscribe or unsubscribe to match `[watchdog] advisories`."""
+        want = self.config.watchdog.advisories
+        if want and self._advisory_sub is None:
+            self._advisory_sub = await nc.subscribe(advisories.SUBJECT, cb=self._on_advisory)
+        elif not want and self._advisory_sub is not None:
+            sub, self._advisory_sub = self._advisory_sub, None
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     def wedge(self) -> None:
         log.warning("test hook: wedging the worker")

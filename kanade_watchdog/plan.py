@@ -203,8 +203,15 @@ def _parse_ts(text: Any) -> datetime | None:
         return None
 
 
-def decide(resource: Resource, observed: Observed | None, now: datetime) -> Decision:
-    """The one decision for one resource. `now` (naive UTC) dates max_age risks."""
+def decide(
+    resource: Resource,
+    observed: Observed | None,
+    now: datetime,
+    *,
+    own_hashes: frozenset[str] = frozenset(),
+) -> Decision:
+    """The one decision for one resource. `now` (naive UTC) dates max_age risks;
+    `own_hashes` are specs this process wrote before a reload (its own edits)."""
     if observed is None:
         return Decision(resource, Action.CREATE, send=desired.create_config(resource))
     config = observed.config
@@ -230,6 +237,7 @@ def decide(resource: Resource, observed: Observed | None, now: datetime) -> Deci
         owner is not None
         and owner[0] == resource.spec_version
         and owner[1] != desired.spec_hash(resource)
+        and owner[1] not in own_hashes
     ):
         # Reverting would start a tug of war with the other watchdog.
         return Decision(
@@ -237,8 +245,9 @@ def decide(resource: Resource, observed: Observed | None, now: datetime) -> Deci
             Action.BLOCKED,
             changes=tuple(changes),
             conflict=True,
-            reason=f"another watchdog wrote spec_version {owner[0]} with different content; "
-            "give the newer config a higher spec_version",
+            reason=f"the broker holds spec_version {owner[0]} written from different content "
+            "(another watchdog's config, or this file edited without raising spec_version); "
+            "raise spec_version to apply this change",
         )
     immutable = [
         reason

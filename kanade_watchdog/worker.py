@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from . import desired
 from .apply import Outcome, Result, execute, kind_word
 from .backoff import Backoff
 from .broker import Broker
@@ -47,10 +48,6 @@ def utcnow() -> datetime:
 class Batch:
     full: Trigger | None = None
     streams: dict[str, Trigger] = field(default_factory=dict)
-    # Streams whose latest news is a DELETED advisory: re-create without
-    # reading first (one round trip instead of two). A create that finds the
-    # stream back already gets 10058 and falls back to read-and-compare.
-    gone: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return self.full is not None or bool(self.streams)
@@ -70,13 +67,11 @@ class WorkQueue:
             self._pending.full = trigger
         self._wake.set()
 
-    def mark(self, stream: str, trigger: Trigger, *, deleted: bool = False) -> None:
+    def mark(self, stream: str, trigger: Trigger) -> None:
+        # Even a DELETED advisory leads to a read before the create: anyone may
+        # publish on the advisory subjects, and an in-sync stream is never written.
         self.marks += 1
         self._pending.streams.setdefault(stream, trigger)
-        if deleted:
-            self._pending.gone.add(stream)
-        else:
-            self._pending.gone.discard(stream)
         self._wake.set()
 
     async def wait(self, at_most: float | None) -> None:
@@ -114,6 +109,7 @@ class Worker:
         self.wedge: asyncio.Event | None = None  # test hook: hold the next pass
         self._failures: dict[str, str] = {}  # stream -> last failure text, to log once
         self._failing_since: dict[str, float] = {}
+        self.own_hashes: dict[str, frozenset[str]] = {}
         self._conflict_warned: dict[str, float] = {}
 
     def _new_backoff(self) -> Backoff:
@@ -127,15 +123,26 @@ class Worker:
 
     # --- connection and config, from the daemon ---------------------------------
 
-    def attach(self, broker: Broker) -> None:
+    def attach(self, broker: Broker, trigger: Trigger | None = None) -> None:
+        """A (new) connection: requests that died with the old one are retried
+        now, not when their backoff says, and `trigger` marks everything."""
         self.broker = broker
+        self.backoff.forget_transient()
         self.connected.set()
+        if trigger is not None:
+            self.queue.mark_all(trigger)
 
     def detach(self) -> None:
         self.connected.clear()
 
     def reload(self, config: Config) -> None:
         """Swap the declaration; everything is looked at again, from scratch."""
+        # What the previous config wrote is this process's own work: an edit
+        # made without raising spec_version replaces it instead of being
+        # mistaken for another watchdog's.
+        for res in self.config.resources:
+            mine = self.own_hashes.get(res.stream, frozenset())
+            self.own_hashes[res.stream] = mine | {desired.spec_hash(res)}
         self.config = config
         self.managed = frozenset(config.by_stream())
         self.backoff = self._new_backoff()
@@ -200,18 +207,16 @@ class Worker:
                 if trigger is None and not self.backoff.due(res.stream):
                     continue  # still backing off; an event would bring it in early
                 decisions.append(
-                    (decide(res, observed.get(res.stream), now), trigger or batch.full)
+                    (self._decide(res, observed.get(res.stream), now), trigger or batch.full)
                 )
         else:
             targets = [(by_stream[s], t) for s, t in batch.streams.items() if s in by_stream]
-            infos = await asyncio.gather(
-                *(self._info(broker, r, r.stream in batch.gone) for r, _ in targets)
-            )
+            infos = await asyncio.gather(*(self._info(broker, r) for r, _ in targets))
             for (res, trigger), info in zip(targets, infos, strict=True):
                 if isinstance(info, BrokerError):
                     self._record_failure(res, info, trigger)
                 else:
-                    decisions.append((decide(res, info, now), trigger))
+                    decisions.append((self._decide(res, info, now), trigger))
         outcomes = await asyncio.gather(
             *(execute(broker, d, config.resources, now) for d, _ in decisions)
         )
@@ -222,10 +227,11 @@ class Worker:
             "pass (%s): %d looked at, %d in sync", batch.full or "events", len(outcomes), in_sync
         )
 
+    def _decide(self, res: Resource, observed: Observed | None, now: datetime) -> Decision:
+        return decide(res, observed, now, own_hashes=self.own_hashes.get(res.stream, frozenset()))
+
     @staticmethod
-    async def _info(broker: Broker, res: Resource, gone: bool) -> Observed | BrokerError | None:
-        if gone:
-            return None
+    async def _info(broker: Broker, res: Resource) -> Observed | BrokerError | None:
         try:
             return await broker.stream_info(res.stream)
         except BrokerError as exc:
@@ -354,10 +360,18 @@ class Worker:
         # Elections and restarts make requests fail for a few seconds; that is
         # not worth a warning unless it lasts.
         quiet = transient and self.clock() - since < TRANSIENT_QUIET
-        if quiet or self._failures.get(res.stream) == text:
+        # Same failure = same broker error code (its text may carry live
+        # numbers, such as the storage other streams reserve right now).
+        cause = getattr(error, "cause", error)
+        key = (
+            f"{type(cause).__name__}:{getattr(cause, 'err_code', '')}"
+            if getattr(cause, "err_code", None)
+            else text
+        )
+        if quiet or self._failures.get(res.stream) == key:
             log.debug("%s failing: %s (retry in %.2fs)", res.label, text, delay)
         else:
-            self._failures[res.stream] = text
+            self._failures[res.stream] = key
             log.warning(
                 "failed %s %s: %s (%s; retry in %.1fs; trigger %s)",
                 kind_word(res.kind),
