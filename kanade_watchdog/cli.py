@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -119,16 +118,12 @@ async def _plan(config: Config, args: argparse.Namespace) -> int:
     pending = any(d.action is not Action.IN_SYNC for d in decisions)
     if args.json:
         print(
-            json.dumps(
-                {
-                    "format": render.JSON_FORMAT,
-                    "in_sync": not pending,
-                    "summary": render.plan_summary(decisions),
-                    "resources": [render.decision_json(d) for d in decisions],
-                    "requests": render.request_counts(broker.requests),
-                    "seconds": round(elapsed, 4),
-                },
-                indent=2,
+            render.report_json(
+                in_sync=not pending,
+                summary=render.plan_summary(decisions),
+                resources=[render.decision_json(d) for d in decisions],
+                requests=broker.requests,
+                seconds=elapsed,
             )
         )
     else:
@@ -153,16 +148,12 @@ async def _apply(config: Config, args: argparse.Namespace) -> int:
     ok = all(o.ok for o in outcomes)
     if args.json:
         print(
-            json.dumps(
-                {
-                    "format": render.JSON_FORMAT,
-                    "in_sync": ok,
-                    "summary": render.apply_summary(outcomes),
-                    "resources": [render.outcome_json(o) for o in outcomes],
-                    "requests": render.request_counts(broker.requests),
-                    "seconds": round(elapsed, 4),
-                },
-                indent=2,
+            render.report_json(
+                in_sync=ok,
+                summary=render.apply_summary(outcomes),
+                resources=[render.outcome_json(o) for o in outcomes],
+                requests=broker.requests,
+                seconds=elapsed,
             )
         )
     else:

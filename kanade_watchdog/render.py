@@ -6,6 +6,7 @@ what this returns. The JSON shape (`"format": 1`) only ever gains keys.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -113,3 +114,25 @@ def apply_summary(outcomes: Sequence[Outcome]) -> str:
 
 def request_counts(counts: Mapping[str, int]) -> dict[str, int]:
     return {"total": sum(counts.values()), **dict(sorted(counts.items()))}
+
+
+def report_json(
+    *,
+    in_sync: bool,
+    summary: str,
+    resources: list[dict[str, Any]],
+    requests: Mapping[str, int],
+    seconds: float,
+) -> str:
+    """The stable `--json` document of plan and apply."""
+    return json.dumps(
+        {
+            "format": JSON_FORMAT,
+            "in_sync": in_sync,
+            "summary": summary,
+            "resources": resources,
+            "requests": request_counts(requests),
+            "seconds": round(seconds, 4),
+        },
+        indent=2,
+    )
