@@ -40,13 +40,22 @@ class Broker:
         self.prefix = api_prefix(domain)
         self.requests: Counter[str] = Counter()  # by API verb, for plans and benchmarks
         self._denied: dict[str, float] = {}
+        self._inbox_denied = False  # replies can never reach us: every request times out
 
-    def note_error(self, message: str) -> None:
+    def note_error(self, message: str) -> tuple[str, str] | None:
         """Fed from the client's error callback: the broker reports a denied
-        publish asynchronously, and our request then only times out."""
+        publish or subscription asynchronously, and our request then only
+        times out. Returns (publish|subscription, subject) for a violation."""
         match = _VIOLATION.search(message)
-        if match:
-            self._denied[match.group(2)] = time.monotonic()
+        if not match:
+            return None
+        kind, subject = match.group(1).lower(), match.group(2)
+        # nats-py lower-cases the server's text; subjects are compared so too.
+        if kind == "publish":
+            self._denied[subject.lower()] = time.monotonic()
+        elif subject.lower().startswith("_inbox."):
+            self._inbox_denied = True
+        return kind, subject
 
     async def _request(self, verb: str, subject: str, body: Mapping[str, Any] | None) -> Any:
         self.requests[verb] += 1
@@ -59,7 +68,13 @@ class Broker:
                 subject=subject,
             ) from None
         except (nats.errors.TimeoutError, TimeoutError):
-            if self._denied.pop(subject, None) is not None:
+            if self._inbox_denied:
+                raise PermissionDenied(
+                    "permission denied: subscribe to _INBOX.> (replies cannot reach the "
+                    "watchdog; grant it in the user's subscribe permissions)",
+                    subject="_INBOX.>",
+                ) from None
+            if self._denied.pop(subject.lower(), None) is not None:
                 raise PermissionDenied(
                     f"permission denied: publish to {subject} (grant it in the user's "
                     f"publish permissions)",

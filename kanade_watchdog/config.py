@@ -376,6 +376,14 @@ def _servers(value: Any) -> tuple[str, ...]:
     for url in value:
         if not isinstance(url, str) or "://" not in url:
             raise ValueError(f"{_show(url)} is not a URL like nats://host:4222")
+        scheme, _, rest = url.partition("://")
+        if "@" in rest.split("/", 1)[0]:
+            # Never echo it: the part before '@' is a token or user:password.
+            host = rest.split("/", 1)[0].rpartition("@")[2]
+            raise ValueError(
+                f"credentials in a server URL ({scheme}://***@{host}) are not allowed: "
+                "use token_file or user + password_file"
+            )
     return tuple(value)
 
 
@@ -469,7 +477,8 @@ class _Problems:
         try:
             return parser(value)
         except (ValueError, TypeError, OverflowError) as exc:
-            shown = "<hidden>" if key.rpartition(".")[2] in SECRET_KEYS else _show(value)
+            secret = key.rpartition(".")[2] in SECRET_KEYS or "***@" in str(exc)
+            shown = "<hidden>" if secret else _show(value)
             self.add(key, f"{exc}, got {shown}")
             return None
 
@@ -667,11 +676,13 @@ def _expand(path: str, key: str, problems: _Problems) -> str:
             "refers to $CREDENTIALS_DIRECTORY, which is not set (give the unit "
             f"LoadCredential=), got {_show(path)}",
         )
-        return path
+        return ""  # reported; the callers skip an empty path
     return _CREDENTIALS_VAR.sub(lambda _m: directory, path)
 
 
 def _readable(path: str, key: str, problems: _Problems) -> bool:
+    if not path:  # an unexpandable path, already reported
+        return False
     if not os.path.isfile(path):
         problems.add(key, f"no such file, got {_show(path)}")
         return False

@@ -34,16 +34,19 @@ class QuietErrors:
     """The client's error callback: one line per distinct error per interval."""
 
     def __init__(
-        self, *, interval: float = 60.0, sink: Callable[[str], None] | None = None
+        self, *, interval: float = 60.0, sink: Callable[[str], object] | None = None
     ) -> None:
         self.interval = interval
         self.sink = sink
         self._last: dict[str, float] = {}
         self.suppressed = 0
         self.latest: Exception | None = None  # why the last attempt failed
+        self.refused: Exception | None = None  # an authorization refusal since the last look
 
     async def callback(self, exc: Exception) -> None:
         self.latest = exc
+        if "authorization" in str(exc).lower() or isinstance(exc, nats.errors.AuthorizationError):
+            self.refused = exc  # the socket reset that follows must not hide it
         text = str(exc) or type(exc).__name__
         if self.sink is not None:
             self.sink(text)
@@ -88,7 +91,7 @@ def _options(settings: NatsSettings) -> dict[str, Any]:
 
 
 async def connect_once(
-    settings: NatsSettings, *, on_error: Callable[[str], None] | None = None
+    settings: NatsSettings, *, on_error: Callable[[str], object] | None = None
 ) -> Client:
     """For one-shot commands: one try per server, then BrokerUnavailable."""
     try:
@@ -100,16 +103,26 @@ async def connect_once(
         )
     except Exception as exc:  # nats-py raises OSError, NoServersError, auth errors...
         raise BrokerUnavailable(
-            f"cannot connect to {', '.join(settings.servers)}: {describe(exc)}"
+            f"cannot connect to {', '.join(settings.servers)}: {describe(exc, settings)}"
         ) from exc
 
 
-def describe(exc: BaseException) -> str:
+_DROPPED = ("connection reset", "connection lost", "unexpected eof", "broken pipe")
+
+
+def describe(exc: BaseException, settings: NatsSettings | None = None) -> str:
     """nats-py's exceptions often have no text; the class name then says it."""
     text = str(exc)
     if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text.lower():
         return "authorization refused (check the credentials in [nats])"
-    return text or type(exc).__name__
+    text = text or type(exc).__name__
+    tls = settings.tls if settings is not None else None
+    if tls is not None and not tls.cert_file and any(d in text.lower() for d in _DROPPED):
+        # A broker that requires mutual TLS drops the session without a word.
+        text += (
+            " (if the broker requires a client certificate, set [nats.tls] cert_file and key_file)"
+        )
+    return text
 
 
 async def connect_forever(
@@ -118,7 +131,7 @@ async def connect_forever(
     on_closed: Callback,
     on_disconnect: Callback,
     on_reconnect: Callback,
-    on_error: Callable[[str], None] | None = None,
+    on_error: Callable[[str], object] | None = None,
 ) -> Client:
     """For the daemon: returns once a server accepts us, trying with growing
     pauses meanwhile; the client then reconnects forever on its own.
@@ -129,7 +142,7 @@ async def connect_forever(
             multiplier=settings.reconnect_wait, max=MAX_CONNECT_WAIT, jitter=settings.reconnect_wait
         ),
         retry=retry_if_exception_type(Exception),
-        before_sleep=_RetryLog(quiet).before_sleep,
+        before_sleep=_RetryLog(quiet, settings).before_sleep,
         reraise=True,
     )
     async for attempt in retrying:
@@ -153,15 +166,18 @@ async def connect_forever(
 class _RetryLog:
     """One line per distinct reason the broker cannot be reached, not one per attempt."""
 
-    def __init__(self, quiet: QuietErrors) -> None:
+    def __init__(self, quiet: QuietErrors, settings: NatsSettings) -> None:
         self.quiet = quiet
+        self.settings = settings
         self.last = ""
 
     def before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, nats.errors.NoServersError) and self.quiet.latest is not None:
-            exc = self.quiet.latest  # "no servers" hides the reason each one gave
-        text = describe(exc) if exc else "unknown"
+        if isinstance(exc, nats.errors.NoServersError):
+            # "no servers" hides the reason each one gave
+            exc = self.quiet.refused or self.quiet.latest or exc
+            self.quiet.refused = None
+        text = describe(exc, self.settings) if exc else "unknown"
         wait = state.next_action.sleep if state.next_action else 0.0
         if text != self.last:
             self.last = text

@@ -57,6 +57,8 @@ class Daemon:
         self._timer: ResyncTimer | None = None
         self._advisory_sub: Subscription | None = None
         self._rebuild = False  # the next close is ours (new connection settings)
+        self._advisories_denied = False
+        self._connecting: asyncio.Future[Client] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.board.on_change = self._on_status
 
@@ -113,6 +115,22 @@ class Daemon:
         self.board.broker_up()
         self.worker.attach(self.broker, Trigger.RECONNECT)
 
+    def _on_client_error(self, text: str) -> None:
+        """The client's asynchronous errors: permission violations matter."""
+        if self.broker is None:
+            return
+        violation = self.broker.note_error(text)
+        if violation is None or violation[0] != "subscription":
+            return
+        if violation[1].lower() == advisories.SUBJECT.lower() and not self._advisories_denied:
+            self._advisories_denied = True
+            log.warning(
+                "permission denied: subscribe to %s; deletes and drift now heal only at the "
+                "next resync (grant it in the user's subscribe permissions)",
+                advisories.SUBJECT,
+                extra=fields(action=Event.FAILED, message_id=Event.FAILED),
+            )
+
     async def _on_advisory(self, msg: Msg) -> None:
         advisory = advisories.parse(msg.subject, msg.data)
         if advisory is not None and advisory.stream in self.worker.managed:
@@ -135,13 +153,22 @@ class Daemon:
             async def on_closed(closed: asyncio.Event = closed) -> None:
                 closed.set()
 
-            nc = await connect_forever(
-                self.config.nats,
-                on_closed=on_closed,
-                on_disconnect=self._on_disconnect,
-                on_reconnect=self._on_reconnect,
-                on_error=lambda text: self.broker.note_error(text) if self.broker else None,
+            self._connecting = asyncio.ensure_future(
+                connect_forever(
+                    self.config.nats,
+                    on_closed=on_closed,
+                    on_disconnect=self._on_disconnect,
+                    on_reconnect=self._on_reconnect,
+                    on_error=self._on_client_error,
+                )
             )
+            try:
+                nc = await self._connecting
+            except asyncio.CancelledError:
+                if not self._rebuild:  # shutdown
+                    raise
+                self._rebuild = False  # a reload brought new settings: start over
+                continue
             self.nc = nc
             self.broker = Broker(
                 nc,
@@ -246,11 +273,15 @@ class Daemon:
 
     def _connection_settings_changed(self, old: Config, new: Config) -> None:
         """Apply a reload's [nats] and advisory changes to the live connection."""
-        if new.nats != old.nats and self.nc is not None:
+        if new.nats != old.nats and self.nc is not None and not self.nc.is_closed:
             log.info("connection settings changed; reconnecting with the new ones")
             self._rebuild = True
-            nc = self.nc
-            self._spawn(nc.close())
+            self._spawn(self.nc.close())
+        elif new.nats != old.nats and self._connecting is not None:
+            if not self._connecting.done():  # still trying the old settings
+                log.info("connection settings changed; connecting with the new ones")
+                self._rebuild = True
+                self._connecting.cancel()
         elif new.watchdog.advisories != old.watchdog.advisories and self.nc is not None:
             self._spawn(self._subscribe_advisories(self.nc))
 

@@ -76,3 +76,15 @@ def setup_logging(fmt: str, level: str) -> None:
     # nats-py logs its own reconnect chatter at ERROR; our callbacks say it once.
     logging.getLogger("nats").setLevel(logging.CRITICAL)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("tzlocal").setLevel(logging.WARNING)
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AsyncioNoise) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_AsyncioNoise())
+
+
+class _AsyncioNoise(logging.Filter):
+    """asyncio warns on every TLS connection nats-py closes; it means nothing
+    to an operator and is not ours to fix."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
