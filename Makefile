@@ -8,8 +8,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages: libsystemd-dev/pkg-config/gcc/python3-dev build systemd-python;
-# systemd-container gives systemd-nspawn for the end-to-end tests under a real systemd.
-DEBS   := libsystemd-dev pkg-config gcc python3-dev python3-venv systemd-container
+# systemd-container gives systemd-nspawn for the end-to-end tests under a real systemd;
+# openssl makes the test CA and certificates for the TLS tests.
+DEBS   := libsystemd-dev pkg-config gcc python3-dev python3-venv systemd-container systemd procps openssl
 
 .PHONY: setup system-packages run test lint typecheck pytest bench soak chaos clean
 
@@ -49,6 +50,17 @@ test: lint typecheck pytest
 
 bench: setup
 	$(BIN)/python -m bench.run
+
+# The fault suite at full size (>= 50 kill -9 cycles, a minute-long delete
+# storm, minutes of broker downtime); its figures go to .run/chaos-figures.md.
+chaos: setup
+	@mkdir -p .run
+	KANADE_CHAOS_FULL=1 KANADE_CHAOS_REPORT=.run/chaos-figures.md $(BIN)/pytest -q tests/chaos -m "slow or not slow" --timeout 1200
+	@cat .run/chaos-figures.md
+
+# Ten minutes of the daemon under a random fault every few seconds.
+soak: setup
+	$(BIN)/python -m bench.soak --minutes 10
 
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache

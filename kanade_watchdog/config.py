@@ -21,7 +21,13 @@ from typing import Any
 
 from .errors import ConfigError
 from .secret import Secret
-from .subjects import bucket_name_problem, stream_name_problem, subject_problem, subjects_overlap
+from .subjects import (
+    SubjectIndex,
+    bucket_name_problem,
+    stream_name_problem,
+    subject_problem,
+    subjects_overlap,
+)
 from .units import (
     INT64_MAX,
     NS_PER_SECOND,
@@ -577,17 +583,22 @@ def _cross_checks(problems: _Problems, resources: list[Resource]) -> None:
                 f"{SECTION[other.kind]}.{_key(other.name)}",
             )
         owner[res.stream] = res
-    claimed: list[tuple[str, Resource]] = []
+    index = SubjectIndex()
+    claimed_by: dict[str, Resource] = {}
     for res in resources:
-        for subject in _identity_subjects(res):
-            for other_subject, other in claimed:
-                if other is not res and subjects_overlap(subject, other_subject):
-                    problems.add(
-                        f"{SECTION[res.kind]}.{_key(res.name)}.subjects",
-                        f"{subject!r} overlaps {other_subject!r} of "
-                        f"{SECTION[other.kind]}.{_key(other.name)}",
-                    )
-            claimed.append((subject, res))
+        subjects = _identity_subjects(res)
+        for subject in subjects:
+            for other_subject in index.overlapping(subject):
+                other = claimed_by[other_subject]
+                problems.add(
+                    f"{SECTION[res.kind]}.{_key(res.name)}.subjects",
+                    f"{subject!r} overlaps {other_subject!r} of "
+                    f"{SECTION[other.kind]}.{_key(other.name)}",
+                )
+        for subject in subjects:  # a stream's own subjects were checked by _subjects
+            if subject not in claimed_by:
+                index.add(subject)
+                claimed_by[subject] = res
 
 
 def parse(document: Mapping[str, Any], path: str) -> Config:

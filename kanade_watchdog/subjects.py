@@ -60,3 +60,64 @@ def subjects_overlap(a: str, b: str) -> bool:
         if x not in (y, "*") and y != "*":
             return False
     return len(ta) == len(tb)
+
+
+class _Node:
+    __slots__ = ("children", "ends", "tails")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.ends: list[str] = []  # subjects that end at this node
+        self.tails: list[str] = []  # subjects that end with '>' right below this node
+
+
+class SubjectIndex:
+    """Subjects filed token by token, so finding the ones a new subject
+    overlaps costs about its own length, not the number already filed."""
+
+    def __init__(self) -> None:
+        self._root = _Node()
+
+    def add(self, subject: str) -> None:
+        node = self._root
+        tokens = subject.split(".")
+        for token in tokens[:-1]:
+            node = node.children.setdefault(token, _Node())
+        if tokens[-1] == ">":
+            node.tails.append(subject)
+        else:
+            node.children.setdefault(tokens[-1], _Node()).ends.append(subject)
+
+    def overlapping(self, subject: str) -> list[str]:
+        """Every filed subject that some concrete subject matches along with `subject`."""
+        found: list[str] = []
+        self._walk(self._root, subject.split("."), 0, found)
+        return found
+
+    def _walk(self, node: _Node, tokens: list[str], i: int, found: list[str]) -> None:
+        found.extend(node.tails)  # '>' filed here takes any rest of one token or more
+        token = tokens[i]
+        if token == ">":
+            self._everything_below(node, found)
+            return
+        last = i == len(tokens) - 1
+        candidates = (
+            node.children.items()
+            if token == "*"
+            else (
+                (t, c)
+                for t, c in ((token, node.children.get(token)), ("*", node.children.get("*")))
+                if c is not None
+            )
+        )
+        for _, child in candidates:
+            if last:
+                found.extend(child.ends)
+            else:
+                self._walk(child, tokens, i + 1, found)
+
+    def _everything_below(self, node: _Node, found: list[str]) -> None:
+        for child in node.children.values():
+            found.extend(child.ends)
+            found.extend(child.tails)
+            self._everything_below(child, found)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from kanade_watchdog.subjects import (
     MAX_NAME_LEN,
+    SubjectIndex,
     bucket_name_problem,
     stream_name_problem,
     subject_problem,
@@ -191,3 +192,13 @@ def test_subjects_overlap_agrees_with_brute_force(a: str, b: str) -> None:
     )
     assert subject_problem(a) is None
     assert subjects_overlap(a, b) is witness
+
+
+@given(filed=st.lists(_filters(), max_size=12), probe=_filters())
+def test_subject_index_agrees_with_pairwise_overlap(filed: list[str], probe: str) -> None:
+    """The subject index finds exactly the filed subjects the pairwise rule says overlap."""
+    index = SubjectIndex()
+    for subject in dict.fromkeys(filed):
+        index.add(subject)
+    expected = sorted(s for s in dict.fromkeys(filed) if subjects_overlap(probe, s))
+    assert sorted(index.overlapping(probe)) == expected

@@ -1,0 +1,417 @@
+"""sd_notify as systemd would receive it: READY, STATUS, EXTEND_TIMEOUT_USEC,
+WATCHDOG, RELOADING and STOPPING from a real `kanade-watchdog run`.
+
+Each daemon test binds a NOTIFY_SOCKET datagram socket in a temp dir
+(`sdnotify.NotifiedDaemon`), runs the daemon against a real nats-server,
+sends real signals, and reads the datagrams in arrival order next to the
+daemon's JSON log. The pure tests pin the protocol text of `notify`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import re
+import signal
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from kanade_watchdog.events import MESSAGE_IDS, Event
+from kanade_watchdog.notify import Notifier, watchdog_period
+from tests.conftest import config_for
+from tests.helpers_streams import ALL_STREAMS
+from tests.natsserver import NatsServer
+from tests.sdnotify import Datagram, NotifiedDaemon
+
+SMALL_STREAMS = {"ORDERS", "KV_settings", "OBJ_blobs"}
+PING_USEC = 300_000  # WATCHDOG_USEC for cadence tests: a ping every 150 ms
+
+
+def small_config(
+    path: Path, url: str, *, watchdog: str = "", resources: str = "", nats_extra: str = ""
+) -> Path:
+    """Three resources (one of each kind) and test-sized timers."""
+    path.write_text(
+        f"""
+[nats]
+servers = ["{url}"]
+connect_timeout = "500ms"
+request_timeout = "500ms"
+reconnect_wait = "100ms"
+{nats_extra}
+
+[watchdog]
+resync_interval = "1h"
+resync_jitter = "0s"
+backoff_initial = "50ms"
+backoff_max = "1s"
+permanent_retry = "1s"
+stop_timeout = "3s"
+{watchdog}
+
+[streams.ORDERS]
+subjects = ["orders.>"]
+max_bytes = "1MiB"
+
+[kv_buckets.settings]
+history = 1
+
+[object_stores.blobs]
+max_bytes = "1MiB"
+{resources}
+"""
+    )
+    return path
+
+
+async def streams_on(url: str) -> set[str]:
+    nc = await nats.connect(url)
+    try:
+        msg = await nc.request("$JS.API.STREAM.NAMES", b"{}", timeout=5)
+    finally:
+        await nc.close()
+    return set(json.loads(msg.data).get("streams") or [])
+
+
+async def delete_stream(nc: Client, name: str) -> None:
+    msg = await nc.request(f"$JS.API.STREAM.DELETE.{name}", b"", timeout=5)
+    assert b'"success":true' in msg.data, msg.data
+
+
+def intervals(pings: list[Datagram]) -> list[float]:
+    return [b.at - a.at for a, b in itertools.pairwise(pings)]
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Callable[..., NotifiedDaemon]]:
+    """Start daemons; every one is killed at the end whatever the test did."""
+    started: list[NotifiedDaemon] = []
+
+    def spawn(config: Path, **kwargs: Any) -> NotifiedDaemon:
+        workdir = tmp_path / f"d{len(started)}"
+        workdir.mkdir()
+        d = NotifiedDaemon(config, workdir, **kwargs).start()
+        started.append(d)
+        return d
+
+    yield spawn
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+async def ready_daemon(
+    server: NatsServer, tmp_path: Path, daemons: Callable[..., NotifiedDaemon]
+) -> NotifiedDaemon:
+    """A daemon on the small config that has sent READY=1 (pings every 150 ms)."""
+    config = small_config(
+        tmp_path / "watchdog.toml",
+        server.url,
+        watchdog='pass_deadline = "1s"',
+    )
+    d = daemons(config, watchdog_usec=PING_USEC, test_hooks=True)
+    await d.datagram("READY")
+    return d
+
+
+# --- READY ----------------------------------------------------------------------------
+
+
+async def test_ready_only_once_every_declared_resource_exists(
+    tmp_path: Path, daemons: Callable[..., NotifiedDaemon]
+) -> None:
+    """READY=1 comes only after all 25 declared resources exist; before, with the
+    broker down, STATUS names the broker and the start timeout is extended."""
+    srv = NatsServer(tmp_path)  # not started yet: the broker is down
+    try:
+        d = daemons(config_for(srv.url, tmp_path))
+        waiting = await d.datagram("STATUS", match="waiting for broker")
+        assert waiting.fields["STATUS"] == f"waiting for broker {srv.url}"
+        extend = await d.datagram("EXTEND_TIMEOUT_USEC")
+        # Longer than the 10 s between two extensions, so the start never times out.
+        assert int(extend.fields["EXTEND_TIMEOUT_USEC"]) > 10_000_000
+        await d.until("a connect attempt", d.events)
+        assert not d.notify.having("READY"), d.tail()
+
+        srv.start()
+        ready = await d.datagram("READY", within=30)
+        assert ready.fields["READY"] == "1"
+        assert ready.fields["STATUS"].startswith("25/25 in sync")
+        # The log is written before the datagram is sent: at READY, every
+        # create was already logged, and the ready line comes after all of them.
+        events = d.events()
+        actions = [e.get("action") for e in events]
+        ready_at = actions.index("ready")
+        created = {e["stream"] for e in events[:ready_at] if e.get("action") == "created"}
+        assert created == ALL_STREAMS
+        assert await streams_on(srv.url) >= ALL_STREAMS
+        assert len(d.notify.having("READY")) == 1
+    finally:
+        srv.stop()
+
+
+async def test_no_ready_while_a_resource_cannot_be_created(
+    tmp_path: Path, daemons: Callable[..., NotifiedDaemon]
+) -> None:
+    """A resource the broker refuses keeps READY=1 back and STATUS says which one;
+    SIGHUP before READY sends no RELOADING=1, and dropping it lets READY=1 through."""
+    srv = NatsServer(tmp_path, jetstream_conf="max_file_store: 64MB").start()
+    try:
+        big = '[streams.BIG]\nsubjects = ["big.>"]\nmax_bytes = "1GiB"\n'
+        config = small_config(tmp_path / "watchdog.toml", srv.url, resources=big)
+        d = daemons(config)
+        status = await d.datagram("STATUS", match="1 failing: BIG")
+        assert status.fields["STATUS"].startswith("waiting for 1 resource(s): BIG (3/4 in sync")
+        assert await streams_on(srv.url) == SMALL_STREAMS
+        assert not d.notify.having("READY"), d.tail()
+
+        small_config(config, srv.url)  # the operator drops BIG
+        d.send(signal.SIGHUP)
+        ready = await d.datagram("READY")
+        assert ready.fields["STATUS"].startswith("3/3 in sync")
+        assert not d.notify.having("RELOADING"), d.tail()
+    finally:
+        srv.stop()
+
+
+async def test_sighup_before_ready_swaps_the_config_without_reloading(
+    tmp_path: Path, daemons: Callable[..., NotifiedDaemon]
+) -> None:
+    """SIGHUP during the start (broker down) reloads the file but sends neither
+    RELOADING=1 nor READY=1; READY=1 still waits for the resources."""
+    srv = NatsServer(tmp_path)
+    try:
+        config = small_config(tmp_path / "watchdog.toml", srv.url)
+        d = daemons(config)
+        await d.datagram("STATUS", match="waiting for broker")
+        extra = '[streams.ADDED]\nsubjects = ["added.>"]\n'
+        small_config(config, srv.url, resources=extra)
+        d.send(signal.SIGHUP)
+        await d.until(
+            "the reload", lambda: [e for e in d.events() if e.get("action") == "reloaded"]
+        )
+        assert not d.notify.having("RELOADING"), d.tail()
+        assert not d.notify.having("READY"), d.tail()
+
+        srv.start()
+        ready = await d.datagram("READY", within=30)
+        assert ready.fields["STATUS"].startswith("4/4 in sync")
+        assert await streams_on(srv.url) == {*SMALL_STREAMS, "ADDED"}
+    finally:
+        srv.stop()
+
+
+# --- STATUS ---------------------------------------------------------------------------
+
+
+async def test_status_line_reports_the_last_heal(
+    ready_daemon: NotifiedDaemon, client: Client
+) -> None:
+    """After a stream deleted from outside is re-created, STATUS says so:
+    '3/3 in sync, last heal ORDERS HH:MM:SS'."""
+    d = ready_daemon
+    assert d.notify.having("READY")[-1].fields["STATUS"].startswith("3/3 in sync")
+    await delete_stream(client, "ORDERS")
+    status = await d.datagram("STATUS", match="last heal ORDERS")
+    assert re.fullmatch(r"3/3 in sync, last heal ORDERS \d\d:\d\d:\d\d", status.fields["STATUS"])
+
+
+async def test_status_line_says_which_broker_it_waits_for_after_a_loss(
+    ready_daemon: NotifiedDaemon, server: NatsServer
+) -> None:
+    """A broker lost after READY turns STATUS into 'waiting for broker <url>', and
+    it goes back to the in-sync summary when the broker returns."""
+    d = ready_daemon
+    mark = len(d.notify.drain())
+    server.kill()
+    await d.datagram("STATUS", since=mark, match=f"waiting for broker {server.url}")
+    server.start()
+    back = await d.datagram("STATUS", since=mark, match="3/3 in sync", within=20)
+    assert back.fields["STATUS"].startswith("3/3 in sync")
+
+
+# --- WATCHDOG -------------------------------------------------------------------------
+
+
+async def test_watchdog_pings_at_half_of_watchdog_usec(ready_daemon: NotifiedDaemon) -> None:
+    """With WATCHDOG_USEC=300ms the daemon sends WATCHDOG=1 every ~150 ms, never
+    letting a whole period pass without one."""
+    d = ready_daemon
+    mark = len(d.notify.drain())
+    await d.until("8 pings", lambda: len(d.notify.having("WATCHDOG", since=mark)) >= 8)
+    gaps = intervals(d.notify.having("WATCHDOG", since=mark))
+    assert 0.12 <= statistics.median(gaps) <= 0.2, gaps
+    assert max(gaps) < PING_USEC / 1e6, gaps
+
+
+async def test_watchdog_keeps_pinging_while_the_broker_is_down(
+    ready_daemon: NotifiedDaemon, server: NatsServer
+) -> None:
+    """A broker that is down is not a wedge: pings go on, well past the wedge
+    limit (pass_deadline + request_timeout = 1.5 s), with no gap of a period."""
+    d = ready_daemon
+    server.kill()
+    down = await d.datagram("STATUS", match="waiting for broker")
+    horizon = down.at + 2.5
+    await d.until(
+        "pings 2.5 s past the loss",
+        lambda: any(p.at > horizon for p in d.notify.having("WATCHDOG")),
+        within=10,
+    )
+    window = [p for p in d.notify.having("WATCHDOG") if p.at >= down.at]
+    assert max(intervals(window)) < PING_USEC / 1e6, intervals(window)
+
+
+async def test_watchdog_stops_pinging_when_the_worker_is_wedged(
+    ready_daemon: NotifiedDaemon, server: NatsServer, client: Client
+) -> None:
+    """A reconcile pass stuck past pass_deadline + request_timeout (the test hook:
+    a call that ignores cancellation) stops WATCHDOG=1, so systemd would restart."""
+    d = ready_daemon
+    mark = len(d.notify.drain())
+    await d.until(
+        "pings before the wedge", lambda: len(d.notify.having("WATCHDOG", since=mark)) >= 3
+    )
+    d.send(signal.SIGUSR2)
+    await d.until("the hook", lambda: [e for e in d.events() if "wedging" in e["message"]])
+    await delete_stream(client, "ORDERS")  # the advisory starts the pass that wedges
+    wedged_at = time.monotonic()
+    await d.until(
+        "pings withheld",
+        lambda: [e for e in d.events() if "withholding watchdog pings" in e["message"]],
+        within=10,
+    )
+    seen = time.monotonic()
+    last = d.notify.having("WATCHDOG")[-1]
+    # Pings went on until the pass was 1.5 s (+ one 150 ms period) old, then stopped.
+    assert wedged_at + 1.0 < last.at < wedged_at + 2.0, last.at - wedged_at
+    await asyncio.sleep(1.0)  # ~7 ping periods: proving an absence takes time
+    assert [p for p in d.notify.having("WATCHDOG") if p.at > seen] == []
+    assert "ORDERS" not in await streams_on(server.url)  # the pass really is stuck
+
+
+async def test_no_watchdog_pings_without_watchdog_usec(
+    server: NatsServer, tmp_path: Path, daemons: Callable[..., NotifiedDaemon]
+) -> None:
+    """Without WATCHDOG_USEC (no WatchdogSec= in the unit) no WATCHDOG=1 is sent."""
+    d = daemons(small_config(tmp_path / "watchdog.toml", server.url))
+    await d.datagram("READY")
+    await asyncio.sleep(0.3)
+    assert not d.notify.having("WATCHDOG")
+
+
+# --- RELOADING / STOPPING -------------------------------------------------------------
+
+
+async def test_sighup_sends_reloading_then_ready_once_the_new_resource_exists(
+    ready_daemon: NotifiedDaemon, server: NatsServer
+) -> None:
+    """SIGHUP sends RELOADING=1 with MONOTONIC_USEC (our CLOCK_MONOTONIC), and
+    READY=1 only after the pass on the new file created the added stream."""
+    d = ready_daemon
+    small_config(d.config, server.url, resources='[streams.ADDED]\nsubjects = ["added.>"]\n')
+    mark = len(d.notify.drain())
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    d.send(signal.SIGHUP)
+    reloading = await d.datagram("RELOADING", since=mark)
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert reloading.fields["RELOADING"] == "1"
+    assert before <= int(reloading.fields["MONOTONIC_USEC"]) <= after
+    ready = await d.datagram("READY", since=mark)
+    assert ready.at >= reloading.at
+    created = [e for e in d.events() if e.get("action") == "created" and e["stream"] == "ADDED"]
+    assert created, "READY=1 came before the added stream was created"
+    assert created[0]["trigger"] == "reload"
+    assert ready.fields["STATUS"].startswith("4/4 in sync")
+    assert "ADDED" in await streams_on(server.url)
+
+
+async def test_sighup_with_a_broken_file_answers_ready_and_keeps_running(
+    ready_daemon: NotifiedDaemon,
+) -> None:
+    """SIGHUP on an invalid file still ends the reload (RELOADING=1, READY=1),
+    logs reload_failed with its MESSAGE_ID, and the daemon keeps running."""
+    d = ready_daemon
+    d.config.write_text("[streams.BROKEN]\nsubjects = 42\n")
+    mark = len(d.notify.drain())
+    d.send(signal.SIGHUP)
+    await d.datagram("RELOADING", since=mark)
+    ready = await d.datagram("READY", since=mark)
+    assert ready.fields["STATUS"].startswith("3/3 in sync")
+    failed = [e for e in d.events() if e.get("action") == "reload_failed"]
+    assert failed, d.tail()
+    assert failed[0]["message_id"] == MESSAGE_IDS[Event.RELOAD_FAILED]
+    assert "streams.BROKEN.subjects" in failed[0]["message"]
+    assert d.exited() is None
+
+
+async def test_sigterm_sends_stopping_and_exits_0(ready_daemon: NotifiedDaemon) -> None:
+    """SIGTERM sends STOPPING=1 and the daemon exits 0 well within stop_timeout."""
+    d = ready_daemon
+    mark = len(d.notify.drain())
+    d.send(signal.SIGTERM)
+    stopping = await d.datagram("STOPPING", since=mark)
+    assert stopping.fields["STOPPING"] == "1"
+    assert await d.wait_exit(within=5) == 0
+
+
+# --- the protocol text ----------------------------------------------------------------
+
+
+def test_notifier_messages_are_sd_notify_assignments() -> None:
+    """Each call sends one newline-separated sd_notify message; STATUS repeats
+    are dropped, READY also carries the status line."""
+    sent: list[str] = []
+
+    def send(text: str) -> bool:
+        sent.append(text)
+        return True
+
+    n = Notifier(send=send)
+    n.status("waiting for broker nats://x:4222")
+    n.status("waiting for broker nats://x:4222")
+    n.extend_timeout(30)
+    assert not n.ready_sent
+    n.ready("25/25 in sync")
+    n.watchdog()
+    n.stopping()
+    assert sent == [
+        "STATUS=waiting for broker nats://x:4222",
+        "EXTEND_TIMEOUT_USEC=30000000",
+        "READY=1\nSTATUS=25/25 in sync",
+        "WATCHDOG=1",
+        "STOPPING=1\nSTATUS=stopping",
+    ]
+    assert n.ready_sent
+
+
+@pytest.mark.parametrize(
+    ("usec", "pid", "expected"),
+    [
+        ("20000000", None, 10.0),
+        ("20000000", "self", 10.0),
+        ("20000000", "1", None),  # meant for another process
+        ("0", None, None),
+        ("", None, None),
+        ("garbage", None, None),
+    ],
+)
+def test_watchdog_period_is_half_of_watchdog_usec_for_our_pid(
+    monkeypatch: pytest.MonkeyPatch, usec: str, pid: str | None, expected: float | None
+) -> None:
+    """The ping period is WATCHDOG_USEC/2, only when WATCHDOG_PID (if set) is us."""
+    monkeypatch.setenv("WATCHDOG_USEC", usec)
+    if pid is None:
+        monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    else:
+        monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()) if pid == "self" else pid)
+    assert watchdog_period() == expected
