@@ -63,8 +63,7 @@ class ApiAudit:
 
     @property
     def destructive(self) -> int:
-        return sum(n for v, n in self.verbs.items()
-                   if v.endswith(("DELETE", "PURGE")))
+        return sum(n for v, n in self.verbs.items() if v.endswith(("DELETE", "PURGE")))
 
     async def settle(self, seconds: float = 0.2) -> None:
         """Advisories arrive asynchronously: flush and give them a moment."""

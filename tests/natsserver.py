@@ -38,8 +38,15 @@ class NatsServer:
     """One JetStream-enabled nats-server. `extra_conf` is appended to the
     generated config file (accounts, cluster blocks, limits...)."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, extra_conf: str = "",
-                 jetstream_conf: str = "", name: str = "n1") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        extra_conf: str = "",
+        jetstream_conf: str = "",
+        name: str = "n1",
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.name = name
@@ -66,7 +73,9 @@ class NatsServer:
         self._write_conf()
         logfh = open(self.log, "ab")  # noqa: SIM115 - the child keeps it open
         self.proc = subprocess.Popen(
-            [server_binary(), "-c", str(self.conf)], stdout=logfh, stderr=logfh,
+            [server_binary(), "-c", str(self.conf)],
+            stdout=logfh,
+            stderr=logfh,
             start_new_session=True,
         )
         logfh.close()
