@@ -124,6 +124,12 @@ async def execute(
     try:
         if decision.action is Action.CREATE:
             observed = await broker.create(decision.send)
+            if not observed.did_create:
+                # Another watchdog created it a moment ago: judge what is there.
+                again = decide(decision.resource, observed, now)
+                if again.action is Action.IN_SYNC:
+                    return Outcome(again, Result.IN_SYNC, observed=observed)
+                return await execute(broker, again, everything, now)
             return Outcome(decision, Result.CREATED, observed=observed)
         observed = await broker.update(decision.send)
         return Outcome(decision, Result.UPDATED, observed=observed)

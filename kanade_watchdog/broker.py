@@ -14,6 +14,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import nats.errors
@@ -23,6 +24,7 @@ from .errors import ERR_STREAM_NOT_FOUND, ApiError, BrokerError, BrokerUnavailab
 from .plan import Observed
 
 PAGE_SIZE = 256  # the broker's fixed page for STREAM.LIST
+LIST_WAIT = 6.0  # a clustered broker waits ~4 s for unresponsive stream leaders
 _VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "?([^"\s]+)"?', re.I)
 
 
@@ -57,11 +59,14 @@ class Broker:
             self._inbox_denied = True
         return kind, subject
 
-    async def _request(self, verb: str, subject: str, body: Mapping[str, Any] | None) -> Any:
+    async def _request(
+        self, verb: str, subject: str, body: Mapping[str, Any] | None, *, wait: float = 0.0
+    ) -> Any:
         self.requests[verb] += 1
         payload = json.dumps(body, separators=(",", ":")).encode() if body is not None else b""
+        timeout = max(self.timeout, wait)
         try:
-            msg = await self.nc.request(subject, payload, timeout=self.timeout)
+            msg = await self.nc.request(subject, payload, timeout=timeout)
         except nats.errors.NoRespondersError:
             raise BrokerUnavailable(
                 f"no JetStream responds on {subject} (JetStream off, or wrong domain)",
@@ -81,7 +86,7 @@ class Broker:
                     subject=subject,
                 ) from None
             raise BrokerUnavailable(
-                f"no answer on {subject} within {self.timeout:g}s", subject=subject
+                f"no answer on {subject} within {timeout:g}s", subject=subject
             ) from None
         except nats.errors.Error as exc:  # closed, reconnecting, draining...
             raise BrokerUnavailable(
@@ -114,15 +119,21 @@ class Broker:
         )
 
     async def list_streams(self) -> dict[str, Observed]:
-        """Every stream, one request per page of 256."""
+        """Every stream, one request per page of 256. A clustered broker waits
+        for slow stream leaders before answering and then lists leaderless
+        streams by name only: they come back as `leaderless` observations."""
         out: dict[str, Observed] = {}
         offset = 0
         while True:
-            answer = await self._request("list", f"{self.prefix}.STREAM.LIST", {"offset": offset})
+            answer = await self._request(
+                "list", f"{self.prefix}.STREAM.LIST", {"offset": offset}, wait=LIST_WAIT
+            )
             page = answer.get("streams") or []
             for item in page:
                 obs = self._observed(item)
                 out[str(obs.config.get("name", ""))] = obs
+            for name in answer.get("missing") or []:
+                out.setdefault(str(name), Observed(config={"name": name}, leaderless=True))
             offset += len(page)
             if not page or offset >= int(answer.get("total", 0) or 0):
                 return out
@@ -139,9 +150,12 @@ class Broker:
 
     async def create(self, config: Mapping[str, Any]) -> Observed:
         name = config["name"]
-        return self._observed(
-            await self._request("create", f"{self.prefix}.STREAM.CREATE.{name}", config)
-        )
+        answer = await self._request("create", f"{self.prefix}.STREAM.CREATE.{name}", config)
+        obs = self._observed(answer)
+        # An identical stream already there is answered like a create, but
+        # without did_create: someone else (another watchdog) made it. (Every
+        # server with stream metadata, 2.10+, sets it on a real create.)
+        return replace(obs, did_create=bool(answer.get("did_create", False)))
 
     async def update(self, config: Mapping[str, Any]) -> Observed:
         name = config["name"]

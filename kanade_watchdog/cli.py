@@ -20,6 +20,7 @@ from typing import Any
 from . import __version__, exitcodes, render
 from .apply import Outcome, execute
 from .broker import Broker
+from .cluster import cluster_facts
 from .config import DEFAULT_PATH, ENV_PATH, Config, load
 from .connection import connect_once
 from .errors import BrokerError, ConfigError
@@ -92,24 +93,6 @@ async def _observe_and_plan(config: Config) -> tuple[Broker, list[Decision]]:
     return broker, plan(config.resources, observed, utcnow())
 
 
-def cluster_facts(config: Config, observed: dict[str, Observed]) -> tuple[list[str], list[str]]:
-    """(leaderless streams, streams with fewer current replicas than declared)."""
-    leaderless: list[str] = []
-    short: list[str] = []
-    for res in config.resources:
-        obs = observed.get(res.stream)
-        if obs is None or not obs.cluster:
-            continue
-        if not obs.cluster.get("leader"):
-            leaderless.append(res.label)
-        wanted = int(obs.config.get("num_replicas", 1) or 1)
-        peers = obs.cluster.get("replicas") or []
-        current = 1 + sum(1 for p in peers if p.get("current"))
-        if obs.cluster.get("leader") and current < wanted:
-            short.append(f"{res.label} {current}/{wanted}")
-    return leaderless, short
-
-
 async def _plan(config: Config, args: argparse.Namespace) -> int:
     started = time.perf_counter()
     broker, decisions = await _observe_and_plan(config)
@@ -177,7 +160,8 @@ async def _check(config: Config) -> int:
         return exitcodes.CHECK_CRITICAL
     await broker.nc.close()
     decisions = plan(config.resources, observed, utcnow())
-    leaderless, short = cluster_facts(config, observed)
+    facts = cluster_facts(config.resources, observed)
+    leaderless, short = facts.leaderless, facts.behind
     elapsed = time.perf_counter() - started
     by_action: dict[Action, list[str]] = {a: [] for a in Action}
     for d in decisions:
@@ -202,16 +186,17 @@ async def _check(config: Config) -> int:
             )
             if part
         )
-    elif any(by_action[a] for a in (Action.UPDATE, Action.BLOCKED, Action.NEWER_SPEC)):
+    elif short or any(by_action[a] for a in (Action.UPDATE, Action.BLOCKED, Action.NEWER_SPEC)):
         status, code = "WARNING", exitcodes.CHECK_WARNING
         words = {
             Action.UPDATE: "drifted",
             Action.BLOCKED: "blocked",
             Action.NEWER_SPEC: "newer spec present",
         }
-        text = "; ".join(
-            f"{word}: {', '.join(by_action[a])}" for a, word in words.items() if by_action[a]
-        )
+        parts = [f"{word}: {', '.join(by_action[a])}" for a, word in words.items() if by_action[a]]
+        if short:
+            parts.append("replicas behind: " + ", ".join(short))
+        text = "; ".join(parts)
     else:
         status, code = "OK", exitcodes.CHECK_OK
         text = f"{total}/{total} in sync"

@@ -11,6 +11,7 @@ into these, chaining the cause.
 from __future__ import annotations
 
 # JetStream API error codes we explain or classify (nats-server errors.json).
+ERR_NO_SUITABLE_PEERS = 10005
 ERR_NO_META_LEADER = 10008
 ERR_INSUFFICIENT_MEMORY = 10028
 ERR_INSUFFICIENT_STORAGE = 10047
@@ -81,8 +82,11 @@ class ApiError(BrokerError):
         self.err_code = err_code
         self.description = description
         super().__init__(f"{description} (code {code}/{err_code})", subject=subject)
-        # A 400 is a request the broker will never accept as sent.
-        self.transient = err_code not in _PERMANENT_ERR_CODES and code != 400
+        # A 400 is a request the broker will never accept as sent, except "no
+        # suitable peers" (10005), which holds only while nodes are down.
+        self.transient = err_code == ERR_NO_SUITABLE_PEERS or (
+            err_code not in _PERMANENT_ERR_CODES and code != 400
+        )
 
 
 class ResourceError(WatchdogError):

@@ -48,6 +48,10 @@ class Observed:
     config: Mapping[str, Any]
     state: Mapping[str, Any] = field(default_factory=dict)
     cluster: Mapping[str, Any] = field(default_factory=dict)
+    # Listed by name only: it exists, but no leader answers for it right now.
+    leaderless: bool = False
+    # A create answer: False when an identical stream was already there.
+    did_create: bool = True
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class Decision:
     reason: str = ""  # why blocked
     at_stake: tuple[str, ...] = ()  # data an update would discard
     conflict: bool = False  # same spec_version, different content: two configs disagree
+    present: bool | None = None  # exists on the broker (None: derive from the action)
 
     @property
     def writes(self) -> bool:
@@ -214,6 +219,15 @@ def decide(
     `own_hashes` are specs this process wrote before a reload (its own edits)."""
     if observed is None:
         return Decision(resource, Action.CREATE, send=desired.create_config(resource))
+    if observed.leaderless:
+        return Decision(
+            resource,
+            Action.BLOCKED,
+            changes=(),
+            present=True,
+            reason="no leader answers for this stream right now (election or "
+            "nodes down); nothing is changed until one does",
+        )
     config = observed.config
     shape = _wrong_shape(resource, config)
     if shape:

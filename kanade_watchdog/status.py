@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .apply import Result
+from .cluster import ClusterFacts
 from .config import Resource
 
 
@@ -33,6 +34,7 @@ class StatusBoard:
         self.broker_text = ""  # non-empty while the broker is unreachable
         self.last_heal: tuple[str, float] | None = None  # (label, wall time)
         self.last_pass: float | None = None
+        self.facts = ClusterFacts()
         self.declare(resources)
 
     def declare(self, resources: Iterable[Resource]) -> None:
@@ -55,6 +57,11 @@ class StatusBoard:
 
     def healed(self, res: Resource, _monotonic: float) -> None:
         self.last_heal = (res.label, time.time())
+
+    def cluster(self, facts: ClusterFacts) -> None:
+        if facts != self.facts:
+            self.facts = facts
+            self._changed()
 
     def pass_done(self, monotonic: float) -> None:
         self.last_pass = monotonic
@@ -102,6 +109,12 @@ class StatusBoard:
             parts.append(f"{len(newer)} newer spec present: {_few(newer)}")
         if failed:
             parts.append(f"{len(failed)} failing: {_few(failed)}")
+        if self.facts.leaderless:
+            parts.append(
+                f"{len(self.facts.leaderless)} without leader: {_few(self.facts.leaderless)}"
+            )
+        if self.facts.behind:
+            parts.append(f"{len(self.facts.behind)} replicas behind: {_few(self.facts.behind)}")
         missing = self.missing()
         if missing and self.last_pass is not None:
             parts.append(f"{len(missing)} missing: {_few(missing)}")

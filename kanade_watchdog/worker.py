@@ -25,8 +25,9 @@ from . import desired
 from .apply import Outcome, Result, execute, kind_word
 from .backoff import Backoff
 from .broker import Broker
+from .cluster import cluster_facts
 from .config import Config, Resource
-from .errors import BrokerError
+from .errors import BrokerError, BrokerUnavailable
 from .events import Event, Trigger
 from .logs import fields
 from .plan import Action, Decision, Observed, decide
@@ -38,6 +39,7 @@ EVERYTHING = "*"  # the backoff key of a failed full read
 TRANSIENT_QUIET = 15.0  # seconds a transient failure stays at debug level (elections)
 CONFLICT_WARN_EVERY = 300.0
 _REASONED = (Result.BLOCKED, Result.NEWER_SPEC, Result.FAILED)
+NO_LEADER = BrokerUnavailable("no leader answers for this stream right now")
 
 
 def utcnow() -> datetime:
@@ -201,14 +203,18 @@ class Worker:
             except BrokerError as exc:
                 self._read_failed(exc)
                 return
-            self.backoff.succeeded(EVERYTHING)
+            self._read_ok()
+            self.board.cluster(cluster_facts(config.resources, observed))
             for res in config.resources:
                 trigger = batch.streams.get(res.stream)
                 if trigger is None and not self.backoff.due(res.stream):
                     continue  # still backing off; an event would bring it in early
-                decisions.append(
-                    (self._decide(res, observed.get(res.stream), now), trigger or batch.full)
-                )
+                obs = observed.get(res.stream)
+                if obs is not None and obs.leaderless:
+                    # An election, not a fault of this resource: retry quietly.
+                    self._record_failure(res, NO_LEADER, trigger or batch.full, present=True)
+                    continue
+                decisions.append((self._decide(res, obs, now), trigger or batch.full))
         else:
             targets = [(by_stream[s], t) for s, t in batch.streams.items() if s in by_stream]
             infos = await asyncio.gather(*(self._info(broker, r) for r, _ in targets))
@@ -240,13 +246,26 @@ class Worker:
     def _read_failed(self, exc: BrokerError) -> None:
         delay = self.backoff.failed(EVERYTHING, transient=exc.transient)
         text = str(exc)
-        if self._failures.get(EVERYTHING) != text:
-            self._failures[EVERYTHING] = text
-            log.warning(
-                "cannot read the broker's streams: %s (retry in %.1fs)",
-                text,
-                delay,
-                extra=fields(action=Event.FAILED),
+        since = self._failing_since.setdefault(EVERYTHING, self.clock())
+        quiet = exc.transient and self.clock() - since < TRANSIENT_QUIET  # an election
+        if quiet or self._failures.get(EVERYTHING) == text:
+            log.debug("cannot read the broker's streams: %s (retry in %.2fs)", text, delay)
+            return
+        self._failures[EVERYTHING] = text
+        log.warning(
+            "cannot read the broker's streams: %s (retry in %.1fs)",
+            text,
+            delay,
+            extra=fields(action=Event.FAILED, message_id=Event.FAILED),
+        )
+
+    def _read_ok(self) -> None:
+        self.backoff.succeeded(EVERYTHING)
+        self._failing_since.pop(EVERYTHING, None)
+        if self._failures.pop(EVERYTHING, None) is not None:
+            log.info(
+                "the broker's streams are readable again",
+                extra=fields(action=Event.RECOVERED, message_id=Event.RECOVERED),
             )
 
     # --- recording outcomes: one line per action, failures once per change -----------
@@ -254,8 +273,12 @@ class Worker:
     def _record(self, outcome: Outcome, trigger: Trigger) -> None:
         d = outcome.decision
         res = d.resource
-        present = d.action is not Action.CREATE and not (
-            d.action is Action.BLOCKED and not d.changes
+        present = (
+            d.present
+            if d.present is not None
+            else (
+                d.action is not Action.CREATE and not (d.action is Action.BLOCKED and not d.changes)
+            )
         )
         common = {
             "resource": res.name,
