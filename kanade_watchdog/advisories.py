@@ -47,7 +47,7 @@ def parse(subject: str, payload: bytes) -> Advisory | None:
         return None
     try:
         doc = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # garbage, or nested past the parser's depth
         log.debug("ignoring advisory on %s: not JSON", subject)
         return None
     if not isinstance(doc, dict) or doc.get("type") != _TYPE or doc.get("stream") != stream:

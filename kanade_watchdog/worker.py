@@ -109,6 +109,7 @@ class Worker:
         self.idle = asyncio.Event()  # clear while a pass runs (graceful stop)
         self.idle.set()
         self.wedge: asyncio.Event | None = None  # test hook: hold the next pass
+        self._current: asyncio.Future[None] | None = None  # the pass in flight
         self._failures: dict[str, str] = {}  # stream -> last failure text, to log once
         self._failing_since: dict[str, float] = {}
         self.own_hashes: dict[str, frozenset[str]] = {}
@@ -135,7 +136,12 @@ class Worker:
             self.queue.mark_all(trigger)
 
     def detach(self) -> None:
+        """The connection is lost: requests in flight can only time out now,
+        so the pass waiting on them is cut short; the reconnect's full pass
+        redoes whatever it had not finished."""
         self.connected.clear()
+        if self._current is not None and not self._current.done():
+            self._current.cancel()
 
     def reload(self, config: Config) -> None:
         """Swap the declaration; everything is looked at again, from scratch."""
@@ -178,7 +184,13 @@ class Worker:
         try:
             if self.wedge is not None:
                 await _wedged(self.wedge)
-            await asyncio.wait_for(self._reconcile(batch), self.config.watchdog.pass_deadline)
+            self._current = asyncio.ensure_future(self._reconcile(batch))
+            await asyncio.wait_for(self._current, self.config.watchdog.pass_deadline)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the worker itself is stopping
+            log.debug("pass cut short: the connection was lost")
         except TimeoutError:
             log.warning(
                 "reconcile pass exceeded its %gs deadline; retrying",
