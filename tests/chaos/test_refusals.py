@@ -1,0 +1,216 @@
+"""The broker refusing one resource while the others must keep converging:
+10047 insufficient storage, an immutable difference, a denied permission.
+A refusal is reported once and retried slowly; it never blocks the rest,
+and it never turns into a delete-and-recreate."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.chaos import figures
+from tests.chaos.harness import Scene
+from tests.chaos.invariants import Invariants
+from tests.chaos.ledger import api_ok
+from tests.chaos.scale import pick, timeout
+from tests.daemonproc import DaemonProc, has_message, is_action
+from tests.natsserver import NatsServer
+
+DELETES = pick(6, 40)  # out-of-band deletes of the healthy ones while one is refused
+
+SMALL = """
+[streams.ORDERS]
+subjects = ["orders.>"]
+storage = "file"
+max_bytes = "8MiB"
+
+[streams.BIG]
+# 1 GiB cannot be reserved on a 200 MB file store: 10047, permanent.
+subjects = ["big.>"]
+storage = "file"
+max_bytes = "1GiB"
+
+[streams.PLAIN]
+subjects = ["plain.>"]
+
+[kv_buckets.settings]
+history = 5
+max_bytes = "8MiB"
+
+[object_stores.blobs]
+max_bytes = "16MiB"
+"""
+
+
+async def delete_healthy(
+    scene: Scene, daemon: DaemonProc, rng: random.Random, refused: str, n: int
+) -> float:
+    """Delete `n` random healthy resources one after the other, each once it
+    is back; returns the worst time to converge again."""
+    worst = 0.0
+    healthy = [r.stream for r in scene.resources if r.stream != refused]
+    for _ in range(n):
+        mark = daemon.mark()
+        await api_ok(scene.nc, f"$JS.API.STREAM.DELETE.{rng.choice(healthy)}")
+        scene.figure.faults += 1
+        took = await scene.converge(
+            daemon, t0=time.monotonic(), after=mark, reconnect=False, skip=[refused]
+        )
+        scene.figure.converged(took)
+        worst = max(worst, took)
+    return worst
+
+
+@pytest.mark.timeout(timeout(60, 300))
+async def test_insufficient_storage_on_one_stream_while_the_others_converge(
+    scene: Scene,
+) -> None:
+    """On a 200 MB file store a 1 GiB stream fails with 10047, logged once as
+    permanent with what to change, retried at the slow pace only; every other
+    resource is created and healed meanwhile, and once the store is enlarged
+    the refused stream is created too."""
+    figure, rng = scene.figure, random.Random(5)
+    scene.server.jetstream_conf = "max_file_store: 200MB"
+    scene.server.restart()
+    daemon = scene.start(scene.config(resources=SMALL))
+    inv = Invariants(scene, daemon)
+    started = time.monotonic()
+    await scene.converge(daemon, t0=started, after=0, reconnect=False, skip=["BIG"])
+    figure.faults += 1
+    await delete_healthy(scene, daemon, rng, "BIG", DELETES)
+    await inv.quiet_when_in_sync(skip=["BIG"])
+    failed = daemon.find(is_action("failed", stream="BIG"))
+    assert len(failed) == 1, daemon.tail()
+    assert "max_file_store" in failed[0]["message"]
+    assert "permanent" in failed[0]["message"]
+    await scene.ledger.collect()
+    attempts = len(scene.ledger.writes(stream="BIG"))
+    elapsed = time.monotonic() - started
+    assert 1 <= attempts <= elapsed / 1.0 + 3, f"{attempts} creates of BIG in {elapsed:.1f}s"
+    # The operator raises the limit: the next slow retry creates it.
+    mark = daemon.mark()
+    scene.server.jetstream_conf = "max_file_store: 2GB"
+    scene.server.restart()
+    took = await scene.converge(daemon, t0=time.monotonic(), after=mark, reconnect=True)
+    await daemon.wait_for(is_action("created", stream="BIG"), after=mark, within=5)
+    figure.converged(took)
+    figure.heals = daemon.count(is_action("created")) - len(scene.resources) + 1
+    await inv.quiet_when_in_sync()
+    await inv.no_destructive()
+    await inv.stops_cleanly()
+    figures.publish(figure)
+
+
+@pytest.mark.timeout(timeout(60, 300))
+async def test_immutable_difference_is_reported_never_forced(scene: Scene) -> None:
+    """RESULTS held in memory storage (declared file, which the broker cannot
+    change in place) is reported blocked once and never written, deleted or
+    re-created, across resyncs and while the other resources are deleted and
+    healed around it."""
+    figure, rng = scene.figure, random.Random(6)
+    await api_ok(
+        scene.nc,
+        "$JS.API.STREAM.CREATE.RESULTS",
+        {"name": "RESULTS", "subjects": ["results.>"], "storage": "memory"},
+    )
+    for i in range(20):  # data that a forced re-create would destroy
+        await scene.nc.publish("results.pc1", f"row {i}".encode())
+    daemon = scene.start(scene.config())
+    inv = Invariants(scene, daemon)
+    await scene.converge(daemon, t0=time.monotonic(), after=0, reconnect=False, skip=["RESULTS"])
+    figure.faults += 1
+    await delete_healthy(scene, daemon, rng, "RESULTS", DELETES)
+    await inv.quiet_when_in_sync(passes=2, skip=["RESULTS"])
+    blocked = daemon.find(is_action("blocked", stream="RESULTS"))
+    assert len(blocked) == 1, daemon.tail()
+    assert "storage cannot change from memory to file" in blocked[0]["message"]
+    await scene.ledger.collect()
+    assert not [c for c in scene.ledger.calls if c.stream == "RESULTS" and c.write]
+    info = await api_ok(scene.nc, "$JS.API.STREAM.INFO.RESULTS")
+    assert info["config"]["storage"] == "memory"
+    assert info["state"]["messages"] == 20
+    figure.heals = daemon.count(is_action("created")) - (len(scene.resources) - 1)
+    figure.survived += 1  # the refusal itself: reported, never forced, the daemon up
+    await inv.no_destructive()
+    await inv.stops_cleanly()
+    figures.publish(figure)
+
+
+ADMIN_PASSWORD = "chaos-admin-pw"
+WATCHDOG_PASSWORD = "chaos-watchdog-pw"
+DENIED = "$JS.API.STREAM.UPDATE.RESULTS"
+AUTH_CONF = f"""
+authorization {{
+  users = [
+    {{user: admin, password: {ADMIN_PASSWORD}}}
+    {{user: watchdog, password: {WATCHDOG_PASSWORD}, permissions: {{
+        publish: {{allow: ["$JS.API.>"], deny: ["{DENIED}"]}}
+        subscribe: {{allow: ["_INBOX.>", "$JS.EVENT.ADVISORY.>"]}}
+    }}}}
+  ]
+}}
+"""
+
+
+@pytest.fixture
+async def auth_scene(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Scene]:
+    """A broker where the watchdog user may do everything but update RESULTS."""
+    server = NatsServer(tmp_path / "auth", extra_conf=AUTH_CONF)
+    server.workdir.mkdir()
+    server.start()
+    figure = figures.Figure(scenario=request.node.name.removeprefix("test_"))
+    world = await Scene(tmp_path, server, figure).open(
+        admin_options={"user": "admin", "password": ADMIN_PASSWORD}
+    )
+    yield world
+    await world.close()
+    server.kill()
+
+
+async def drift_results(scene: Scene) -> None:
+    config = dict((await api_ok(scene.nc, "$JS.API.STREAM.INFO.RESULTS"))["config"])
+    config["max_age"] = 86_400 * 10**9  # 1d instead of the declared 30d
+    await api_ok(scene.nc, "$JS.API.STREAM.UPDATE.RESULTS", config)
+
+
+def auth_config(scene: Scene) -> Path:
+    return scene.config(nats={"user": "watchdog", "password": WATCHDOG_PASSWORD})
+
+
+@pytest.mark.timeout(timeout(60, 300))
+async def test_permission_denied_on_one_update_while_the_others_heal(auth_scene: Scene) -> None:
+    """With $JS.API.STREAM.UPDATE.RESULTS denied to the watchdog user, a
+    drifted RESULTS stays drifted (nothing forced, nothing deleted) and is
+    reported once as a permanent failure naming that subject, while every
+    other resource deleted out of band is healed, and the daemon stays
+    connected and up."""
+    scene, rng = auth_scene, random.Random(7)
+    figure = scene.figure
+    daemon = scene.start(auth_config(scene))
+    inv = Invariants(scene, daemon)
+    await scene.converge(daemon, t0=time.monotonic(), after=0, reconnect=False)
+    before = (await scene.ledger.collect()).mark()
+    await drift_results(scene)
+    figure.faults += 1
+    await delete_healthy(scene, daemon, rng, "RESULTS", DELETES)
+    await inv.quiet_when_in_sync(skip=["RESULTS"])
+    assert await scene.out_of_sync() == ["RESULTS"]
+    assert not daemon.find(is_action("broker_lost")), daemon.tail()
+    await scene.ledger.collect()
+    # Denied before it reaches JetStream: the audit shows no update of RESULTS at all.
+    assert not scene.ledger.writes(after=before, stream="RESULTS")
+    # Reported once, as permanent, naming the denied subject, across the retries.
+    await daemon.wait_for(has_message("RESULTS failing"), within=10, n=2)
+    failed = daemon.find(is_action("failed", stream="RESULTS"))
+    assert len(failed) == 1, daemon.tail()
+    assert DENIED in failed[0]["message"], failed
+    assert "permanent" in failed[0]["message"], failed
+    figure.heals = daemon.count(is_action("created")) - len(scene.resources)
+    figure.survived += 1  # the refusal itself: reported, never forced, the daemon up
+    await inv.no_destructive()
+    await inv.stops_cleanly()
+    figures.publish(figure)

@@ -1,0 +1,216 @@
+"""Out-of-band delete storms, and the daemon itself killed -9 mid-pass.
+
+A storm deletes random declared resources as fast as one client can for a
+while (a minute in the full run) with a producer publishing throughout:
+every delete must be followed by exactly one re-create. A daemon killed in
+the middle of a pass of creates or updates must leave nothing behind that
+keeps the next process from converging."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections import defaultdict
+
+import pytest
+
+from tests.chaos import figures
+from tests.chaos.harness import (
+    BULK,
+    LEDGER,
+    LEDGER_SUBJECT,
+    Scene,
+    bulk_streams,
+    chaos_resources,
+    is_pass,
+)
+from tests.chaos.invariants import Invariants
+from tests.chaos.ledger import Producer, api, api_ok
+from tests.chaos.proxy import StallProxy
+from tests.chaos.scale import pick, timeout
+from tests.daemonproc import DaemonProc, is_action
+
+STORM_SECONDS = pick(5.0, 60.0)
+STORM_PAUSE = 0.005
+HEAL_BOUND = 5.0  # seconds: worst delete -> re-created allowed during a storm
+DAEMON_KILLS = pick(4, 24)  # alternating: creates/updates, delivered/lost
+
+
+@pytest.mark.timeout(timeout(60, 400))
+async def test_delete_storm_every_delete_is_healed_once(scene: Scene) -> None:
+    """Random declared resources deleted out of band at a high rate for a
+    while, a producer publishing to LEDGER throughout: every successful
+    delete is followed by exactly one re-create within a few seconds, no
+    acknowledged message is lost, and once the storm ends nothing is written."""
+    figure, rng = scene.figure, random.Random(8)
+    daemon = scene.start(scene.config())
+    inv = Invariants(scene, daemon)
+    await scene.converge(daemon, t0=time.monotonic(), after=0, reconnect=False)
+    producer = await Producer(scene.server.url, LEDGER_SUBJECT).start()
+    try:
+        await producer.wait_acks(20)
+        await inv.quiet_when_in_sync()
+        inv.baseline()
+        targets = [r.stream for r in scene.resources if r.stream != LEDGER]
+        deletes: dict[str, list[float]] = defaultdict(list)
+        mark, started = daemon.mark(), time.monotonic()
+        while time.monotonic() - started < STORM_SECONDS:
+            stream = rng.choice(targets)
+            at = time.time()
+            answer = await api(scene.nc, f"$JS.API.STREAM.DELETE.{stream}")
+            if "error" not in answer:
+                deletes[stream].append(at)
+                figure.faults += 1
+            if figure.faults % 50 == 0:
+                inv.alive()
+            await asyncio.sleep(STORM_PAUSE)
+        took = await scene.converge(daemon, t0=time.monotonic(), after=mark, reconnect=False)
+        assert figure.faults >= 20 * STORM_SECONDS, f"only {figure.faults} deletes"
+        late = scene.timed_out(daemon, after=mark)
+        for stream in targets:
+            created = [
+                float(line["ts"])
+                for line in daemon.find(is_action("created", stream=stream), after=mark)
+            ]
+            done = deletes[stream]
+            if stream in late:  # each late answer can hide one `created`
+                assert len(created) <= len(done), (stream, done, created)
+            else:
+                assert len(created) == len(done), (stream, done, created)
+            for deleted_at, created_at in zip(done, created, strict=False):
+                figure.times.append(created_at - deleted_at)
+            figure.heals += len(created)
+        # Every delete healed: the final convergence found everything in place.
+        figure.survived = figure.faults
+        figure.worst_converge = max([took, *figure.times])
+        assert figure.worst_converge < HEAL_BOUND, f"a heal took {figure.worst_converge:.2f}s"
+        await inv.quiet_when_in_sync()
+        inv.memory_flat()
+    finally:
+        await producer.stop()
+    lost = await producer.verify(scene.nc, LEDGER)
+    figure.acked, figure.lost = len(producer.acked), len(lost)
+    assert not lost, lost[:10]
+    await inv.no_destructive()
+    await inv.stops_cleanly()
+    figures.publish(figure)
+
+
+async def drift_everything(scene: Scene) -> int:
+    """Another client changes one declared field of every plain stream and KV
+    bucket (object stores are left as they are)."""
+    n = 0
+    for res in scene.resources:
+        if res.kind.value == "object_store":
+            continue
+        config = dict((await api_ok(scene.nc, f"$JS.API.STREAM.INFO.{res.stream}"))["config"])
+        if res.kind.value == "kv":
+            config["max_msgs_per_subject"] = 9
+        else:
+            config["max_age"] = 3_600 * 10**9
+        await api_ok(scene.nc, f"$JS.API.STREAM.UPDATE.{res.stream}", config)
+        n += 1
+    return n
+
+
+async def settled_out_of_sync(scene: Scene, *, within: float = 10.0) -> list[str]:
+    """What is out of sync once the broker has finished the requests a killed
+    daemon left in its socket: the same answer twice, 200 ms apart."""
+    deadline = time.monotonic() + within
+    previous: list[str] | None = None
+    while True:
+        await asyncio.sleep(0.2)
+        now = await scene.out_of_sync()
+        if now is not None and now == previous:
+            return now
+        assert time.monotonic() < deadline, "the broker never settled"
+        previous = now
+
+
+def driftable(scene: Scene) -> int:
+    return sum(1 for r in scene.resources if r.kind.value != "object_store")
+
+
+async def delete_everything(scene: Scene) -> int:
+    answers = await asyncio.gather(
+        *(api(scene.nc, f"$JS.API.STREAM.DELETE.{r.stream}") for r in scene.resources)
+    )
+    assert all("error" not in a for a in answers), answers
+    return len(answers)
+
+
+async def kill(victim: DaemonProc) -> None:
+    victim.send(signal.SIGKILL)
+    assert await victim.wait_exit(5) == -signal.SIGKILL
+
+
+@pytest.mark.timeout(timeout(90, 600))
+async def test_daemon_killed_mid_pass_leaves_nothing_that_blocks_convergence(
+    scene: Scene,
+) -> None:
+    """The daemon killed -9 in the middle of a pass that creates (everything
+    was deleted) or updates (everything was drifted) dozens of resources,
+    its requests either already on their way (the broker carries them out)
+    or stuck on a stalled path that dies with it: the next process converges
+    with exactly one action per resource still out of sync, whatever the
+    killed one got done, and stops cleanly."""
+    figure, rng = scene.figure, random.Random(9)
+    proxy = await StallProxy(scene.server.port).start()
+    try:
+        config = scene.config(url=proxy.url, resources=chaos_resources() + bulk_streams(BULK))
+        # How long a pass of creates takes here: from `connected` to its first
+        # `created` line (outcomes are logged once the whole pass is answered).
+        first = scene.start(config)
+        await scene.converge(first, t0=time.monotonic(), after=0, reconnect=False)
+        connected = await first.wait_for(is_action("broker_back"))
+        created = await first.wait_for(is_action("created"))
+        span = float(created[0]["ts"]) - float(connected[0]["ts"])
+        await Invariants(scene, first).stops_cleanly()
+        mid_pass = 0
+        for cycle in range(DAEMON_KILLS):
+            action = "updated" if cycle % 2 else "created"
+            change = drift_everything if cycle % 2 else delete_everything
+            if cycle % 4 < 2:
+                # Delivered: the kill lands while the pass's requests are out.
+                await change(scene)
+                victim = scene.start(config)
+                await victim.wait_for(is_action("broker_back"), within=15)
+                await asyncio.sleep(rng.uniform(0.2, 0.9) * span)
+                await kill(victim)
+                # Killed after connecting and before its pass ended: its requests
+                # were in flight, their outcome never seen by the process.
+                mid_pass += not victim.find(is_pass)
+            else:
+                # Lost: the pass's requests hang on a stalled path, and die with
+                # the process and the path.
+                victim = scene.start(config)
+                await victim.wait_for(is_action("ready"), within=15)
+                mark = victim.mark()
+                proxy.stall(upstream=True)
+                await change(scene)
+                await victim.wait_for(is_pass, after=mark, within=10)  # its pass is out
+                await asyncio.sleep(rng.uniform(0.0, 0.3))
+                await kill(victim)
+                await proxy.cut()
+                proxy.resume()
+                mid_pass += 1
+            figure.faults += 1
+            left = await settled_out_of_sync(scene)
+            daemon = scene.start(config)
+            took = await scene.converge(daemon, t0=time.monotonic(), after=0, reconnect=False)
+            figure.converged(took)
+            actions = daemon.count(is_action(action))
+            late = len(scene.timed_out(daemon))
+            assert len(left) - late <= actions <= len(left), (actions, left, daemon.tail())
+            figure.heals += actions
+            inv = Invariants(scene, daemon)
+            if cycle == DAEMON_KILLS - 1:
+                await inv.quiet_when_in_sync()
+                await inv.no_destructive()
+            await inv.stops_cleanly()
+        assert mid_pass, "no kill landed in the middle of a pass"
+    finally:
+        await proxy.close()
+    figures.publish(figure)
