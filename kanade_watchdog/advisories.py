@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 
 log = logging.getLogger("kanade_watchdog.advisories")
 
@@ -22,20 +21,10 @@ _TYPE = "io.nats.jetstream.advisory.v1.stream_action"
 MAX_PAYLOAD = 64 * 1024  # real advisories are ~300 bytes
 
 
-@dataclass(frozen=True)
-class Advisory:
-    stream: str
-    deleted: bool
-
-
 def stream_of(subject: str, payload: bytes) -> str | None:
-    """The stream a genuine stream advisory is about, or None to ignore it."""
-    advisory = parse(subject, payload)
-    return advisory.stream if advisory else None
-
-
-def parse(subject: str, payload: bytes) -> Advisory | None:
-    """A genuine stream advisory, or None to ignore it."""
+    """The stream a genuine stream advisory is about (declared or not), or None
+    to ignore it. Only the stream matters: whatever happened, the worker reads
+    it and compares."""
     if not subject.startswith(_PREFIX):
         return None
     verb, _, stream = subject[len(_PREFIX) :].partition(".")
@@ -53,4 +42,4 @@ def parse(subject: str, payload: bytes) -> Advisory | None:
     if not isinstance(doc, dict) or doc.get("type") != _TYPE or doc.get("stream") != stream:
         log.debug("ignoring advisory on %s: not a stream action for %s", subject, stream)
         return None
-    return Advisory(stream=stream, deleted=verb == "DELETED")
+    return stream

@@ -132,9 +132,9 @@ class Daemon:
             )
 
     async def _on_advisory(self, msg: Msg) -> None:
-        advisory = advisories.parse(msg.subject, msg.data)
-        if advisory is not None and advisory.stream in self.worker.managed:
-            self.worker.queue.mark(advisory.stream, Trigger.ADVISORY)
+        stream = advisories.stream_of(msg.subject, msg.data)
+        if stream is not None and stream in self.worker.managed:
+            self.worker.queue.mark(stream, Trigger.ADVISORY)
 
     async def connection_task(self) -> None:
         """Keep exactly one live client, forever: connect (blocking until a
