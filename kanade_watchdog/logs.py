@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from .journal import journal_handler, message_id
+from .printable import escape
 
 FIELDS_ATTR = "kanade"
 
@@ -31,9 +32,12 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class TextFormatter(logging.Formatter):
+    """One record, one line: the message carries names and metadata read from
+    the broker, and a newline in them must not forge a line of its own."""
+
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
-        return f"{stamp} {record.levelname:<7} {record.getMessage()}"
+        return f"{stamp} {record.levelname:<7} {escape(record.getMessage())}"
 
 
 class JsonFormatter(logging.Formatter):
