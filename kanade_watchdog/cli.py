@@ -1,21 +1,27 @@
 """Command line: validate, plan, apply, check (one-shot) and run (the daemon).
 
-Parses arguments, loads the config, and maps every outcome to an exit code
-from `exitcodes`. No traceback ever reaches an operator: domain errors print
-their one line, anything else prints one line and exits 70.
+Parses arguments, resolves the config path once, loads the config, and maps
+every outcome to an exit code from `exitcodes`. A one-shot command builds
+its whole output first (`Output`); `_write` then prints it, escaping every
+text line (broker-supplied names and metadata must not forge lines), and
+treats a closed or full stdout the way Unix tools do. No traceback ever
+reaches an operator: domain errors print their one line, anything else
+prints one line and exits 70. With `--json`, a failure is a JSON document
+too (`render.failure_json`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from . import __version__, exitcodes, render
 from .apply import Outcome, execute
@@ -26,6 +32,7 @@ from .connection import connect_once
 from .errors import BrokerError, ConfigError
 from .logs import setup_logging
 from .plan import Action, Decision, Observed, plan
+from .printable import escape
 
 log = logging.getLogger("kanade_watchdog")
 
@@ -34,12 +41,25 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+@dataclass
+class Output:
+    """What a one-shot command prints and how it exits."""
+
+    code: int
+    out: list[str] = field(default_factory=list)  # stdout: text lines, or one JSON document
+    err: list[str] = field(default_factory=list)  # stderr lines
+    raw: bool = False  # `out` is JSON: it escapes its own strings
+
+
 def _parser() -> argparse.ArgumentParser:
+    # The top level and every command accept --config. Neither copy has a
+    # default: a command's default would overwrite a --config given before
+    # the command. `config_path` resolves the default once, after parsing.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
         metavar="PATH",
-        default=os.environ.get(ENV_PATH, DEFAULT_PATH),
+        default=argparse.SUPPRESS,
         help=f"config file (default ${ENV_PATH} or {DEFAULT_PATH})",
     )
     parser = argparse.ArgumentParser(
@@ -50,7 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("validate", parents=[common], help="check the config file only (no broker)")
+    validate = sub.add_parser(
+        "validate", parents=[common], help="check the config file only (no broker)"
+    )
+    validate.add_argument("--json", action="store_true", help="machine-readable output")
     for name, text in (
         ("plan", "show what apply would change (exit 2 if anything)"),
         ("apply", "converge once: create missing, update drifted"),
@@ -58,9 +81,10 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("-v", "--verbose", action="store_true", help="list in-sync resources too")
-    sub.add_parser(
+    check = sub.add_parser(
         "check", parents=[common], help="monitoring plugin: one status line, exit 0/1/2/3"
     )
+    check.add_argument("--json", action="store_true", help="the same facts as JSON")
     run = sub.add_parser("run", parents=[common], help="the daemon: keep everything in place")
     run.add_argument(
         "--log-format",
@@ -70,6 +94,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
+
+
+def config_path(args: argparse.Namespace) -> str:
+    """--config (in either position), else $KANADE_WATCHDOG_CONFIG, else the
+    system path; absolute, so that every output names the file unambiguously."""
+    given: str | None = getattr(args, "config", None)
+    if given is None:
+        given = os.environ.get(ENV_PATH) or DEFAULT_PATH
+    return os.path.abspath(given)
 
 
 async def _observe(config: Config) -> tuple[Broker, dict[str, Observed]]:
@@ -93,31 +126,30 @@ async def _observe_and_plan(config: Config) -> tuple[Broker, list[Decision]]:
     return broker, plan(config.resources, observed, utcnow())
 
 
-async def _plan(config: Config, args: argparse.Namespace) -> int:
+async def _plan(config: Config, args: argparse.Namespace, path: str) -> Output:
     started = time.perf_counter()
     broker, decisions = await _observe_and_plan(config)
     await broker.nc.close()
     elapsed = time.perf_counter() - started
     pending = any(d.action is not Action.IN_SYNC for d in decisions)
+    code = exitcodes.CHANGES_PENDING if pending else exitcodes.OK
     if args.json:
-        print(
-            render.report_json(
-                in_sync=not pending,
-                summary=render.plan_summary(decisions),
-                resources=[render.decision_json(d) for d in decisions],
-                requests=broker.requests,
-                seconds=elapsed,
-            )
+        doc = render.report_json(
+            in_sync=not pending,
+            summary=render.plan_summary(decisions),
+            resources=[render.decision_json(d) for d in decisions],
+            requests=broker.requests,
+            seconds=elapsed,
+            config=path,
+            exit_code=code,
         )
-    else:
-        for d in decisions:
-            for line in render.decision_lines(d, verbose=args.verbose):
-                print(line)
-        print(render.plan_summary(decisions))
-    return exitcodes.CHANGES_PENDING if pending else exitcodes.OK
+        return Output(code, [doc], raw=True)
+    lines = [line for d in decisions for line in render.decision_lines(d, verbose=args.verbose)]
+    lines.append(render.plan_footer(decisions, config=path))
+    return Output(code, lines)
 
 
-async def _apply(config: Config, args: argparse.Namespace) -> int:
+async def _apply(config: Config, args: argparse.Namespace, path: str) -> Output:
     started = time.perf_counter()
     broker, decisions = await _observe_and_plan(config)
     try:
@@ -129,130 +161,176 @@ async def _apply(config: Config, args: argparse.Namespace) -> int:
         await broker.nc.close()
     elapsed = time.perf_counter() - started
     ok = all(o.ok for o in outcomes)
+    code = exitcodes.OK if ok else exitcodes.FAILURE
     if args.json:
-        print(
-            render.report_json(
-                in_sync=ok,
-                summary=render.apply_summary(outcomes),
-                resources=[render.outcome_json(o) for o in outcomes],
-                requests=broker.requests,
-                seconds=elapsed,
-            )
+        doc = render.report_json(
+            in_sync=ok,
+            summary=render.apply_summary(outcomes),
+            resources=[render.outcome_json(o) for o in outcomes],
+            requests=broker.requests,
+            seconds=elapsed,
+            config=path,
+            exit_code=code,
         )
-    else:
-        for o in outcomes:
-            if o.decision.action is not Action.IN_SYNC or args.verbose:
-                print(render.outcome_line(o))
-            for stake in o.decision.at_stake:
-                if o.ok:
-                    print(f"    WARNING data discarded: {stake}")
-        total = sum(broker.requests.values())
-        print(f"{render.apply_summary(outcomes)} ({elapsed:.3f}s, {total} requests)")
-    return exitcodes.OK if ok else exitcodes.FAILURE
+        return Output(code, [doc], raw=True)
+    lines = [line for o in outcomes for line in render.outcome_lines(o, verbose=args.verbose)]
+    lines.append(
+        render.apply_footer(outcomes, requests=broker.requests, seconds=elapsed, config=path)
+    )
+    return Output(code, lines)
 
 
-async def _check(config: Config) -> int:
+async def _check(config: Config) -> render.CheckReport:
     started = time.perf_counter()
     try:
         broker, observed = await _observe(config)
     except BrokerError as exc:
-        print(f"JETSTREAM CRITICAL - broker unreachable: {exc}")
-        return exitcodes.CHECK_CRITICAL
+        return render.check_failure("CRITICAL", [render.broker_problem(exc)])
     await broker.nc.close()
     decisions = plan(config.resources, observed, utcnow())
     facts = cluster_facts(config.resources, observed)
-    leaderless, short = facts.leaderless, facts.behind
-    elapsed = time.perf_counter() - started
-    by_action: dict[Action, list[str]] = {a: [] for a in Action}
-    for d in decisions:
-        by_action[d.action].append(d.resource.label)
-    total = len(decisions)
-    perf = (
-        f"resources={total} in_sync={len(by_action[Action.IN_SYNC])} "
-        f"missing={len(by_action[Action.CREATE])} drifted={len(by_action[Action.UPDATE])} "
-        f"blocked={len(by_action[Action.BLOCKED])} "
-        f"newer_spec={len(by_action[Action.NEWER_SPEC])} leaderless={len(leaderless)} "
-        f"replicas_behind={len(short)} time={elapsed:.3f}s"
-    )
-    if by_action[Action.CREATE] or leaderless:
-        status, code = "CRITICAL", exitcodes.CHECK_CRITICAL
-        text = "; ".join(
-            part
-            for part in (
-                "missing: " + ", ".join(by_action[Action.CREATE])
-                if by_action[Action.CREATE]
-                else "",
-                "no leader: " + ", ".join(leaderless) if leaderless else "",
-            )
-            if part
+    return render.check_report(decisions, facts, seconds=time.perf_counter() - started)
+
+
+def _check_output(report: render.CheckReport, *, as_json: bool, path: str) -> Output:
+    if as_json:
+        return Output(report.code, [report.json(config=path)], raw=True)
+    return Output(report.code, [report.line()])
+
+
+def _validate(config: Config, *, as_json: bool, path: str) -> Output:
+    if as_json:
+        return Output(exitcodes.OK, [render.validate_json(config.resources, config=path)], raw=True)
+    return Output(exitcodes.OK, [f"{path}: OK ({len(config.resources)} resources)"])
+
+
+def _failure(args: argparse.Namespace, path: str, *, code: int, problems: list[str]) -> Output:
+    """A command that could not do its work: the lines on stderr, and with
+    --json the same as a document on stdout. `check` speaks plugin instead:
+    CRITICAL for broker trouble, UNKNOWN for a bad config or a bug."""
+    as_json = bool(getattr(args, "json", False))
+    if args.command == "check" and code != exitcodes.INTERRUPTED:
+        status = "CRITICAL" if code == exitcodes.FAILURE else "UNKNOWN"
+        out = _check_output(render.check_failure(status, problems), as_json=as_json, path=path)
+        if code == exitcodes.CONFIG:  # every problem, not just the one the status line has
+            out.err = problems
+        return out
+    if not as_json:
+        return Output(code, err=problems)
+    extra = {"valid": False} if args.command == "validate" else {"in_sync": False}
+    doc = render.failure_json(config=path, problems=problems, exit_code=code, **extra)
+    return Output(code, [doc], err=problems, raw=True)
+
+
+def _dispatch(args: argparse.Namespace, path: str) -> Output:
+    setup_logging("text", "warning")
+    config = load(path)
+    as_json = bool(getattr(args, "json", False))
+    if args.command == "validate":
+        return _validate(config, as_json=as_json, path=path)
+    if args.command == "plan":
+        return asyncio.run(_plan(config, args, path))
+    if args.command == "apply":
+        return asyncio.run(_apply(config, args, path))
+    if args.command == "check":
+        return _check_output(asyncio.run(_check(config)), as_json=as_json, path=path)
+    raise AssertionError(args.command)  # argparse allows nothing else
+
+
+def _one_shot(args: argparse.Namespace, path: str) -> Output:
+    try:
+        return _dispatch(args, path)
+    except ConfigError as exc:
+        return _failure(
+            args, path, code=exitcodes.CONFIG, problems=[f"config error: {p}" for p in exc.problems]
         )
-    elif short or any(by_action[a] for a in (Action.UPDATE, Action.BLOCKED, Action.NEWER_SPEC)):
-        status, code = "WARNING", exitcodes.CHECK_WARNING
-        words = {
-            Action.UPDATE: "drifted",
-            Action.BLOCKED: "blocked",
-            Action.NEWER_SPEC: "newer spec present",
-        }
-        parts = [f"{word}: {', '.join(by_action[a])}" for a, word in words.items() if by_action[a]]
-        if short:
-            parts.append("replicas behind: " + ", ".join(short))
-        text = "; ".join(parts)
-    else:
-        status, code = "OK", exitcodes.CHECK_OK
-        text = f"{total}/{total} in sync"
-    print(f"JETSTREAM {status} - {text} | {perf}")
-    return code
-
-
-def _run_async(coro: Any) -> int:
-    try:
-        result: int = asyncio.run(coro)
+    except BrokerError as exc:
+        text = render.broker_problem(exc) if args.command == "check" else f"broker error: {exc}"
+        return _failure(args, path, code=exitcodes.FAILURE, problems=[text])
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return exitcodes.INTERRUPTED
-    return result
+        return _failure(args, path, code=exitcodes.INTERRUPTED, problems=["interrupted"])
+    except Exception as exc:  # a bug: one line, not a traceback, for the operator
+        log.debug("internal error", exc_info=True)
+        return _failure(
+            args,
+            path,
+            code=exitcodes.INTERNAL,
+            problems=[f"internal error: {type(exc).__name__}: {exc}"],
+        )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _say(line: str) -> None:
+    """One line on stderr; a stderr that cannot take it changes nothing."""
     try:
-        return _dispatch(args)
+        if sys.stderr is not None:
+            print(escape(line), file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null, so that the interpreter's final flush of what
+    could not be written succeeds quietly instead of reporting an error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    finally:
+        os.close(devnull)
+
+
+def _write(result: Output) -> int:
+    """Print a command's output. A reader that went away (`| head`) ends the
+    command quietly with 141, as a tool killed by SIGPIPE; any other write
+    error (a full disk, /dev/full, a closed stdout) is one line and 74."""
+    for line in result.err:
+        _say(line)
+    if not result.out:
+        return result.code
+    if sys.stdout is None:  # started with fd 1 closed
+        _say(f"cannot write output: {os.strerror(errno.EBADF)}")
+        return exitcodes.IO_ERROR
+    try:
+        for line in result.out:
+            sys.stdout.write((line if result.raw else escape(line)) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return exitcodes.BROKEN_PIPE
+    except OSError as exc:
+        _silence_stdout()
+        _say(f"cannot write output: {exc.strerror or exc}")
+        return exitcodes.IO_ERROR
+    return result.code
+
+
+def _run(args: argparse.Namespace, path: str) -> int:
+    # The scheduler and systemd stay out of the one-shot commands' start-up.
+    from .daemon import run_daemon  # noqa: PLC0415
+
+    try:
+        setup_logging(args.log_format, args.log_level)
+        return run_daemon(path)
     except ConfigError as exc:
         for line in exc.problems:
-            print(f"config error: {line}", file=sys.stderr)
-        if args.command == "check":  # a monitoring system reads stdout only
-            print(f"JETSTREAM UNKNOWN - config error: {exc.problems[0]}")
-            return exitcodes.CHECK_UNKNOWN
+            _say(f"config error: {line}")
         return exitcodes.CONFIG
     except BrokerError as exc:
-        print(f"broker error: {exc}", file=sys.stderr)
+        _say(f"broker error: {exc}")
         return exitcodes.FAILURE
     except Exception as exc:  # a bug: one line, not a traceback, for the operator
-        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _say(f"internal error: {type(exc).__name__}: {exc}")
         log.debug("internal error", exc_info=True)
         return exitcodes.INTERNAL
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    path = config_path(args)
     if args.command == "run":
-        # The scheduler and systemd stay out of the one-shot commands' start-up.
-        from .daemon import run_daemon  # noqa: PLC0415
-
-        setup_logging(args.log_format, args.log_level)
-        return run_daemon(args.config)
-    setup_logging("text", "warning")
-    config = load(args.config)
-    if args.command == "validate":
-        print(f"{args.config}: OK ({len(config.resources)} resources)")
-        return exitcodes.OK
-    if args.command == "plan":
-        return _run_async(_plan(config, args))
-    if args.command == "apply":
-        return _run_async(_apply(config, args))
-    if args.command == "check":
-        try:
-            return _run_async(_check(config))
-        except Exception as exc:
-            print(f"JETSTREAM UNKNOWN - {exc}")
-            return exitcodes.CHECK_UNKNOWN
-    raise AssertionError(args.command)  # argparse allows nothing else
+        return _run(args, path)
+    return _write(_one_shot(args, path))

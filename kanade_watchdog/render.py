@@ -1,7 +1,12 @@
-"""Showing plans and outcomes: short lines for people, stable JSON for machines.
+"""Showing plans, outcomes and check results: short lines for people, stable JSON
+for machines.
 
-Pure formatting of `plan.Decision` and `apply.Outcome`; the `cli` prints
-what this returns. The JSON shape (`"format": 1`) only ever gains keys.
+Pure formatting of `plan.Decision`, `apply.Outcome` and the facts `check`
+gathers; the `cli` prints what this returns, escaping every line
+(`printable`), since names, subjects, metadata and error texts come from
+the broker. Values in diffs read one way everywhere: text in double quotes,
+quantities (durations, sizes, counts), booleans and `unlimited` bare. The
+JSON shape (`"format": 1`) only ever gains keys.
 """
 
 from __future__ import annotations
@@ -9,12 +14,43 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from . import exitcodes
 from .apply import Outcome, Result, kind_word
+from .cluster import ClusterFacts
+from .config import Resource
+from .errors import BrokerError, BrokerUnavailable, PermissionDenied
 from .plan import Action, Change, Decision, show
+from .printable import escape, key, quote
 
 JSON_FORMAT = 1
+
+
+# --- values and changes -----------------------------------------------------------------
+
+
+def value_text(field_name: str, value: Any) -> str:
+    """A value as diffs show it. `plan.show` writes quantities the way the config
+    does; text is quoted here, not there, so that every diff quotes it alike."""
+    if value is None:
+        return "unset"
+    if isinstance(value, str):
+        return quote(value)
+    if isinstance(value, tuple | list):
+        if field_name in ("placement", "metadata") and all(
+            isinstance(item, tuple) and len(item) == 2 for item in value
+        ):
+            return "{" + ", ".join(f"{key(str(k))}={value_text(k, v)}" for k, v in value) + "}"
+        return "[" + ", ".join(value_text(field_name, v) for v in value) + "]"
+    return escape(show(field_name, value))
+
+
+def change_text(change: Change) -> str:
+    current = value_text(change.field, change.current)
+    desired = value_text(change.field, change.desired)
+    return f"{change.field}: {current} -> {desired}"
 
 
 def _change_json(change: Change) -> dict[str, Any]:
@@ -27,9 +63,39 @@ def _change_json(change: Change) -> dict[str, Any]:
         "field": change.field,
         "current": plain(change.current),
         "desired": plain(change.desired),
-        "current_text": show(change.field, change.current),
-        "desired_text": show(change.field, change.desired),
+        "current_text": value_text(change.field, change.current),
+        "desired_text": value_text(change.field, change.desired),
     }
+
+
+# --- data at stake, before and after -----------------------------------------------------
+
+# How the planner words an effect (future tense) -> what apply says once the
+# write went through: (planner's phrase, what replaces it, what the line is).
+_PAST_TENSE = (
+    ("; new writes would be refused", "", "new writes are now refused"),
+    (" and would be discarded", "", "data discarded"),
+    (" would be discarded", "", "data discarded"),
+    (" would expire at once", " expired at once", "data discarded"),
+    (" would be dropped", " dropped", "data discarded"),
+)
+
+
+def applied_effect(text: str) -> str:
+    """What an at-stake effect became once the update was written: the data
+    discarded (past tense), or new writes now refused, where nothing was lost.
+    The one place this wording lives, so that it can read a structured effect
+    (its text and whether data is lost) instead of the planner's sentence."""
+    for phrase, replacement, what in _PAST_TENSE:
+        if phrase in text:
+            body = text.replace(phrase, replacement, 1)
+            if what == "data discarded":
+                body = body.replace(" stored is over ", " stored was over ", 1)
+            return f"{what}: {body}"
+    return f"stored data affected by the update: {text}"
+
+
+# --- plan and apply -----------------------------------------------------------------------
 
 
 def decision_json(d: Decision) -> dict[str, Any]:
@@ -69,7 +135,7 @@ def decision_lines(d: Decision, *, verbose: bool = False) -> list[str]:
     if d.reason:
         head += f" ({d.reason})"
     lines = [head]
-    lines += [f"    {c}" for c in d.changes]
+    lines += [f"    {change_text(c)}" for c in d.changes]
     lines += [f"    WARNING data at stake: {s}" for s in d.at_stake]
     return lines
 
@@ -87,16 +153,32 @@ def plan_summary(decisions: Sequence[Decision]) -> str:
     return f"{counts[Action.IN_SYNC]}/{total} in sync; " + ", ".join(parts)
 
 
+def plan_footer(decisions: Sequence[Decision], *, config: str) -> str:
+    """The last line of `plan`: the summary and the file it was planned from."""
+    return f"{plan_summary(decisions)} (config {config})"
+
+
 def outcome_line(o: Outcome) -> str:
     d = o.decision
     text = f"{kind_word(d.resource.kind)} {d.resource.name}: {o.result}"
     if o.result is Result.UPDATED:
-        text += " (" + "; ".join(str(c) for c in d.changes) + ")"
+        text += " (" + "; ".join(change_text(c) for c in d.changes) + ")"
     if o.result in (Result.BLOCKED, Result.NEWER_SPEC):
         text += f" ({d.reason})"
     if o.error:
         text += f": {o.error}"
     return text
+
+
+def outcome_lines(o: Outcome, *, verbose: bool = False) -> list[str]:
+    """What `apply` prints for one resource. Effects on stored data are told
+    in the past tense, and only when the update was written."""
+    lines = []
+    if o.decision.action is not Action.IN_SYNC or verbose:
+        lines.append(outcome_line(o))
+    if o.result is Result.UPDATED:
+        lines += [f"    WARNING {applied_effect(s)}" for s in o.decision.at_stake]
+    return lines
 
 
 def apply_summary(outcomes: Sequence[Outcome]) -> str:
@@ -112,6 +194,33 @@ def apply_summary(outcomes: Sequence[Outcome]) -> str:
     return ", ".join(f"{counts[r]} {r}" for r in order if counts[r])
 
 
+def counted(n: int, word: str) -> str:
+    """`1 request`, `2 requests`."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def elapsed_text(seconds: float) -> str:
+    """`5 ms`, `1.2 s`, `75 s`."""
+    if seconds < 0.001:
+        return "<1 ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    return f"{seconds:.0f} s"
+
+
+def apply_footer(
+    outcomes: Sequence[Outcome], *, requests: Mapping[str, int], seconds: float, config: str
+) -> str:
+    """The last line of `apply`: results, cost, and the file it applied."""
+    total = sum(requests.values())
+    return (
+        f"{apply_summary(outcomes)} ({counted(total, 'request')}, {elapsed_text(seconds)}; "
+        f"config {config})"
+    )
+
+
 def request_counts(counts: Mapping[str, int]) -> dict[str, int]:
     return {"total": sum(counts.values()), **dict(sorted(counts.items()))}
 
@@ -123,16 +232,166 @@ def report_json(
     resources: list[dict[str, Any]],
     requests: Mapping[str, int],
     seconds: float,
+    config: str,
+    exit_code: int,
 ) -> str:
     """The stable `--json` document of plan and apply."""
     return json.dumps(
         {
             "format": JSON_FORMAT,
+            "config": config,
             "in_sync": in_sync,
             "summary": summary,
             "resources": resources,
             "requests": request_counts(requests),
             "seconds": round(seconds, 4),
+            "error": "",
+            "exit_code": exit_code,
         },
         indent=2,
     )
+
+
+def validate_json(resources: Sequence[Resource], *, config: str) -> str:
+    """`validate --json` on a valid file: what it declares."""
+    return json.dumps(
+        {
+            "format": JSON_FORMAT,
+            "config": config,
+            "valid": True,
+            "resources": [
+                {"kind": str(r.kind), "name": r.name, "stream": r.stream} for r in resources
+            ],
+            "error": "",
+            "problems": [],
+            "exit_code": exitcodes.OK,
+        },
+        indent=2,
+    )
+
+
+def failure_json(*, config: str, problems: Sequence[str], exit_code: int, **extra: Any) -> str:
+    """What `--json` prints when a command cannot do its work: `error` is the
+    first line it wrote on stderr, `problems` every one (all config problems)."""
+    return json.dumps(
+        {
+            "format": JSON_FORMAT,
+            "config": config,
+            **extra,
+            "error": problems[0] if problems else "",
+            "problems": list(problems),
+            "exit_code": exit_code,
+        },
+        indent=2,
+    )
+
+
+# --- check ---------------------------------------------------------------------------------
+
+
+def broker_problem(exc: BrokerError) -> str:
+    """A broker error as `check` words it: the kind of trouble first."""
+    text = str(exc)
+    if isinstance(exc, PermissionDenied):
+        return text if text.startswith("permission denied") else f"permission denied: {text}"
+    if isinstance(exc, BrokerUnavailable):
+        return f"broker unreachable: {text}"
+    return f"broker error: {text}"
+
+
+_CHECK_CODES = {
+    "OK": exitcodes.CHECK_OK,
+    "WARNING": exitcodes.CHECK_WARNING,
+    "CRITICAL": exitcodes.CHECK_CRITICAL,
+    "UNKNOWN": exitcodes.CHECK_UNKNOWN,
+}
+
+# (JSON and perfdata name, words in the status text, status it raises), worst first.
+_CHECK_GROUPS = (
+    ("missing", "missing", "CRITICAL"),
+    ("leaderless", "no leader", "CRITICAL"),
+    ("drifted", "drifted", "WARNING"),
+    ("blocked", "blocked", "WARNING"),
+    ("newer_spec", "newer spec present", "WARNING"),
+    ("replicas_behind", "replicas behind", "WARNING"),
+)
+
+
+# The perfdata order monitoring set-ups have always seen.
+_PERF_ORDER = ("missing", "drifted", "blocked", "newer_spec", "leaderless", "replicas_behind")
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """One `check` result: the plugin line and its JSON twin say the same."""
+
+    status: str  # OK, WARNING, CRITICAL, UNKNOWN
+    text: str
+    groups: Mapping[str, list[str]] = field(default_factory=dict)
+    perf: Mapping[str, int] = field(default_factory=dict)  # empty when check failed
+    seconds: float = 0.0
+    problems: Sequence[str] = ()  # why check could not look (then perf is empty)
+
+    @property
+    def code(self) -> int:
+        return _CHECK_CODES[self.status]
+
+    def line(self) -> str:
+        head = f"JETSTREAM {self.status} - {self.text}"
+        if not self.perf:
+            return head
+        perf = " ".join(f"{k}={v}" for k, v in self.perf.items())
+        return f"{head} | {perf} time={self.seconds:.3f}s"
+
+    def json(self, *, config: str) -> str:
+        extra = {"status": self.status, "text": self.text}
+        if self.problems:
+            return failure_json(config=config, problems=self.problems, exit_code=self.code, **extra)
+        doc = {
+            "format": JSON_FORMAT,
+            "config": config,
+            **extra,
+            **{name: list(self.groups.get(name, [])) for name, _, _ in _CHECK_GROUPS},
+            "perfdata": {**self.perf, "time": round(self.seconds, 4)},
+            "seconds": round(self.seconds, 4),
+            "error": "",
+            "problems": [],
+            "exit_code": self.code,
+        }
+        return json.dumps(doc, indent=2)
+
+
+def check_report(
+    decisions: Sequence[Decision], facts: ClusterFacts, *, seconds: float
+) -> CheckReport:
+    """Every fact at once, worst status first: a CRITICAL still names what
+    drifted or is blocked."""
+    by_action: dict[Action, list[str]] = {a: [] for a in Action}
+    for d in decisions:
+        by_action[d.action].append(d.resource.label)
+    groups = {
+        "missing": by_action[Action.CREATE],
+        "leaderless": list(facts.leaderless),
+        "drifted": by_action[Action.UPDATE],
+        "blocked": by_action[Action.BLOCKED],
+        "newer_spec": by_action[Action.NEWER_SPEC],
+        "replicas_behind": list(facts.behind),
+    }
+    total = len(decisions)
+    perf = {
+        "resources": total,
+        "in_sync": len(by_action[Action.IN_SYNC]),
+        **{name: len(groups[name]) for name in _PERF_ORDER},
+    }
+    raised = [status for name, _, status in _CHECK_GROUPS if groups[name]]
+    status = "CRITICAL" if "CRITICAL" in raised else "WARNING" if raised else "OK"
+    parts = [
+        f"{words}: {', '.join(groups[name])}" for name, words, _ in _CHECK_GROUPS if groups[name]
+    ]
+    text = "; ".join(parts) if parts else f"{total}/{total} in sync"
+    return CheckReport(status, text, groups=groups, perf=perf, seconds=seconds)
+
+
+def check_failure(status: str, problems: Sequence[str]) -> CheckReport:
+    """`check` could not look: broker trouble (CRITICAL) or a bad config (UNKNOWN)."""
+    return CheckReport(status, problems[0], problems=problems)

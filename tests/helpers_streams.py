@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.conftest import REPO
 from tests.natsserver import NatsServer
 
 WATCHDOG_NAME = "kanade-watchdog"  # [nats] name in config.toml: the audit filter
+CONFIG_ENV = "KANADE_WATCHDOG_CONFIG"
 
 NS_PER_DAY = 86_400 * 10**9
 MIB = 1024**2
@@ -70,7 +72,19 @@ ALL_STREAMS: frozenset[str] = frozenset(
     [*EXPECTED_STREAMS, *(f"KV_{b}" for b in EXPECTED_KV), *(f"OBJ_{b}" for b in EXPECTED_OBJ)]
 )
 
-TOP_JSON_KEYS = frozenset({"format", "in_sync", "summary", "resources", "requests", "seconds"})
+TOP_JSON_KEYS = frozenset(
+    {
+        "format",
+        "config",
+        "in_sync",
+        "summary",
+        "resources",
+        "requests",
+        "seconds",
+        "error",
+        "exit_code",
+    }
+)
 RESOURCE_JSON_KEYS = frozenset(
     {"kind", "name", "stream", "action", "changes", "reason", "at_stake"}
 )
@@ -95,21 +109,34 @@ class CliRun:
         return {str(r["stream"]): r for r in self.json()["resources"]}
 
 
-async def run_cli(*args: str, config: Path, limit_seconds: float = 30.0) -> CliRun:
+async def run_cli(
+    *args: str,
+    config: Path | None,
+    limit_seconds: float = 30.0,
+    env: Mapping[str, str] | None = None,
+    config_first: bool = False,
+) -> CliRun:
     """Run the command line in a subprocess, as an operator or a unit would.
 
-    The event loop keeps running meanwhile (audit advisories keep arriving).
-    No command may ever print a traceback, so that is checked on every run.
+    `--config` goes after the command's arguments, or before the command with
+    `config_first`, or nowhere with `config=None`. $KANADE_WATCHDOG_CONFIG is
+    only set when `env` sets it. The event loop keeps running meanwhile
+    (audit advisories keep arriving). No command may ever print a traceback,
+    so that is checked on every run.
     """
-    argv = [sys.executable, "-m", "kanade_watchdog", *args, "--config", str(config)]
+    flag = [] if config is None else ["--config", str(config)]
+    command = [*flag, *args] if config_first else [*args, *flag]
+    full_env = {k: v for k, v in os.environ.items() if k != CONFIG_ENV}
+    full_env.update(env or {})
     started = time.monotonic()
     proc = await asyncio.to_thread(
         subprocess.run,
-        argv,
+        [sys.executable, "-m", "kanade_watchdog", *command],
         capture_output=True,
         text=True,
         timeout=limit_seconds,
         cwd=REPO,
+        env=full_env,
         check=False,
     )
     run = CliRun(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)

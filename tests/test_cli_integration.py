@@ -32,6 +32,7 @@ from tests.helpers_streams import (
 from tests.natsserver import NatsServer, free_port
 
 UNREACHABLE_DEADLINE = 10.0  # seconds a command may take to say "unreachable"
+ELAPSED = r"(<1 ms|\d+ ms|\d+(\.\d)? s)"  # how apply's summary words its time
 
 
 @pytest.fixture
@@ -105,11 +106,13 @@ async def test_plan_exit_codes_pending_then_in_sync(repo_config: Path, audit: Ap
     """plan exits 2 while anything is missing and 0 once apply has converged."""
     pending = await run_cli("plan", config=repo_config)
     assert pending.code == 2
-    assert pending.stdout.strip().splitlines()[-1] == "0/25 in sync; 25 create"
+    assert (
+        pending.stdout.strip().splitlines()[-1] == f"0/25 in sync; 25 create (config {repo_config})"
+    )
     await _converge(repo_config)
     in_sync = await run_cli("plan", config=repo_config)
     assert in_sync.code == 0
-    assert in_sync.stdout.strip() == "25/25 in sync"
+    assert in_sync.stdout.strip() == f"25/25 in sync (config {repo_config})"
     await audit.settle()
     assert audit.writes == 25  # only apply wrote
 
@@ -129,13 +132,18 @@ async def test_plan_exits_2_on_drift_and_names_the_field(
 @pytest.mark.parametrize("command", ["plan", "apply"])
 async def test_unreachable_broker_exits_1_quickly(command: str, unreachable_config: Path) -> None:
     """plan and apply exit 1 within seconds when nothing listens at the
-    configured address, with one 'broker error' line on stderr."""
+    configured address, with one 'broker error' line on stderr and, with
+    --json, the same error and the exit code as a JSON document on stdout."""
     run = await run_cli(command, "--json", config=unreachable_config)
     assert run.code == 1
     assert run.seconds < UNREACHABLE_DEADLINE
-    assert run.stdout == ""
     assert run.stderr.startswith("broker error: cannot connect to nats://127.0.0.1:")
     assert len(run.stderr.strip().splitlines()) == 1
+    doc = run.json()
+    assert doc["error"] == run.stderr.strip()
+    assert doc["exit_code"] == 1
+    assert doc["in_sync"] is False
+    assert doc["config"] == str(unreachable_config)
 
 
 @pytest.fixture
@@ -203,8 +211,10 @@ async def test_apply_exit_codes_0_when_converged_1_when_blocked(
     assert first.stdout.strip().splitlines()[-1].startswith("25 created (")
     second = await run_cli("apply", config=repo_config)
     assert second.code == 0
-    assert second.stdout.strip().startswith("25 in_sync (")
-    assert second.stdout.strip().endswith(", 1 requests)")
+    assert re.fullmatch(
+        rf"25 in_sync \(1 request, {ELAPSED}; config {re.escape(str(repo_config))}\)",
+        second.stdout.strip(),
+    ), second.stdout
 
     await raw_create(client, {"name": "OBJ_probe", "subjects": ["probe.>"]})
     blocked = _with_extra_object_store(repo_config, "probe")
@@ -346,6 +356,7 @@ async def test_json_output_has_stable_keys_for_plan_and_apply(
     doc = plan.json()
     _assert_stable_shape(doc, apply=False)
     assert doc["in_sync"] is False
+    assert (doc["config"], doc["exit_code"], doc["error"]) == (str(repo_config), 2, "")
     by_stream = {r["stream"]: r for r in doc["resources"]}
     results = by_stream["RESULTS"]
     assert (results["kind"], results["name"], results["action"]) == ("stream", "RESULTS", "update")
@@ -368,5 +379,6 @@ async def test_json_output_has_stable_keys_for_plan_and_apply(
     adoc = applied.json()
     _assert_stable_shape(adoc, apply=True)
     assert adoc["in_sync"] is True
+    assert (adoc["config"], adoc["exit_code"], adoc["error"]) == (str(repo_config), 0, "")
     assert adoc["requests"] == {"total": 3, "list": 1, "update": 2}
     assert adoc["summary"] == "2 updated, 23 in_sync"
