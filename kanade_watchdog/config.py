@@ -9,9 +9,12 @@ Every key is known: a typo is an error, never silently ignored.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import re
+import socket
 import ssl
 import tomllib
 from collections.abc import Callable, Mapping
@@ -64,6 +67,8 @@ class Resource:
     declared: Mapping[str, Any]
     protect: bool = False
     spec_version: int = 1  # the file's spec_version, carried for the planner
+    writer: str = ""  # who writes: [watchdog] id or this host + file (see writer_id)
+    force_spec: bool = False  # [watchdog] force_spec: obey no marker on the broker
 
     @property
     def stream(self) -> str:
@@ -113,12 +118,15 @@ class WatchdogSettings:
     advisories: bool = True
     stop_timeout: float = 20.0
     pass_deadline: float = 30.0
+    id: str | None = None  # the writer identity stamped on writes; default: writer_id()
+    force_spec: bool = False
 
 
 @dataclass(frozen=True)
 class Config:
     path: str
     spec_version: int = 1
+    writer: str = ""  # the identity stamped on every write (`[watchdog] id` or derived)
     nats: NatsSettings = field(default_factory=NatsSettings)
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     resources: tuple[Resource, ...] = ()
@@ -363,6 +371,37 @@ REQUIRED: dict[Kind, tuple[str, ...]] = {
 }
 
 
+_WRITER = re.compile(r"[\x21-\x7e]{1,64}")
+
+
+def _writer(value: Any) -> str:
+    if not isinstance(value, str) or not _WRITER.fullmatch(value):
+        raise ValueError(
+            "must be 1 to 64 printable ASCII characters without spaces (e.g. 'broker-2')"
+        )
+    return value
+
+
+@functools.cache
+def _host_identity() -> str:
+    """This machine, stably: its machine id (hashed below, never shown), else
+    its host name."""
+    try:
+        with open("/etc/machine-id", encoding="ascii") as fh:
+            machine = fh.read(64).strip()
+    except (OSError, ValueError):
+        machine = ""
+    return machine or socket.gethostname()
+
+
+def writer_id(path: str) -> str:
+    """The default writer identity: this host plus the config file's absolute
+    path, hashed short. Stable across restarts, reloads and edits of that one
+    file; different on another host or for another file."""
+    seed = f"kanade-watchdog writer\0{_host_identity()}\0{os.path.abspath(path)}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:12]
+
+
 def _seconds(value: Any) -> float:
     return _duration(value) / NS_PER_SECOND
 
@@ -464,6 +503,8 @@ _WATCHDOG_KEYS: dict[str, Parser] = {
     "advisories": _bool,
     "stop_timeout": _positive_seconds,
     "pass_deadline": _positive_seconds,
+    "id": _writer,
+    "force_spec": _bool,
 }
 _TOP_KEYS = ("spec_version", "nats", "watchdog", *SECTION.values())
 MAX_SPEC_VERSION = 2**31 - 1
@@ -627,12 +668,18 @@ def parse(document: Mapping[str, Any], path: str) -> Config:
         )
     if problems.lines:
         raise ConfigError(problems.lines)
+    settings = WatchdogSettings(**watchdog)
+    writer = settings.id or writer_id(path)
     return Config(
         path=path,
         spec_version=spec_version,
+        writer=writer,
         nats=NatsSettings(**nats),
-        watchdog=WatchdogSettings(**watchdog),
-        resources=tuple(replace(r, spec_version=spec_version) for r in resources),
+        watchdog=settings,
+        resources=tuple(
+            replace(r, spec_version=spec_version, writer=writer, force_spec=settings.force_spec)
+            for r in resources
+        ),
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .config import Kind, Resource
@@ -59,11 +60,27 @@ SERVER_DEFAULTS: dict[str, Any] = {
 
 
 # Stream metadata every write carries, so several watchdogs (a rolling
-# upgrade: old and new releases side by side) can tell whose spec is newer.
-MANAGED_BY_KEY = "kanade.managed_by"
+# upgrade: old and new releases side by side) can tell whose spec is newer,
+# and one watchdog can tell its own earlier writes from another's. Every key
+# under MARKER_PREFIX is the watchdog's own: a config may not declare one.
+# Anyone with update rights can write these keys too: what they may make
+# the watchdog do is bounded in `plan` (trust model: docs/SECURITY.md).
+MARKER_PREFIX = "kanade."
+MANAGED_BY_KEY = MARKER_PREFIX + "managed_by"
 MANAGED_BY = "kanade-watchdog"
-SPEC_VERSION_KEY = "kanade.spec_version"
-SPEC_HASH_KEY = "kanade.spec_hash"
+SPEC_VERSION_KEY = MARKER_PREFIX + "spec_version"
+SPEC_HASH_KEY = MARKER_PREFIX + "spec_hash"
+WRITER_KEY = MARKER_PREFIX + "writer"
+MARKER_KEYS = (MANAGED_BY_KEY, SPEC_VERSION_KEY, SPEC_HASH_KEY, WRITER_KEY)
+
+
+@dataclass(frozen=True)
+class Marker:
+    """What a watchdog left on a stream the last time it wrote it."""
+
+    spec_version: int
+    spec_hash: str
+    writer: str | None  # None: written before writers were recorded
 
 
 def spec_hash(resource: Resource) -> str:
@@ -77,15 +94,26 @@ def spec_hash(resource: Resource) -> str:
 
 
 def marker(resource: Resource) -> dict[str, str]:
-    return {
+    out = {
         MANAGED_BY_KEY: MANAGED_BY,
         SPEC_VERSION_KEY: str(resource.spec_version),
         SPEC_HASH_KEY: spec_hash(resource),
     }
+    if resource.writer:
+        out[WRITER_KEY] = resource.writer
+    return out
 
 
-def observed_marker(config: Mapping[str, Any]) -> tuple[int, str] | None:
-    """(spec_version, spec_hash) a watchdog left on this stream, if any."""
+def _stamp(metadata: Mapping[str, Any], resource: Resource) -> dict[str, Any]:
+    """`metadata` with this resource's marker; a writer left by an earlier
+    write goes when this one records none, so the marker never mixes two."""
+    out = {k: v for k, v in metadata.items() if k != WRITER_KEY}
+    out.update(marker(resource))
+    return out
+
+
+def observed_marker(config: Mapping[str, Any]) -> Marker | None:
+    """The marker a watchdog left on this stream, if any."""
     metadata = config.get("metadata") or {}
     if not isinstance(metadata, Mapping) or metadata.get(MANAGED_BY_KEY) != MANAGED_BY:
         return None
@@ -93,7 +121,8 @@ def observed_marker(config: Mapping[str, Any]) -> tuple[int, str] | None:
         version = int(str(metadata.get(SPEC_VERSION_KEY, "")))
     except ValueError:
         return None
-    return version, str(metadata.get(SPEC_HASH_KEY, ""))
+    writer = metadata.get(WRITER_KEY)
+    return Marker(version, str(metadata.get(SPEC_HASH_KEY, "")), str(writer) if writer else None)
 
 
 def wire_field(kind: Kind, key: str) -> str:
@@ -194,7 +223,7 @@ def create_config(resource: Resource) -> dict[str, Any]:
     for key, value in resource.declared.items():
         field = wire_field(resource.kind, key)
         config[field] = _to_wire(field, value)
-    config["metadata"] = {**config.get("metadata", {}), **marker(resource)}
+    config["metadata"] = _stamp(config.get("metadata", {}), resource)
     _fix_duplicate_window(config)
     return config
 
@@ -214,7 +243,7 @@ def overlay(resource: Resource, observed: Mapping[str, Any]) -> dict[str, Any]:
             config["metadata"] = merged
         else:
             config[field] = _to_wire(field, value)
-    config["metadata"] = {**(config.get("metadata") or {}), **marker(resource)}
+    config["metadata"] = _stamp(config.get("metadata") or {}, resource)
     _fix_duplicate_window(config)
     return config
 

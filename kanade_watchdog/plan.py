@@ -1,15 +1,21 @@
 """The planner: desired + observed -> one decision per resource. Pure, no I/O.
 
 Decisions: `create` (missing), `update` (drifted; a field-level diff of
-(field, current, desired) and the complete config to send), `in_sync`, or
+(field, current, desired) and the complete config to send), `in_sync`,
 `blocked` (a difference the broker cannot make in place, a stream of the
-wrong shape holding the name, or a data-discarding change on a protected
-resource). Data that an update would discard is spelt out in `at_stake`.
-`apply` executes decisions; `render` shows them.
+wrong shape holding the name, a data-discarding change on a protected
+resource, or another writer's equal spec_version), or `newer_spec`.
+Fields are compared as they would be sent, so a successful write always
+plans in sync afterwards. What an update does to stored data comes from
+`stake`, judged on the whole config it leaves in force. The marker other
+watchdogs left (`desired.Marker`) is obeyed within bounds: see
+`SPEC_VERSION_MARGIN` and `force_spec`. `apply` executes decisions;
+`render` shows them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,7 +24,11 @@ from typing import Any
 
 from . import desired
 from .config import Kind, Resource
+from .stake import Stake, stakes
 from .units import format_duration_ns, format_size
+
+# Stake is re-exported: callers of `plan` read `Decision.stakes`.
+__all__ = ["Action", "Change", "Decision", "Observed", "Stake", "decide", "plan", "show"]
 
 
 class Action(StrEnum):
@@ -61,13 +71,26 @@ class Decision:
     changes: tuple[Change, ...] = ()
     send: Mapping[str, Any] | None = None  # the full config for create/update
     reason: str = ""  # why blocked
-    at_stake: tuple[str, ...] = ()  # data an update would discard
+    at_stake: tuple[str, ...] = ()  # the texts of `stakes`, filled in from them
     conflict: bool = False  # same spec_version, different content: two configs disagree
     present: bool | None = None  # exists on the broker (None: derive from the action)
+    stakes: tuple[Stake, ...] = ()  # what the update does to stored data
+    warnings: tuple[str, ...] = ()  # worth an operator's eye whatever the action
+    suspicious_marker: bool = False  # a marker too far ahead to believe was not obeyed
+
+    def __post_init__(self) -> None:
+        # `at_stake` predates `stakes`; it is kept for the callers that print it.
+        if self.stakes:
+            object.__setattr__(self, "at_stake", tuple(s.text for s in self.stakes))
 
     @property
     def writes(self) -> bool:
         return self.action in (Action.CREATE, Action.UPDATE)
+
+    @property
+    def loses_data(self) -> bool:
+        """Stored messages would be deleted (what `protect = true` refuses)."""
+        return any(s.loses_data for s in self.stakes)
 
 
 _DURATION_FIELDS = {"max_age", "ttl", "duplicate_window"}
@@ -113,6 +136,50 @@ def _wrong_shape(resource: Resource, config: Mapping[str, Any]) -> str | None:
     return None
 
 
+# A marker more than this far above the config's own spec_version is not
+# believed: no rollout skips a hundred versions, while a forged
+# `kanade.spec_version = 2147483647` would otherwise shut the watchdog out of
+# a stream for good (a config stops at 2^31-1). Trust model: docs/SECURITY.md.
+SPEC_VERSION_MARGIN = 100
+
+_PRINTABLE_WRITER = re.compile(r"[\x21-\x7e]{1,64}")
+
+
+def _writer_text(writer: str | None) -> str:
+    """A writer read from the broker, shown only if it looks like one."""
+    if writer is None:
+        return "not recorded"
+    return writer if _PRINTABLE_WRITER.fullmatch(writer) else "unprintable"
+
+
+def _diff(
+    resource: Resource, config: Mapping[str, Any], send: Mapping[str, Any]
+) -> tuple[tuple[Change, ...], tuple[str, ...]]:
+    """Declared fields that differ, each compared as it would be SENT: the
+    broker stores what is sent, so after a successful write the same
+    observation compares equal. A value the send had to adjust (a dedupe window
+    clamped to a max_age only the broker holds) is compared adjusted, and noted."""
+    changes: list[Change] = []
+    notes: list[str] = []
+    for wire, (key, declared) in desired.compared(resource).items():
+        current = desired.observed_value(config, wire)
+        wanted = declared
+        if wire != "metadata":  # of metadata only the declared keys are ours
+            sent = desired.observed_value(send, wire)
+            if not desired.same(wire, sent, wanted):
+                notes.append(
+                    f"{key} {show(key, wanted)} is sent as {show(key, sent)}: the broker "
+                    f"refuses a duplicate_window longer than max_age "
+                    f"({show('max_age', send.get('max_age'))}); declare max_age to own it"
+                    if wire == "duplicate_window"
+                    else f"{key} {show(key, wanted)} is sent as {show(key, sent)}"
+                )
+                wanted = sent
+        if not desired.same(wire, current, wanted):
+            changes.append(Change(key, current, wanted))
+    return tuple(changes), tuple(notes)
+
+
 def _immutable(field_name: str, current: Any, wanted: Any) -> str | None:
     """Why the broker cannot make this change in place (it answers 10052)."""
     if field_name == "storage":
@@ -124,88 +191,41 @@ def _immutable(field_name: str, current: Any, wanted: Any) -> str | None:
     return None
 
 
-def _lowered(current: int, wanted: int) -> bool:
-    """True when `wanted` is a tighter limit than `current` (<= 0 is none)."""
-    return wanted > 0 and (current <= 0 or wanted < current)
+def _newer_spec(resource: Resource, owner: desired.Marker) -> str:
+    reason = (
+        f"newer spec present (spec_version {owner.spec_version} > {resource.spec_version}); "
+        "left to the watchdog that wrote it"
+    )
+    if resource.writer and owner.writer == resource.writer:
+        reason += (
+            f"; that was this watchdog, from a newer version of this file: give this one "
+            f"spec_version {owner.spec_version + 1} or more to apply it"
+        )
+    return reason
 
 
-def _at_stake(
-    resource: Resource,
-    config: Mapping[str, Any],
-    state: Mapping[str, Any],
-    changes: Iterable[Change],
-    now: datetime,
-) -> list[tuple[str, bool]]:
-    """What the update does to stored data, in an operator's words, each with
-    whether data is actually lost (what `protect` refuses)."""
-    messages = int(state.get("messages", 0) or 0)
-    stored = int(state.get("bytes", 0) or 0)
-    if not messages:
-        return []
-    # The policy in force after the update decides: with discard old the
-    # broker deletes the oldest messages at once; with discard new it keeps
-    # them all and refuses new writes until usage drops.
-    discard = dict(resource.declared).get("discard") if resource.kind is Kind.STREAM else None
-    discard_old = (discard or config.get("discard", "old")) == "old"
-    out: list[tuple[str, bool]] = []
-    for change in changes:
-        wire = desired.wire_field(resource.kind, change.field)
-        cur, new = change.current, change.desired
-        if wire == "max_bytes" and _lowered(cur, new) and stored > new:
-            over = (
-                f"{format_size(stored - new)} of {format_size(stored)} stored is over the new "
-                f"cap of {format_size(new)}"
-            )
-            out.append(
-                (
-                    over
-                    + (
-                        " and would be discarded"
-                        if discard_old
-                        else "; new writes would be refused"
-                    ),
-                    discard_old,
-                )
-            )
-        elif wire == "max_msgs" and _lowered(cur, new) and messages > new:
-            over = f"{messages - new} of {messages} messages over the new max_msgs {new}"
-            out.append(
-                (
-                    over
-                    + (" would be discarded" if discard_old else "; new writes would be refused"),
-                    discard_old,
-                )
-            )
-        elif wire == "max_age" and _lowered(cur, new):
-            first = _parse_ts(state.get("first_ts"))
-            if first is not None and (now - first).total_seconds() * 1e9 > new:
-                out.append(
-                    (
-                        f"messages older than {format_duration_ns(new)} "
-                        f"(oldest from {first:%Y-%m-%d %H:%M:%S}Z) would expire at once",
-                        True,
-                    )
-                )
-        elif wire == "max_msgs_per_subject" and _lowered(cur, new):
-            out.append(
-                (
-                    f"revisions beyond {new} per key/subject would be dropped "
-                    f"({messages} messages stored)",
-                    True,
-                )
-            )
-    return out
+def _conflict(resource: Resource, owner: desired.Marker) -> str:
+    head = f"the broker holds spec_version {owner.spec_version} written from different content"
+    if owner.writer is None:
+        who = (
+            " by a watchdog that did not record its writer (another host's config, or "
+            "this file before the watchdog recorded writers)"
+        )
+    else:
+        who = (
+            f" by another writer ({_writer_text(owner.writer)}; this one is "
+            f"{resource.writer or 'not recorded'}): another host's config, or another "
+            "config file on this host"
+        )
+    return head + who + "; raise spec_version to apply this change"
 
 
-def _parse_ts(text: Any) -> datetime | None:
-    if not isinstance(text, str) or text.startswith("0001-"):
-        return None
-    try:
-        # Go prints nanoseconds; Python's parser takes at most microseconds.
-        head, _, frac = text.rstrip("Z").partition(".")
-        return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}")
-    except ValueError:
-        return None
+def _foreign(resource: Resource, owner: desired.Marker, own_hashes: frozenset[str]) -> bool:
+    """An equal-version marker from different content that is not ours: another
+    writer's spec. This writer's own earlier edit of its file is not foreign."""
+    if owner.spec_hash == desired.spec_hash(resource) or owner.spec_hash in own_hashes:
+        return False
+    return not (resource.writer and owner.writer == resource.writer)
 
 
 def decide(
@@ -214,9 +234,11 @@ def decide(
     now: datetime,
     *,
     own_hashes: frozenset[str] = frozenset(),
+    force_spec: bool = False,
 ) -> Decision:
     """The one decision for one resource. `now` (naive UTC) dates max_age risks;
-    `own_hashes` are specs this process wrote before a reload (its own edits)."""
+    `own_hashes` are specs this process wrote before a reload (its own edits);
+    `force_spec` (or the resource's `[watchdog] force_spec`) obeys no marker."""
     if observed is None:
         return Decision(resource, Action.CREATE, send=desired.create_config(resource))
     if observed.leaderless:
@@ -232,36 +254,51 @@ def decide(
     shape = _wrong_shape(resource, config)
     if shape:
         return Decision(resource, Action.BLOCKED, reason=shape)
+    force = force_spec or resource.force_spec
     owner = desired.observed_marker(config)
-    if owner is not None and owner[0] > resource.spec_version:
-        return Decision(
-            resource,
-            Action.NEWER_SPEC,
-            reason=f"newer spec present (spec_version {owner[0]} > {resource.spec_version}); "
-            "left to the watchdog that wrote it",
-        )
-    changes: list[Change] = []
-    for wire, (key, wanted) in desired.compared(resource).items():
-        current = desired.observed_value(config, wire)
-        if not desired.same(wire, current, wanted):
-            changes.append(Change(key, current, wanted))
+    warnings: list[str] = []
+    suspicious = False
+    if owner is not None and owner.spec_version > resource.spec_version:
+        if owner.spec_version - resource.spec_version > SPEC_VERSION_MARGIN:
+            suspicious = True
+            warnings.append(
+                f"suspicious marker: spec_version {owner.spec_version} on the broker is more "
+                f"than {SPEC_VERSION_MARGIN} above this config's {resource.spec_version}; "
+                "not obeyed, managed from this config (anyone with update rights can write "
+                "the marker)"
+            )
+        elif force:
+            warnings.append(
+                f"newer spec present (spec_version {owner.spec_version} > "
+                f"{resource.spec_version}), ignored: force_spec is on"
+            )
+        else:
+            return Decision(resource, Action.NEWER_SPEC, reason=_newer_spec(resource, owner))
+    send = desired.overlay(resource, config)
+    changes, notes = _diff(resource, config, send)
+    warnings += notes
     if not changes:
-        return Decision(resource, Action.IN_SYNC)
+        return Decision(
+            resource, Action.IN_SYNC, warnings=tuple(warnings), suspicious_marker=suspicious
+        )
     if (
         owner is not None
-        and owner[0] == resource.spec_version
-        and owner[1] != desired.spec_hash(resource)
-        and owner[1] not in own_hashes
+        and owner.spec_version == resource.spec_version
+        and _foreign(resource, owner, own_hashes)
     ):
-        # Reverting would start a tug of war with the other watchdog.
-        return Decision(
-            resource,
-            Action.BLOCKED,
-            changes=tuple(changes),
-            conflict=True,
-            reason=f"the broker holds spec_version {owner[0]} written from different content "
-            "(another watchdog's config, or this file edited without raising spec_version); "
-            "raise spec_version to apply this change",
+        if not force:
+            # Reverting would start a tug of war with the other watchdog.
+            return Decision(
+                resource,
+                Action.BLOCKED,
+                changes=changes,
+                conflict=True,
+                warnings=tuple(warnings),
+                reason=_conflict(resource, owner),
+            )
+        warnings.append(
+            f"spec_version {owner.spec_version} written from different content by another "
+            "writer, overridden: force_spec is on"
         )
     immutable = [
         reason
@@ -270,30 +307,42 @@ def decide(
     ]
     if immutable:
         return Decision(
-            resource, Action.BLOCKED, changes=tuple(changes), reason="; ".join(immutable)
+            resource,
+            Action.BLOCKED,
+            changes=changes,
+            reason="; ".join(immutable),
+            warnings=tuple(warnings),
+            suspicious_marker=suspicious,
         )
-    effects = _at_stake(resource, config, observed.state, changes, now)
-    at_stake = tuple(text for text, _ in effects)
-    lost = [text for text, loses_data in effects if loses_data]
+    effects = stakes(resource.kind, config, send, observed.state, now)
+    lost = [s.text for s in effects if s.loses_data]
     if lost and resource.protect:
         return Decision(
             resource,
             Action.BLOCKED,
-            changes=tuple(changes),
-            at_stake=at_stake,
+            changes=changes,
+            stakes=effects,
             reason="protect = true refuses an update that discards data: " + "; ".join(lost),
+            warnings=tuple(warnings),
+            suspicious_marker=suspicious,
         )
     return Decision(
         resource,
         Action.UPDATE,
-        changes=tuple(changes),
-        send=desired.overlay(resource, config),
-        at_stake=at_stake,
+        changes=changes,
+        send=send,
+        stakes=effects,
+        warnings=tuple(warnings),
+        suspicious_marker=suspicious,
     )
 
 
 def plan(
-    resources: Iterable[Resource], observed: Mapping[str, Observed], now: datetime
+    resources: Iterable[Resource],
+    observed: Mapping[str, Observed],
+    now: datetime,
+    *,
+    force_spec: bool = False,
 ) -> list[Decision]:
     """One decision per declared resource, in declaration order."""
-    return [decide(r, observed.get(r.stream), now) for r in resources]
+    return [decide(r, observed.get(r.stream), now, force_spec=force_spec) for r in resources]

@@ -22,7 +22,7 @@ from .apply import Outcome, Result, kind_word
 from .cluster import ClusterFacts
 from .config import Resource
 from .errors import BrokerError, BrokerUnavailable, PermissionDenied
-from .plan import Action, Change, Decision, show
+from .plan import Action, Change, Decision, Stake, show
 from .printable import escape, key, quote
 
 JSON_FORMAT = 1
@@ -73,6 +73,11 @@ def _change_json(change: Change) -> dict[str, Any]:
 # How the planner words an effect (future tense) -> what apply says once the
 # write went through: (planner's phrase, what replaces it, what the line is).
 _PAST_TENSE = (
+    (
+        "; nothing is lost (discard new): new writes would be refused",
+        "",
+        "new writes are now refused",
+    ),
     ("; new writes would be refused", "", "new writes are now refused"),
     (" and would be discarded", "", "data discarded"),
     (" would be discarded", "", "data discarded"),
@@ -81,17 +86,20 @@ _PAST_TENSE = (
 )
 
 
-def applied_effect(text: str) -> str:
+def applied_effect(stake: Stake) -> str:
     """What an at-stake effect became once the update was written: the data
     discarded (past tense), or new writes now refused, where nothing was lost.
-    The one place this wording lives, so that it can read a structured effect
-    (its text and whether data is lost) instead of the planner's sentence."""
+    The one place this wording lives."""
+    text = stake.text
     for phrase, replacement, what in _PAST_TENSE:
         if phrase in text:
             body = text.replace(phrase, replacement, 1)
             if what == "data discarded":
                 body = body.replace(" stored is over ", " stored was over ", 1)
+                body = body.replace(" messages are over ", " messages were over ", 1)
             return f"{what}: {body}"
+    if stake.loses_data:
+        return f"data discarded: {text}"
     return f"stored data affected by the update: {text}"
 
 
@@ -177,7 +185,7 @@ def outcome_lines(o: Outcome, *, verbose: bool = False) -> list[str]:
     if o.decision.action is not Action.IN_SYNC or verbose:
         lines.append(outcome_line(o))
     if o.result is Result.UPDATED:
-        lines += [f"    WARNING {applied_effect(s)}" for s in o.decision.at_stake]
+        lines += [f"    WARNING {applied_effect(s)}" for s in o.decision.stakes]
     return lines
 
 

@@ -412,10 +412,10 @@ async def _publish(client: Client, subject: str, n: int) -> None:
 @pytest.mark.parametrize(
     "case",
     [
-        ("old", "    WARNING data discarded: 6 of 10 messages over the new max_msgs 4", 4),
+        ("old", "    WARNING data discarded: 6 of 10 messages were over the new max_msgs 4", 4),
         (
             "new",
-            "    WARNING new writes are now refused: 6 of 10 messages over the new max_msgs 4",
+            "    WARNING new writes are now refused: 6 of 10 messages are over the new max_msgs 4",
             10,
         ),
     ],

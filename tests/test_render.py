@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from kanade_watchdog import render
 from kanade_watchdog.cluster import ClusterFacts
 from kanade_watchdog.config import Kind, Resource
-from kanade_watchdog.plan import Action, Change, Decision, Observed, decide
+from kanade_watchdog.plan import Action, Change, Decision, Observed, Stake, decide
 from kanade_watchdog.printable import quote
 
 NOW = datetime(2026, 1, 1, 12, 0, 0)
@@ -112,8 +112,8 @@ def test_apply_tells_discarded_messages_in_the_past_tense() -> None:
     as data discarded, without a 'would'."""
     d = decide(stream(max_msgs=4), filled(10, 10 * KIB, max_msgs=-1), NOW)
     assert d.action is Action.UPDATE
-    assert [render.applied_effect(s) for s in d.at_stake] == [
-        "data discarded: 6 of 10 messages over the new max_msgs 4"
+    assert [render.applied_effect(s) for s in d.stakes] == [
+        "data discarded: 6 of 10 messages were over the new max_msgs 4"
     ]
 
 
@@ -126,7 +126,7 @@ def test_apply_tells_a_discard_new_cap_as_refused_writes_not_lost_data() -> None
         NOW,
     )
     assert d.action is Action.UPDATE
-    lines = [render.applied_effect(s) for s in d.at_stake]
+    lines = [render.applied_effect(s) for s in d.stakes]
     assert lines == [
         "new writes are now refused: 704KiB of 960KiB stored is over the new cap of 256KiB"
     ]
@@ -141,16 +141,20 @@ def test_apply_tells_every_planned_effect_without_would() -> None:
         NOW,
     )
     assert len(d.at_stake) == 3
-    lines = [render.applied_effect(s) for s in d.at_stake]
+    lines = [render.applied_effect(s) for s in d.stakes]
     assert all(line.startswith("data discarded: ") for line in lines), lines
     assert not any("would" in line for line in lines), lines
     assert "704KiB of 960KiB stored was over the new cap of 256KiB" in lines[0]
 
 
 def test_an_effect_the_wording_does_not_know_is_still_shown() -> None:
-    """A sentence the past-tense rules do not know is passed on, marked as an effect."""
-    assert render.applied_effect("something new") == (
+    """A sentence the past-tense rules do not know is passed on, marked as lost
+    data when it loses data and as an effect otherwise."""
+    assert render.applied_effect(Stake("something new", False)) == (
         "stored data affected by the update: something new"
+    )
+    assert render.applied_effect(Stake("something gone", True)) == (
+        "data discarded: something gone"
     )
 
 
