@@ -115,6 +115,7 @@ def decision_json(d: Decision) -> dict[str, Any]:
         "changes": [_change_json(c) for c in d.changes],
         "reason": d.reason,
         "at_stake": list(d.at_stake),
+        "warnings": list(d.warnings),
     }
 
 
@@ -137,7 +138,7 @@ _MARK = {
 def decision_lines(d: Decision, *, verbose: bool = False) -> list[str]:
     """One line per resource, then its changes indented. In-sync resources
     only when verbose: quiet when all is well."""
-    if d.action is Action.IN_SYNC and not verbose:
+    if d.action is Action.IN_SYNC and not verbose and not d.warnings:
         return []
     head = f"{_MARK[d.action]} {kind_word(d.resource.kind)} {d.resource.name}: {d.action}"
     if d.reason:
@@ -145,6 +146,7 @@ def decision_lines(d: Decision, *, verbose: bool = False) -> list[str]:
     lines = [head]
     lines += [f"    {change_text(c)}" for c in d.changes]
     lines += [f"    WARNING data at stake: {s}" for s in d.at_stake]
+    lines += [f"    WARNING {escape(w)}" for w in d.warnings]
     return lines
 
 
@@ -322,11 +324,21 @@ _CHECK_GROUPS = (
     ("blocked", "blocked", "WARNING"),
     ("newer_spec", "newer spec present", "WARNING"),
     ("replicas_behind", "replicas behind", "WARNING"),
+    ("suspicious_marker", "suspicious marker not obeyed", "WARNING"),
 )
 
 
 # The perfdata order monitoring set-ups have always seen.
-_PERF_ORDER = ("missing", "drifted", "blocked", "newer_spec", "leaderless", "replicas_behind")
+# Keys are only ever added at the end.
+_PERF_ORDER = (
+    "missing",
+    "drifted",
+    "blocked",
+    "newer_spec",
+    "leaderless",
+    "replicas_behind",
+    "suspicious_marker",
+)
 
 
 @dataclass(frozen=True)
@@ -384,6 +396,9 @@ def check_report(
         "blocked": by_action[Action.BLOCKED],
         "newer_spec": by_action[Action.NEWER_SPEC],
         "replicas_behind": list(facts.behind),
+        # Someone stamped a spec_version too far ahead to believe: the marker
+        # is not obeyed, but an operator should know (docs/SECURITY.md).
+        "suspicious_marker": [d.resource.label for d in decisions if d.suspicious_marker],
     }
     total = len(decisions)
     perf = {

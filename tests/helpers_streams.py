@@ -86,7 +86,7 @@ TOP_JSON_KEYS = frozenset(
     }
 )
 RESOURCE_JSON_KEYS = frozenset(
-    {"kind", "name", "stream", "action", "changes", "reason", "at_stake"}
+    {"kind", "name", "stream", "action", "changes", "reason", "at_stake", "warnings"}
 )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import signal
 from datetime import datetime
 from pathlib import Path
@@ -380,6 +381,27 @@ async def test_forged_spec_version_cannot_lock_the_watchdog_out(
     info = await stream_info(client, "RESULTS")
     assert info["config"]["max_age"] == 30 * DAY
     assert info["config"]["metadata"][desired.SPEC_VERSION_KEY] == "1"
+
+
+async def test_check_warns_of_a_forged_marker_it_does_not_obey(
+    server: NatsServer, client: Client, tmp_path: Path
+) -> None:
+    """A marker far beyond this config's spec_version on an in-sync stream:
+    check says WARNING and names it, in the text, the perfdata and the JSON."""
+    config = _config(tmp_path, server.url, "watchdog.toml", age="30d")
+    assert (await run_cli("apply", config=config)).code == 0
+    metadata = dict((await stream_info(client, "RESULTS"))["config"]["metadata"])
+    metadata[desired.SPEC_VERSION_KEY] = str(INT32_MAX)
+    await raw_update(client, "RESULTS", metadata=metadata)
+
+    run = await run_cli("check", config=config)
+    assert run.code == 1, run.stdout
+    assert run.stdout.startswith("JETSTREAM WARNING - suspicious marker not obeyed: RESULTS")
+    assert "suspicious_marker=1" in run.stdout
+    doc = json.loads((await run_cli("check", "--json", config=config)).stdout)
+    assert doc["suspicious_marker"] == ["RESULTS"]
+    plan = await run_cli("plan", config=config)
+    assert "WARNING suspicious marker" in plan.stdout, plan.stdout
 
 
 async def test_force_spec_setting_takes_back_a_resource_from_a_newer_spec(
