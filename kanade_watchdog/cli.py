@@ -24,6 +24,8 @@ from .cluster import cluster_facts
 from .config import DEFAULT_PATH, ENV_PATH, Config, load
 from .connection import connect_once
 from .errors import BrokerError, ConfigError
+from .export_cmd import add_arguments as add_export_arguments
+from .export_cmd import export_command
 from .logs import setup_logging
 from .plan import Action, Decision, Observed, plan
 
@@ -60,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-v", "--verbose", action="store_true", help="list in-sync resources too")
     sub.add_parser(
         "check", parents=[common], help="monitoring plugin: one status line, exit 0/1/2/3"
+    )
+    add_export_arguments(
+        sub.add_parser(
+            "export", parents=[common], help="write a declaration of what the broker holds"
+        )
     )
     run = sub.add_parser("run", parents=[common], help="the daemon: keep everything in place")
     run.add_argument(
@@ -241,6 +248,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         setup_logging(args.log_format, args.log_level)
         return run_daemon(args.config)
     setup_logging("text", "warning")
+    if args.command == "export":  # needs [nats] only: the file may declare nothing yet
+        return export_command(args.config, args)
     config = load(args.config)
     if args.command == "validate":
         print(f"{args.config}: OK ({len(config.resources)} resources)")
