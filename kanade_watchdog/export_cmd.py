@@ -19,12 +19,12 @@ import tempfile
 import tomllib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from . import exitcodes
 from .broker import LIST_WAIT, Broker
-from .config import ENV_TOKEN, MAX_FILE_BYTES, Kind, NatsSettings, load, parse
+from .config import ENV_TOKEN, MAX_FILE_BYTES, SECRET_KEYS, Kind, NatsSettings, load, parse
 from .connection import connect_once
 from .errors import ConfigError
 from .export import Export, Held, collect
@@ -118,12 +118,21 @@ def settings_for(config_path: str, servers: Sequence[str]) -> NatsSettings:
     return settings
 
 
-def _read_merge_source(path: str) -> tuple[str, set[str]]:
-    """The file's text and the streams it declares. It must be TOML; it need
-    not be a valid config yet (validate says what is wrong with it)."""
+@dataclass(frozen=True)
+class MergeSource:
+    text: str
+    declared: set[str]  # the streams behind its resources
+    mode: int  # permission bits: a merged copy gets the same
+    inline_secret: bool  # [nats] holds a token or password in the text itself
+
+
+def _read_merge_source(path: str) -> MergeSource:
+    """The file's text and what it declares. It must be TOML; it need not be
+    a valid config yet (validate says what is wrong with it)."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_FILE_BYTES + 1)
+            mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
     except OSError as exc:
@@ -132,11 +141,14 @@ def _read_merge_source(path: str) -> tuple[str, set[str]]:
         raise ConfigError([f"{path}: file is over the {MAX_FILE_BYTES} byte limit"])
     try:
         text = raw.decode("utf-8")
-        return text, declared_streams(tomllib.loads(text))
+        document = tomllib.loads(text)
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax: {exc}"]) from None
+    nats = document.get("nats")
+    inline = isinstance(nats, dict) and bool(SECRET_KEYS & set(nats))
+    return MergeSource(text, declared_streams(document), mode, inline)
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -160,17 +172,18 @@ def output_problem(output: str, merge_source: str | None) -> str | None:
     return None
 
 
-def write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str, *, new_mode: int = NEW_FILE_MODE) -> None:
     """Write `text` to a temporary file beside `path`, then rename it over
     `path`: a reader sees the old file or the new one, never half of one.
-    A replaced file keeps its mode (a config with an inline secret stays
-    private); a new one is 0644."""
+    A replaced file keeps its mode and owner (a config with an inline secret
+    stays private); a new one gets `new_mode`."""
     target = os.path.realpath(path)
+    owner: tuple[int, int] | None
     try:
         st = os.stat(target)
         mode, owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
     except FileNotFoundError:
-        mode, owner = NEW_FILE_MODE, None
+        mode, owner = new_mode, None
     directory = os.path.dirname(target) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
     try:
@@ -207,10 +220,15 @@ def export_command(config_path: str, args: argparse.Namespace) -> int:
     """`kanade-watchdog export`: 0 written, 1 broker or output error, 78 bad
     config or merge source (raised as ConfigError for `cli` to print)."""
     settings = settings_for(config_path, args.server)
-    merge_text: str | None = None
-    declared: set[str] = set()
-    if args.merge:
-        merge_text, declared = _read_merge_source(args.merge)
+    source = _read_merge_source(args.merge) if args.merge else None
+    if source is not None and source.inline_secret and not args.output:
+        # The merge keeps the file's text, secret included: never print it.
+        print(
+            f"export: {args.merge} holds an inline token or password; its text is not "
+            f"printed: write the merge to a file with -o",
+            file=sys.stderr,
+        )
+        return exitcodes.FAILURE
     if args.output:
         problem = output_problem(args.output, args.merge)
         if problem:
@@ -222,11 +240,12 @@ def export_command(config_path: str, args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return exitcodes.INTERRUPTED
     kinds = [KINDS[k] for k in args.kind] or list(Kind)
+    declared = source.declared if source is not None else set()
     export = collect(held, kinds=kinds, match=args.match, skip_streams=declared)
     now = datetime.now(UTC).replace(tzinfo=None)
-    if merge_text is not None:
+    if source is not None:
         try:
-            text = merge(merge_text, export, now=now)
+            text = merge(source.text, export, now=now)
         except MergeError as exc:
             raise ConfigError([f"{args.merge}: {exc}"]) from None
         where = f"added to {args.merge}" if export.entries else f"to add: {args.merge} unchanged"
@@ -235,7 +254,9 @@ def export_command(config_path: str, args: argparse.Namespace) -> int:
         where = "exported"
     if args.output:
         try:
-            write_atomic(args.output, text)
+            write_atomic(
+                args.output, text, new_mode=source.mode if source is not None else NEW_FILE_MODE
+            )
         except OSError as exc:
             print(f"export: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
             return exitcodes.FAILURE

@@ -34,7 +34,7 @@ from kanade_watchdog.export_doc import MergeError, merge, nats_table, render
 from kanade_watchdog.plan import Action, Observed, decide
 from kanade_watchdog.secret import Secret
 from kanade_watchdog.units import parse_size_bytes
-from tests.declarations import declarations
+from tests.declarations import declarations, is_default
 
 NOW = datetime(2026, 1, 2, 3, 4, 5)
 SEC = 10**9
@@ -559,36 +559,4 @@ def test_created_declarations_export_back_to_themselves(
             assert key in before, (name, key, value)  # nothing invented
             assert before[key] == value, (name, key)
         for key in set(before) - set(resource.declared):
-            assert is_default(original[name].kind, key, before), (name, key, before[key])
-
-
-def is_default(kind: Kind, key: str, declared: Any) -> bool:
-    """The value nobody has to declare, written out by hand per kind."""
-    value = declared[key]
-    age = declared.get("max_age", declared.get("ttl", 0))
-    window = age if 0 < age < 120 * SEC else 120 * SEC
-    defaults: dict[str, Any] = {
-        "retention": "limits",
-        "storage": "file",
-        "max_age": 0,
-        "ttl": 0,
-        "max_bytes": -1,
-        "max_msgs": -1,
-        "max_msgs_per_subject": -1,
-        "max_msg_size": -1,
-        "max_value_size": -1,
-        "discard": "old",
-        "num_replicas": 1,
-        "replicas": 1,
-        "history": 1,
-        "duplicate_window": window,
-        "description": "",
-        "compression": "none",
-        "allow_direct": False,
-        "deny_delete": False,
-        "deny_purge": False,
-        "allow_rollup_hdrs": False,
-        "metadata": (),
-        "placement": (("cluster", ""), ("tags", ())),
-    }
-    return bool(defaults[key] == value)
+            assert is_default(key, before), (name, key, before[key])
