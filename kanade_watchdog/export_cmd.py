@@ -28,7 +28,6 @@ from .config import ENV_TOKEN, MAX_FILE_BYTES, SECRET_KEYS, Kind, NatsSettings, 
 from .connection import connect_once
 from .errors import ConfigError
 from .export import Export, Held, collect
-from .export_doc import MergeError, declared_streams, merge, render
 from .secret import Secret
 
 KINDS = {"stream": Kind.STREAM, "kv": Kind.KV, "object": Kind.OBJECT_STORE}
@@ -146,6 +145,8 @@ def _read_merge_source(path: str) -> MergeSource:
         raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax: {exc}"]) from None
+    from .export_doc import declared_streams  # noqa: PLC0415 - see export_command
+
     nats = document.get("nats")
     inline = isinstance(nats, dict) and bool(SECRET_KEYS & set(nats))
     return MergeSource(text, declared_streams(document), mode, inline)
@@ -219,6 +220,9 @@ def _report(export: Export, where: str) -> str:
 def export_command(config_path: str, args: argparse.Namespace) -> int:
     """`kanade-watchdog export`: 0 written, 1 broker or output error, 78 bad
     config or merge source (raised as ConfigError for `cli` to print)."""
+    # tomlkit is loaded only when exporting: `check` starts every few minutes.
+    from .export_doc import MergeError, merge, render  # noqa: PLC0415
+
     settings = settings_for(config_path, args.server)
     source = _read_merge_source(args.merge) if args.merge else None
     if source is not None and source.inline_secret and not args.output:
