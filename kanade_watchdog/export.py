@@ -127,6 +127,11 @@ class Export:
     def count(self, kind: Kind) -> int:
         return sum(1 for e in self.entries if e.kind is kind)
 
+    def summary(self) -> str:
+        """'7 streams, 1 KV bucket, 0 object stores'."""
+        counts = ((self.count(kind), KIND_WORD[kind]) for kind in Kind)
+        return ", ".join(f"{n} {word}{'s' if n != 1 else ''}" for n, word in counts)
+
 
 # --- readable values -----------------------------------------------------------------
 
@@ -294,7 +299,7 @@ def entry(stream: str, held: Held) -> Entry | Skipped:
         value = readable(key, config.get(wire, desired.SERVER_DEFAULTS.get(wire)))
         try:
             ok = parser(value) == current
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             ok = False
         if ok:
             values[key] = value
@@ -304,6 +309,12 @@ def entry(stream: str, held: Held) -> Entry | Skipped:
             left_out.append(f"{key} = {_show(value)} (outside what the config accepts)")
     if "metadata" not in FIELDS[kind] and config["metadata"]:
         left_out.append(f"metadata = {_show(config['metadata'])}")
+    placement = config.get("placement")
+    if "placement" in owned and isinstance(placement, Mapping):
+        # Only cluster and tags are declarable (newer servers know more keys).
+        for extra in sorted(set(placement) - {"cluster", "tags"}):
+            if not _unused(placement[extra]):
+                left_out.append(f"placement.{extra} = {_show(placement[extra])}")
     for wire in sorted(set(config) - owned):
         value = config[wire]
         if wire in _CLIENT_CHOICES[kind]:

@@ -208,10 +208,7 @@ def write_atomic(path: str, text: str, *, new_mode: int = NEW_FILE_MODE) -> None
 
 
 def _report(export: Export, where: str) -> str:
-    text = (
-        f"export: {export.count(Kind.STREAM)} streams, {export.count(Kind.KV)} KV buckets, "
-        f"{export.count(Kind.OBJECT_STORE)} object stores {where}"
-    )
+    text = f"export: {export.summary()} {where}"
     for skipped in export.skipped:
         text += f"\nexport: {skipped}"
     return text

@@ -18,8 +18,8 @@ from typing import Any
 import tomlkit
 from tomlkit.items import Table
 
-from .config import SECTION, STREAM_PREFIX, Kind, NatsSettings
-from .export import KIND_WORD, Entry, Export
+from .config import SECTION, STREAM_PREFIX, NatsSettings
+from .export import Entry, Export
 from .units import NS_PER_SECOND, format_duration_ns
 
 _DEFAULT_NATS = NatsSettings()
@@ -118,11 +118,7 @@ def _sections(export: Export) -> list[tuple[str, Table]]:
 
 
 def _summary(export: Export) -> str:
-    counts = [
-        f"{export.count(kind)} {KIND_WORD[kind]}{'s' if export.count(kind) != 1 else ''}"
-        for kind in Kind
-    ]
-    text = ", ".join(counts)
+    text = export.summary()
     if export.skipped:
         text += f"; {len(export.skipped)} not exported (listed below)"
     return text

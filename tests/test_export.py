@@ -313,6 +313,15 @@ def test_undeclarable_fields_are_reported_not_dropped() -> None:
     assert_in_sync([config])
 
 
+def test_placement_keys_beyond_cluster_and_tags_are_reported() -> None:
+    """A placement preference the config cannot declare is named, the rest written."""
+    config = stream(placement={"cluster": "east", "preferred": "n2"})
+    result = only(exported(config))
+    assert result.values["placement"] == {"cluster": "east"}
+    assert result.left_out == ('placement.preferred = "n2"',)
+    assert_in_sync([config])
+
+
 def test_bucket_metadata_is_reported_when_buckets_cannot_declare_it() -> None:
     """Metadata on a bucket is kept out of the values and named as left out."""
     config = {**NATS_PY_KV, "metadata": {"_nats.req.level": "1", "team": "ops"}}

@@ -263,6 +263,25 @@ async def test_export_of_a_populated_broker_validates_plans_in_sync_and_applies_
     assert audit.writes == 0, audit.verbs
     assert audit.count("STREAM.LIST") == 1, audit.verbs
 
+    # The filters, as typed on the command line.
+    some = await run_cli(
+        "export",
+        "--kind",
+        "kv",
+        "--kind",
+        "object",
+        "--match",
+        "j*",
+        "--match",
+        "OBJ_b*",
+        config=out,
+    )
+    assert some.code == 0, some.stderr
+    assert set(tomllib.loads(some.stdout)) == {"nats", "kv_buckets", "object_stores"}
+    assert set(tomllib.loads(some.stdout)["kv_buckets"]) == {"jobs"}
+    assert set(tomllib.loads(some.stdout)["object_stores"]) == {"blobs", "bare"}
+    assert "not exported" not in some.stdout  # the skipped ones are streams
+
 
 async def test_merge_keeps_the_file_byte_for_byte_and_adds_the_rest(
     server: NatsServer, client: Client, tmp_path: Path
