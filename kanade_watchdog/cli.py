@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -30,6 +30,8 @@ from .cluster import cluster_facts
 from .config import DEFAULT_PATH, ENV_PATH, Config, load
 from .connection import connect_once
 from .errors import BrokerError, ConfigError
+from .export_cmd import add_arguments as add_export_arguments
+from .export_cmd import export_command
 from .logs import setup_logging
 from .plan import Action, Decision, Observed, plan
 from .printable import escape
@@ -85,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
         "check", parents=[common], help="monitoring plugin: one status line, exit 0/1/2/3"
     )
     check.add_argument("--json", action="store_true", help="the same facts as JSON")
+    add_export_arguments(
+        sub.add_parser(
+            "export", parents=[common], help="write a declaration of what the broker holds"
+        )
+    )
     run = sub.add_parser("run", parents=[common], help="the daemon: keep everything in place")
     run.add_argument(
         "--log-format",
@@ -312,9 +319,17 @@ def _run(args: argparse.Namespace, path: str) -> int:
     # The scheduler and systemd stay out of the one-shot commands' start-up.
     from .daemon import run_daemon  # noqa: PLC0415
 
-    try:
+    def run() -> int:
         setup_logging(args.log_format, args.log_level)
         return run_daemon(path)
+
+    return _guarded(run)
+
+
+def _guarded(command: Callable[[], int]) -> int:
+    """Commands that print for themselves: domain errors as one line each."""
+    try:
+        return command()
     except ConfigError as exc:
         for line in exc.problems:
             _say(f"config error: {line}")
@@ -333,4 +348,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = config_path(args)
     if args.command == "run":
         return _run(args, path)
+    if args.command == "export":  # needs [nats] only: the file may declare nothing yet
+        return _guarded(lambda: export_command(path, args))
     return _write(_one_shot(args, path))

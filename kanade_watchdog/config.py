@@ -642,8 +642,9 @@ def _cross_checks(problems: _Problems, resources: list[Resource]) -> None:
                 claimed_by[subject] = res
 
 
-def parse(document: Mapping[str, Any], path: str) -> Config:
-    """Validate an already-decoded TOML document."""
+def parse(document: Mapping[str, Any], path: str, *, require_resources: bool = True) -> Config:
+    """Validate an already-decoded TOML document. `export` reads files that
+    declare nothing yet (`require_resources=False`)."""
     problems = _Problems(path)
     for key in document:
         if key not in _TOP_KEYS:
@@ -661,7 +662,7 @@ def parse(document: Mapping[str, Any], path: str) -> Config:
             if res is not None:
                 resources.append(res)
     _cross_checks(problems, resources)
-    if not resources and not problems.lines:
+    if require_resources and not resources and not problems.lines:
         problems.add(
             "streams",
             "no resources declared (need [streams.*], [kv_buckets.*] or [object_stores.*])",
@@ -683,7 +684,7 @@ def parse(document: Mapping[str, Any], path: str) -> Config:
     )
 
 
-def load(path: str) -> Config:
+def load(path: str, *, require_resources: bool = True) -> Config:
     """Read and validate `path`. Every failure is a one-line `ConfigError`."""
     try:
         st = os.stat(path)
@@ -714,7 +715,7 @@ def load(path: str) -> Config:
         raise ConfigError([f"{path}: TOML syntax: nested too deeply"]) from None
     except ValueError as exc:  # an integer beyond Python's 4300-digit limit
         raise ConfigError([f"{path}: TOML value: {exc}"]) from None
-    return _resolve_secrets(parse(document, path), st.st_mode)
+    return _resolve_secrets(parse(document, path, require_resources=require_resources), st.st_mode)
 
 
 ENV_TOKEN = "KANADE_NATS_TOKEN"
