@@ -225,6 +225,7 @@ class Endpoint:
             _, pending = await asyncio.wait(list(self._tasks), timeout=self._read_timeout)
             for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         await server.wait_closed()
 
     # --- one connection ----------------------------------------------------------
@@ -271,7 +272,7 @@ class Endpoint:
         """The response to one complete request head, and whether it is HEAD."""
         lines = head[:-4].split(b"\r\n")
         request = _REQUEST_LINE.fullmatch(lines[0])
-        if request is None or any(b"\r" in line or b"\n" in line for line in lines):
+        if request is None:  # the patterns admit no CR, LF or other control byte
             return _Response.text(400, "malformed request line"), False
         method, target, major, minor = request.groups()
         if (major, minor) not in ((b"1", b"0"), (b"1", b"1")):

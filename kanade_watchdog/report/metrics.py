@@ -208,8 +208,12 @@ class Metrics:
         self._declared = wanted
 
     def resource_state(self, kind: str, name: str, state: str) -> None:
-        """One-hot: `state` becomes 1 and the others 0. An undeclared resource
-        is ignored, so a late report after a reload cannot bring it back."""
+        """One-hot: `state` becomes 1 and the others 0. The state is what the
+        broker last showed, not what the last write did: a resource whose
+        create failed is still "missing" (the alert counts on it), one just
+        created or updated is "in_sync"; "failed" means it could not be read.
+        An undeclared resource is ignored, so a late report after a reload
+        cannot bring it back."""
         if state not in STATES:
             raise ValueError(f"unknown resource state {state!r}; expected one of {STATES}")
         if (kind, name) not in self._declared:
