@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages: libsystemd-dev/pkg-config/gcc/python3-dev build systemd-python;
 # systemd-container gives systemd-nspawn for the end-to-end tests under a real systemd;
 # openssl makes the test CA and certificates for the TLS tests.
-DEBS   := libsystemd-dev pkg-config gcc python3-dev python3-venv systemd-container systemd procps openssl
+DEBS   := libsystemd-dev pkg-config gcc python3-dev python3-venv systemd-container systemd procps openssl prometheus
 
 .PHONY: setup system-packages run test lint typecheck pytest bench soak chaos clean
 
@@ -22,7 +22,7 @@ system-packages:
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
 	    echo "missing Debian packages:$$missing (run: sudo apt-get install -y$$missing)"; exit 1; \
 	  fi; \

@@ -37,7 +37,14 @@ INSTALL_PATH = "/opt/kanade-watchdog"  # where the shipped unit expects the venv
 PATH_INSIDE = "/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP = Path("/sys/fs/cgroup")
 # The host's own enabled services must not start inside the container.
-HOST_MASKS = ("postgresql.service", "systemd-timesyncd.service")
+# Services the host image enables that have no business in a test container
+# (Debian's prometheus package enables its server and the node exporter).
+HOST_MASKS = (
+    "postgresql.service",
+    "systemd-timesyncd.service",
+    "prometheus.service",
+    "prometheus-node-exporter.service",
+)
 DONE = ".complete"  # marks a finished venv under BASE
 
 

@@ -1,0 +1,1 @@
+"""Observers of a pass's outcomes: logs, journal, status, systemd and metrics."""
