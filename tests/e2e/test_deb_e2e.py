@@ -209,7 +209,9 @@ def test_apt_installs_the_program_unit_and_conffile_and_starts_nothing(
     assert (
         m.run("sh", "-c", "command -v kanade-watchdog").stdout.strip() == "/usr/bin/kanade-watchdog"
     )
-    m.run("kanade-watchdog", "validate", "--config", CONFIG_PATH)
+    # The README's command, with the default path.
+    validated = m.run("kanade-watchdog", "validate").stdout
+    assert validated.startswith(f"{CONFIG_PATH}: OK"), validated
     conffiles = m.run("dpkg-query", "-W", "-f=${Conffiles}", PACKAGE).stdout
     assert CONFIG_PATH in conffiles.split()
     assert read(m, CONFIG_PATH) == REPO_CONFIG.read_text()
