@@ -85,6 +85,8 @@ def _clean_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def debs(tmp_path_factory: pytest.TempPathFactory) -> Debs:
+    """This checkout built by `make deb` twice: as pyproject.toml versions it,
+    and with a higher version for the upgrade."""
     reason = missing_requirement()
     if reason:
         pytest.skip(reason)
@@ -235,7 +237,11 @@ def test_apt_installs_the_program_unit_and_conffile_and_starts_nothing(
     depends = m.run("dpkg-query", "-W", "-f=${Depends}", PACKAGE).stdout
     names = {d.strip().split()[0] for d in depends.split(",")}
     assert names == {"libc6", "libsystemd0", "python3"}, depends
-    assert "python3 (>= 3.11~)" in depends
+    # Bound to the build's Python X.Y, which requires-python puts at 3.11 or later.
+    bounds = re.search(r"python3 \(>= 3\.(\d+)~\), python3 \(<< 3\.(\d+)\)", depends)
+    assert bounds, depends
+    assert int(bounds.group(1)) >= 11
+    assert int(bounds.group(2)) == int(bounds.group(1)) + 1
     # The probe's own copy of the environment, so it outlives `apt-get remove`.
     m.run("cp", "-a", VENV, PROBE_VENV)
 
