@@ -28,6 +28,38 @@ system-packages:
 	  fi; \
 	fi
 
+# --- packages ----------------------------------------------------------------------
+#   make deb    dist/kanade-watchdog_<version>_<arch>.deb, built by Debian's tooling
+#               (dh-virtualenv) in a temporary copy of the tree; needs PyPI
+#   make dist   the wheel and sdist in dist/ (`pipx install` on a workstation)
+# Build packages for `make deb`: debian/control's Build-Depends, plus gcc (for
+# systemd-python) and lintian (checks the result).
+DEB_BUILD_DEBS := debhelper dh-virtualenv dpkg-dev gcc libsystemd-dev pkg-config \
+                  python3 python3-dev python3-venv lintian
+# Where the .deb goes; KANADE_DEB_VERSION in the environment overrides
+# pyproject.toml's version (packaging/deb/build).
+DEB_OUT ?= dist
+
+.PHONY: deb deb-build-packages dist
+
+deb: deb-build-packages
+	packaging/deb/build $(DEB_OUT)
+
+deb-build-packages:
+	@missing=""; for p in $(DEB_BUILD_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing (run: sudo apt-get install -y$$missing)"; exit 1; \
+	  fi; \
+	fi
+
+dist: setup
+	$(BIN)/python -m build --outdir dist .
+
 $(STAMP): pyproject.toml | system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
