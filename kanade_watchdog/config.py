@@ -9,17 +9,20 @@ Every key is known: a typo is an error, never silently ignored.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import ssl
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .problems import HIDDEN, Invalid, Parser, Part, Problems, unknown_key
+from .problems import key as _key
+from .problems import show as _show
 from .secret import Secret
 from .subjects import (
     SubjectIndex,
@@ -127,26 +130,7 @@ class Config:
         return {r.stream: r for r in self.resources}
 
 
-# --- value parsers: (value) -> normalized value, or ValueError(reason) ------------
-
-Parser = Callable[[Any], Any]
-
-
-def _show(value: Any) -> str:
-    try:
-        text = repr(value)
-    except ValueError:  # an integer beyond Python's 4300-digit str() limit
-        return f"a {value.bit_length()}-bit integer"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _key(name: str) -> str:
-    """A key as it appears in a problem line: quoted (and so on one line)
-    unless it is a plain TOML bare key."""
-    return name if _PLAIN_KEY.fullmatch(name) else json.dumps(name)
+# --- value parsers: (value) -> normalized value, or ValueError / Invalid ----------
 
 
 def _is_int(value: Any) -> bool:
@@ -282,12 +266,17 @@ def _subjects(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _unknown_keys(table: dict[str, Any], known: Mapping[str, Any] | tuple[str, ...]) -> None:
+    """Every key of a nested table that the schema does not know, one line each."""
+    unknown = [k for k in table if k not in known]
+    if unknown:
+        raise Invalid(Part(f".{_key(k)}", unknown_key(k, known)) for k in unknown)
+
+
 def _placement(value: Any) -> tuple[tuple[str, Any], ...]:
     if not isinstance(value, dict):
         raise ValueError("must be a table with 'cluster' and/or 'tags'")
-    unknown = sorted(set(value) - {"cluster", "tags"})
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} (known: cluster, tags)")
+    _unknown_keys(value, ("cluster", "tags"))
     cluster = value.get("cluster", "")
     tags = value.get("tags", [])
     if not isinstance(cluster, str):
@@ -297,14 +286,28 @@ def _placement(value: Any) -> tuple[tuple[str, Any], ...]:
     return (("cluster", cluster), ("tags", tuple(sorted(tags))))
 
 
+# The marker every write carries (`desired.marker`) lives under this prefix:
+# a declared key there would be overwritten by the marker on every write, and
+# the marker by it, so the stream would never read as in sync.
+MARKER_PREFIX = "kanade."
+
+
 def _metadata(value: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict):
         raise ValueError("must be a table of string values")
+    parts: list[Part] = []
     for k, v in value.items():
-        if not isinstance(v, str):
-            raise ValueError(f"value of {k!r} must be a string")
+        at = f".{_key(k)}"
         if k.startswith("_nats"):
-            raise ValueError(f"key {k!r} is reserved by the server")
+            parts.append(Part(at, "is reserved by the server (_nats.*)", v))
+        elif k.startswith(MARKER_PREFIX):
+            parts.append(
+                Part(at, f"is reserved for the watchdog's own marker ({MARKER_PREFIX}*)", v)
+            )
+        elif not isinstance(v, str):
+            parts.append(Part(at, "must be a string", v))
+    if parts:
+        raise Invalid(parts)
     return tuple(sorted(value.items()))
 
 
@@ -374,23 +377,49 @@ def _positive_seconds(value: Any) -> float:
     return s
 
 
+_URL_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def _url_problem(url: Any) -> tuple[str, Any] | None:
+    """(why, what to show) when `url` is not a server URL the client can use."""
+    if not isinstance(url, str):
+        return "must be a URL like nats://host:4222", url
+    if "@" in url:
+        # Userinfo, wherever the parser would place it: a password holding '/',
+        # '?' or '#' ends the authority early, and the rest would pass for a
+        # path. No part of such a URL is shown.
+        return (
+            "credentials in a server URL are not allowed "
+            "(use token_file, or user and password_file)",
+            HIDDEN,
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "is not a URL like nats://host:4222 (bad host or port)", url
+    if parts.scheme not in _URL_SCHEMES:
+        return f"must be a URL like nats://host:4222 (scheme one of {', '.join(_URL_SCHEMES)})", url
+    if not parts.hostname or port == 0:
+        return "must name a host (and a port from 1 to 65535), like nats://host:4222", url
+    if parts.query or parts.fragment or (parts.scheme in ("nats", "tls") and parts.path != ""):
+        return "a nats:// or tls:// URL has no path, query or fragment", url
+    return None
+
+
 def _servers(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
+    urls = [value] if isinstance(value, str) else value
+    if not isinstance(urls, list) or not urls:
         raise ValueError("must be a URL or a non-empty list of URLs")
-    for url in value:
-        if not isinstance(url, str) or "://" not in url:
-            raise ValueError(f"{_show(url)} is not a URL like nats://host:4222")
-        scheme, _, rest = url.partition("://")
-        if "@" in rest.split("/", 1)[0]:
-            # Never echo it: the part before '@' is a token or user:password.
-            host = rest.split("/", 1)[0].rpartition("@")[2]
-            raise ValueError(
-                f"credentials in a server URL ({scheme}://***@{host}) are not allowed: "
-                "use token_file or user + password_file"
-            )
-    return tuple(value)
+    parts: list[Part] = []
+    for i, url in enumerate(urls):
+        problem = _url_problem(url)
+        if problem is not None:
+            which = f"URL {i + 1}: " if len(urls) > 1 else ""
+            parts.append(Part("", which + problem[0], problem[1]))
+    if parts:
+        raise Invalid(parts)
+    return tuple(urls)
 
 
 def _domain(value: Any) -> str:
@@ -422,9 +451,7 @@ def _tls(value: Any) -> TlsSettings:
         "server_name": _text(256),
         "verify": _bool,
     }
-    unknown = sorted(set(value) - set(known))
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(known)})")
+    _unknown_keys(value, known)
     parsed = {k: known[k](v) for k, v in value.items()}
     if ("cert_file" in parsed) != ("key_file" in parsed):
         raise ValueError("cert_file and key_file go together (client certificate)")
@@ -447,7 +474,6 @@ _NATS_KEYS: dict[str, Parser] = {
     "creds_file": _path,
     "tls": _tls,
 }
-SECRET_KEYS = frozenset({"token", "password"})
 # Ways to authenticate; one at most.
 _AUTH_METHODS = {
     "token": ("token", "token_file"),
@@ -469,41 +495,21 @@ _TOP_KEYS = ("spec_version", "nats", "watchdog", *SECTION.values())
 MAX_SPEC_VERSION = 2**31 - 1
 
 
-class _Problems:
-    """Collects one line per problem, so an operator fixes them all in one go."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.lines: list[str] = []
-
-    def add(self, key: str, message: str) -> None:
-        self.lines.append(f"{self.path}: {key}: {message}")
-
-    def parse(self, key: str, parser: Parser, value: Any) -> Any:
-        try:
-            return parser(value)
-        except (ValueError, TypeError, OverflowError) as exc:
-            secret = key.rpartition(".")[2] in SECRET_KEYS or "***@" in str(exc)
-            shown = "<hidden>" if secret else _show(value)
-            self.add(key, f"{exc}, got {shown}")
-            return None
-
-
-def _table(problems: _Problems, key: str, value: Any) -> dict[str, Any]:
+def _table(problems: Problems, key: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        problems.add(key, f"must be a table, got {_show(value)}")
+        problems.bad(key, "must be a table", value)
         return {}
     return value
 
 
 def _settings(
-    problems: _Problems, section: str, raw: Any, parsers: dict[str, Parser]
+    problems: Problems, section: str, raw: Any, parsers: dict[str, Parser]
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in _table(problems, section, raw).items():
         parser = parsers.get(key)
         if parser is None:
-            problems.add(f"{section}.{_key(key)}", f"unknown key (known: {', '.join(parsers)})")
+            problems.add(f"{section}.{_key(key)}", unknown_key(key, parsers))
             continue
         parsed = problems.parse(f"{section}.{key}", parser, value)
         if parsed is not None:
@@ -511,11 +517,11 @@ def _settings(
     return out
 
 
-def _resource(problems: _Problems, kind: Kind, name: str, raw: Any) -> Resource | None:
+def _resource(problems: Problems, kind: Kind, name: str, raw: Any) -> Resource | None:
     where = f"{SECTION[kind]}.{_key(name)}"
     problem = stream_name_problem(name) if kind is Kind.STREAM else bucket_name_problem(name)
     if problem:
-        problems.add(where, f"name {problem}, got {_show(name)}")
+        problems.bad(where, f"name {problem}", name)
         return None
     table = _table(problems, where, raw)
     parsers = FIELDS[kind]
@@ -528,9 +534,7 @@ def _resource(problems: _Problems, kind: Kind, name: str, raw: Any) -> Resource 
             continue
         parser = parsers.get(key)
         if parser is None:
-            problems.add(
-                f"{where}.{_key(key)}", f"unknown key (known: {', '.join([*parsers, 'protect'])})"
-            )
+            problems.add(f"{where}.{_key(key)}", unknown_key(key, [*parsers, "protect"]))
             continue
         parsed = problems.parse(f"{where}.{key}", parser, value)
         if parsed is not None:
@@ -540,17 +544,17 @@ def _resource(problems: _Problems, kind: Kind, name: str, raw: Any) -> Resource 
             problems.add(f"{where}.{key}", "is required")
     window, age = declared.get("duplicate_window"), declared.get("max_age")
     if window and age and window > age:
-        problems.add(
+        problems.bad(
             f"{where}.duplicate_window",
-            f"must not be longer than max_age ({format_duration_ns(age)}), "
-            f"got {_show(table['duplicate_window'])}",
+            f"must not be longer than max_age ({format_duration_ns(age)})",
+            table["duplicate_window"],
         )
     if len(problems.lines) != before:
         return None
     return Resource(kind=kind, name=name, declared=declared, protect=protect)
 
 
-def _auth_checks(problems: _Problems, nats: dict[str, Any]) -> None:
+def _auth_checks(problems: Problems, nats: dict[str, Any]) -> None:
     used = [m for m, keys in _AUTH_METHODS.items() if any(k in nats for k in keys)]
     if len(used) > 1:
         problems.add("nats", f"choose one way to authenticate, got {' and '.join(used)}")
@@ -571,7 +575,7 @@ def _identity_subjects(resource: Resource) -> tuple[str, ...]:
     return subjects
 
 
-def _cross_checks(problems: _Problems, resources: list[Resource]) -> None:
+def _cross_checks(problems: Problems, resources: list[Resource]) -> None:
     """Names and subjects must be unique across every declared stream."""
     owner: dict[str, Resource] = {}
     for res in resources:
@@ -603,10 +607,10 @@ def _cross_checks(problems: _Problems, resources: list[Resource]) -> None:
 
 def parse(document: Mapping[str, Any], path: str) -> Config:
     """Validate an already-decoded TOML document."""
-    problems = _Problems(path)
+    problems = Problems(path)
     for key in document:
         if key not in _TOP_KEYS:
-            problems.add(_key(key), f"unknown key (known: {', '.join(_TOP_KEYS)})")
+            problems.add(_key(key), unknown_key(key, _TOP_KEYS))
     spec_version = problems.parse(
         "spec_version", _int_range(1, MAX_SPEC_VERSION), document.get("spec_version", 1)
     )
@@ -675,35 +679,35 @@ _CREDENTIALS_VAR = re.compile(r"\$\{?CREDENTIALS_DIRECTORY\}?")
 MAX_SECRET_BYTES = 64 * 1024
 
 
-def _expand(path: str, key: str, problems: _Problems) -> str:
+def _expand(path: str, key: str, problems: Problems) -> str:
     """Only $CREDENTIALS_DIRECTORY is expanded: that is where systemd's
     LoadCredential= puts the unit's secrets."""
     if not _CREDENTIALS_VAR.search(path):
         return path
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
-        problems.add(
+        problems.bad(
             key,
-            "refers to $CREDENTIALS_DIRECTORY, which is not set (give the unit "
-            f"LoadCredential=), got {_show(path)}",
+            "refers to $CREDENTIALS_DIRECTORY, which is not set (give the unit LoadCredential=)",
+            path,
         )
         return ""  # reported; the callers skip an empty path
     return _CREDENTIALS_VAR.sub(lambda _m: directory, path)
 
 
-def _readable(path: str, key: str, problems: _Problems) -> bool:
+def _readable(path: str, key: str, problems: Problems) -> bool:
     if not path:  # an unexpandable path, already reported
         return False
     if not os.path.isfile(path):
-        problems.add(key, f"no such file, got {_show(path)}")
+        problems.bad(key, "no such file", path)
         return False
     if not os.access(path, os.R_OK):
-        problems.add(key, f"permission denied, got {_show(path)}")
+        problems.bad(key, "permission denied", path)
         return False
     return True
 
 
-def _read_secret(path: str, key: str, problems: _Problems) -> Secret | None:
+def _read_secret(path: str, key: str, problems: Problems) -> Secret | None:
     if not _readable(path, key, problems):
         return None
     with open(path, "rb") as fh:
@@ -713,35 +717,32 @@ def _read_secret(path: str, key: str, problems: _Problems) -> Secret | None:
     except UnicodeDecodeError:
         text = ""
     if not text or len(raw) > MAX_SECRET_BYTES:
-        problems.add(key, f"must hold one secret as UTF-8 text, got {_show(path)}")
+        problems.bad(key, "must hold one secret as UTF-8 text", path)
         return None
     return Secret(text)
 
 
-def _check_tls_files(tls: TlsSettings, problems: _Problems) -> None:
+def _check_tls_files(tls: TlsSettings, problems: Problems) -> None:
     """Load the CA and key pair once now, so a bad PEM is a config error at
     start or reload instead of a connection that can never succeed."""
     try:
         context = ssl.create_default_context(cafile=tls.ca_file)
     except (ssl.SSLError, OSError) as exc:
-        problems.add(
-            "nats.tls.ca_file", f"not a usable CA bundle ({exc}), got {_show(tls.ca_file)}"
-        )
+        problems.bad("nats.tls.ca_file", f"not a usable CA bundle ({exc})", tls.ca_file)
         return
     if tls.cert_file and tls.key_file:
         try:
             context.load_cert_chain(tls.cert_file, tls.key_file)
         except (ssl.SSLError, OSError) as exc:
-            problems.add(
-                "nats.tls.cert_file",
-                f"certificate and key do not load ({exc}), got {_show(tls.cert_file)}",
+            problems.bad(
+                "nats.tls.cert_file", f"certificate and key do not load ({exc})", tls.cert_file
             )
 
 
 def _resolve_secrets(config: Config, mode: int) -> Config:
     """Read secret files, check inline secrets are private, take the token from
     the environment when the file names no way to authenticate."""
-    problems = _Problems(config.path)
+    problems = Problems(config.path)
     nats = config.nats
     changes: dict[str, Any] = {}
     for key in ("token", "password"):

@@ -89,10 +89,10 @@ def test_unknown_keys_are_errors(tmp_path: Path, text: str, key: str) -> None:
 
 
 def test_unknown_placement_key_is_an_error(tmp_path: Path) -> None:
-    """An unknown key inside a placement table is named in the problem line."""
+    """An unknown key inside a placement table is its own line, at its own key path."""
     path, lines = problems_of(tmp_path, BASE + 'placement = { cluster = "c", zone = "z" }\n')
-    line = line_for(lines, path, "streams.S.placement")
-    assert "'zone'" in line
+    assert "unknown key" in line_for(lines, path, "streams.S.placement.zone")
+    assert len(lines) == 1
 
 
 # --- bad values: key path and the value shown ------------------------------------
@@ -138,8 +138,8 @@ BAD_VALUES = [
     (S + "description = 5\n", "streams.S.description", "got 5"),
     (S + "allow_direct = 'yes'\n", "streams.S.allow_direct", "got 'yes'"),
     (S + "deny_delete = 1\n", "streams.S.deny_delete", "got 1"),
-    (S + "metadata = { '_nats.level' = '1' }\n", "streams.S.metadata", "_nats.level"),
-    (S + "metadata = { owner = 1 }\n", "streams.S.metadata", "got {'owner': 1}"),
+    (S + "metadata = { '_nats.level' = '1' }\n", 'streams.S.metadata."_nats.level"', "_nats.*"),
+    (S + "metadata = { owner = 1 }\n", "streams.S.metadata.owner", "got 1"),
     (S + "metadata = 'owner'\n", "streams.S.metadata", "got 'owner'"),
     (S + "placement = 'eu'\n", "streams.S.placement", "got 'eu'"),
     (S + "placement = { tags = [''] }\n", "streams.S.placement", "got {'tags': ['']}"),
@@ -366,6 +366,44 @@ def test_duplicate_window_within_max_age_loads(tmp_path: Path, window: str, age:
 def test_sub_100ms_max_age_is_refused(tmp_path: Path, text: str) -> None:
     """A max_age/ttl the broker refuses (non-zero, under 100ms) is a config error."""
     problems_of(tmp_path, text)
+
+
+# --- metadata the watchdog's own marker writes -------------------------------------
+
+
+def marker_keys() -> list[str]:
+    """The keys the marker writes on every write, read from the marker itself, so a
+    key added to it later is covered too."""
+    from kanade_watchdog.config import Resource
+    from kanade_watchdog.desired import marker
+
+    keys = list(marker(Resource(kind=Kind.STREAM, name="S", declared={"subjects": ("s.>",)})))
+    assert keys, "the marker writes at least one key"
+    return keys
+
+
+@pytest.mark.parametrize("key", [*marker_keys(), "kanade.writer", "kanade.anything"])
+def test_metadata_keys_of_the_marker_are_refused(tmp_path: Path, key: str) -> None:
+    """A declared metadata key under `kanade.` (the marker's own) is one config error
+    naming its key path: declaring it would make every write overwrite the other."""
+    text = S + f'metadata = {{ owner = "ops", "{key}" = "2" }}\n'
+    path, lines = problems_of(tmp_path, text)
+    assert len(lines) == 1, lines
+    line = line_for(lines, path, f'streams.S.metadata."{key}"')
+    assert "kanade." in line.split(": ", 2)[2]
+    assert line.endswith("got '2'")
+
+
+def test_metadata_keys_near_the_marker_load(tmp_path: Path) -> None:
+    """Keys that only look like the marker's (no dot, other case, inside) are the
+    operator's own and load."""
+    text = S + 'metadata = { kanade = "1", "Kanade.x" = "2", "team.kanade.y" = "3" }\n'
+    config = load(str(write(tmp_path, text)))
+    assert dict(config.resources[0].declared["metadata"]) == {
+        "kanade": "1",
+        "Kanade.x": "2",
+        "team.kanade.y": "3",
+    }
 
 
 # --- several problems at once -----------------------------------------------------
