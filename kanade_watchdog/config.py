@@ -9,9 +9,6 @@ Every key is known: a typo is an error, never silently ignored.
 
 from __future__ import annotations
 
-import os
-import re
-import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -19,6 +16,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import configfile
+from .configfile import read_config, resolve_secrets
 from .errors import ConfigError
 from .problems import HIDDEN, Invalid, Parser, Part, Problems, unknown_key
 from .problems import key as _key
@@ -41,7 +40,8 @@ from .units import (
 
 DEFAULT_PATH = "/etc/kanade/watchdog.toml"
 ENV_PATH = "KANADE_WATCHDOG_CONFIG"
-MAX_FILE_BYTES = 4 * 1024 * 1024  # the kanade set is ~6 KiB; 25,000 resources fit
+ENV_TOKEN = configfile.ENV_TOKEN  # where callers have always found these two
+MAX_FILE_BYTES = configfile.MAX_FILE_BYTES
 INT32_MAX = 2**31 - 1
 MAX_REPLICAS = 5
 
@@ -642,21 +642,7 @@ def parse(document: Mapping[str, Any], path: str) -> Config:
 
 def load(path: str) -> Config:
     """Read and validate `path`. Every failure is a one-line `ConfigError`."""
-    try:
-        st = os.stat(path)
-        size = st.st_size
-        if os.path.isdir(path):
-            raise ConfigError([f"{path}: is a directory, not a config file"])
-        if size > MAX_FILE_BYTES:
-            raise ConfigError([f"{path}: file is {size} bytes, over the {MAX_FILE_BYTES} limit"])
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
-    except PermissionError:
-        raise ConfigError([f"{path}: permission denied"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    raw, mode = read_config(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -671,113 +657,4 @@ def load(path: str) -> Config:
         raise ConfigError([f"{path}: TOML syntax: nested too deeply"]) from None
     except ValueError as exc:  # an integer beyond Python's 4300-digit limit
         raise ConfigError([f"{path}: TOML value: {exc}"]) from None
-    return _resolve_secrets(parse(document, path), st.st_mode)
-
-
-ENV_TOKEN = "KANADE_NATS_TOKEN"
-_CREDENTIALS_VAR = re.compile(r"\$\{?CREDENTIALS_DIRECTORY\}?")
-MAX_SECRET_BYTES = 64 * 1024
-
-
-def _expand(path: str, key: str, problems: Problems) -> str:
-    """Only $CREDENTIALS_DIRECTORY is expanded: that is where systemd's
-    LoadCredential= puts the unit's secrets."""
-    if not _CREDENTIALS_VAR.search(path):
-        return path
-    directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not directory:
-        problems.bad(
-            key,
-            "refers to $CREDENTIALS_DIRECTORY, which is not set (give the unit LoadCredential=)",
-            path,
-        )
-        return ""  # reported; the callers skip an empty path
-    return _CREDENTIALS_VAR.sub(lambda _m: directory, path)
-
-
-def _readable(path: str, key: str, problems: Problems) -> bool:
-    if not path:  # an unexpandable path, already reported
-        return False
-    if not os.path.isfile(path):
-        problems.bad(key, "no such file", path)
-        return False
-    if not os.access(path, os.R_OK):
-        problems.bad(key, "permission denied", path)
-        return False
-    return True
-
-
-def _read_secret(path: str, key: str, problems: Problems) -> Secret | None:
-    if not _readable(path, key, problems):
-        return None
-    with open(path, "rb") as fh:
-        raw = fh.read(MAX_SECRET_BYTES + 1)
-    try:
-        text = raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        text = ""
-    if not text or len(raw) > MAX_SECRET_BYTES:
-        problems.bad(key, "must hold one secret as UTF-8 text", path)
-        return None
-    return Secret(text)
-
-
-def _check_tls_files(tls: TlsSettings, problems: Problems) -> None:
-    """Load the CA and key pair once now, so a bad PEM is a config error at
-    start or reload instead of a connection that can never succeed."""
-    try:
-        context = ssl.create_default_context(cafile=tls.ca_file)
-    except (ssl.SSLError, OSError) as exc:
-        problems.bad("nats.tls.ca_file", f"not a usable CA bundle ({exc})", tls.ca_file)
-        return
-    if tls.cert_file and tls.key_file:
-        try:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        except (ssl.SSLError, OSError) as exc:
-            problems.bad(
-                "nats.tls.cert_file", f"certificate and key do not load ({exc})", tls.cert_file
-            )
-
-
-def _resolve_secrets(config: Config, mode: int) -> Config:
-    """Read secret files, check inline secrets are private, take the token from
-    the environment when the file names no way to authenticate."""
-    problems = Problems(config.path)
-    nats = config.nats
-    changes: dict[str, Any] = {}
-    for key in ("token", "password"):
-        if getattr(nats, key) is not None and mode & 0o077:
-            problems.add(
-                f"nats.{key}",
-                f"an inline secret needs a config file only its owner can read (mode "
-                f"{mode & 0o777:04o}); chmod 600 it or use {key}_file",
-            )
-    for key, target in (("token_file", "token"), ("password_file", "password")):
-        path = getattr(nats, key)
-        if path is not None:
-            changes[target] = _read_secret(
-                _expand(path, f"nats.{key}", problems), f"nats.{key}", problems
-            )
-    for key in ("nkey_seed_file", "creds_file"):
-        path = getattr(nats, key)
-        if path is not None:
-            changes[key] = _expand(path, f"nats.{key}", problems)
-            _readable(changes[key], f"nats.{key}", problems)
-    if nats.tls is not None:
-        tls: dict[str, Any] = {}
-        for key in ("ca_file", "cert_file", "key_file"):
-            path = getattr(nats.tls, key)
-            if path is not None:
-                tls[key] = _expand(path, f"nats.tls.{key}", problems)
-                _readable(tls[key], f"nats.tls.{key}", problems)
-        changes["tls"] = replace(nats.tls, **tls)
-        if not problems.lines:
-            _check_tls_files(changes["tls"], problems)
-    no_auth = not any(
-        (nats.token, nats.token_file, nats.user, nats.nkey_seed_file, nats.creds_file)
-    )
-    if no_auth and os.environ.get(ENV_TOKEN):
-        changes["token"] = Secret(os.environ[ENV_TOKEN])
-    if problems.lines:
-        raise ConfigError(problems.lines)
-    return replace(config, nats=replace(nats, **changes)) if changes else config
+    return resolve_secrets(parse(document, path), mode)
