@@ -509,7 +509,7 @@ def _settings(
     for key, value in _table(problems, section, raw).items():
         parser = parsers.get(key)
         if parser is None:
-            problems.add(f"{section}.{_key(key)}", unknown_key(key, parsers))
+            problems.add(f"{section}.{_key(key)}", unknown_key(key, parsers), kind=f"{section}.*")
             continue
         parsed = problems.parse(f"{section}.{key}", parser, value)
         if parsed is not None:
@@ -518,39 +518,48 @@ def _settings(
 
 
 def _resource(problems: Problems, kind: Kind, name: str, raw: Any) -> Resource | None:
-    where = f"{SECTION[kind]}.{_key(name)}"
+    """The resource with the fields that parsed, for the cross checks, even when
+    others did not (they are reported); None when even its name is unusable."""
+    section = SECTION[kind]
+    where = f"{section}.{_key(name)}"
     problem = stream_name_problem(name) if kind is Kind.STREAM else bucket_name_problem(name)
     if problem:
-        problems.bad(where, f"name {problem}", name)
+        problems.bad(where, f"name {problem}", name, kind=f"{section}.*")
         return None
-    table = _table(problems, where, raw)
+    if not isinstance(raw, dict):
+        problems.bad(where, "must be a table", raw, kind=f"{section}.*")
+        return None
     parsers = FIELDS[kind]
     declared: dict[str, Any] = {}
     protect = False
-    before = len(problems.lines)
-    for key, value in table.items():
+    for key, value in raw.items():
         if key == "protect":
-            protect = bool(problems.parse(f"{where}.protect", _bool, value))
+            protect = bool(
+                problems.parse(f"{where}.protect", _bool, value, kind=f"{section}.*.protect")
+            )
             continue
         parser = parsers.get(key)
         if parser is None:
-            problems.add(f"{where}.{_key(key)}", unknown_key(key, [*parsers, "protect"]))
+            problems.add(
+                f"{where}.{_key(key)}",
+                unknown_key(key, [*parsers, "protect"]),
+                kind=f"{section}.*.*",
+            )
             continue
-        parsed = problems.parse(f"{where}.{key}", parser, value)
+        parsed = problems.parse(f"{where}.{key}", parser, value, kind=f"{section}.*.{key}")
         if parsed is not None:
             declared[key] = parsed
     for key in REQUIRED[kind]:
-        if key not in table:
-            problems.add(f"{where}.{key}", "is required")
+        if key not in raw:
+            problems.add(f"{where}.{key}", "is required", kind=f"{section}.*.{key}")
     window, age = declared.get("duplicate_window"), declared.get("max_age")
     if window and age and window > age:
         problems.bad(
             f"{where}.duplicate_window",
             f"must not be longer than max_age ({format_duration_ns(age)})",
-            table["duplicate_window"],
+            raw["duplicate_window"],
+            kind=f"{section}.*.duplicate_window",
         )
-    if len(problems.lines) != before:
-        return None
     return Resource(kind=kind, name=name, declared=declared, protect=protect)
 
 
@@ -571,7 +580,8 @@ def _identity_subjects(resource: Resource) -> tuple[str, ...]:
         return (f"$KV.{resource.name}.>",)
     if resource.kind is Kind.OBJECT_STORE:
         return (f"$O.{resource.name}.C.>", f"$O.{resource.name}.M.>")
-    subjects: tuple[str, ...] = resource.declared["subjects"]
+    # A stream whose subjects are invalid has none here: they are reported already.
+    subjects: tuple[str, ...] = resource.declared.get("subjects", ())
     return subjects
 
 
@@ -585,20 +595,26 @@ def _cross_checks(problems: Problems, resources: list[Resource]) -> None:
                 f"{SECTION[res.kind]}.{_key(res.name)}",
                 f"its stream {res.stream!r} is already declared by "
                 f"{SECTION[other.kind]}.{_key(other.name)}",
+                kind=f"{SECTION[res.kind]}.*",
             )
         owner[res.stream] = res
     index = SubjectIndex()
     claimed_by: dict[str, Resource] = {}
     for res in resources:
         subjects = _identity_subjects(res)
+        # One line per resource, naming the first overlap found: listing every
+        # pair would be n * n lines for n streams that all overlap.
         for subject in subjects:
-            for other_subject in index.overlapping(subject):
-                other = claimed_by[other_subject]
+            found = index.overlapping(subject, limit=1)
+            if found:
+                other = claimed_by[found[0]]
                 problems.add(
                     f"{SECTION[res.kind]}.{_key(res.name)}.subjects",
-                    f"{subject!r} overlaps {other_subject!r} of "
+                    f"{subject!r} overlaps {found[0]!r} of "
                     f"{SECTION[other.kind]}.{_key(other.name)}",
+                    kind=f"{SECTION[res.kind]}.*.subjects",
                 )
+                break
         for subject in subjects:  # a stream's own subjects were checked by _subjects
             if subject not in claimed_by:
                 index.add(subject)
@@ -610,7 +626,7 @@ def parse(document: Mapping[str, Any], path: str) -> Config:
     problems = Problems(path)
     for key in document:
         if key not in _TOP_KEYS:
-            problems.add(_key(key), unknown_key(key, _TOP_KEYS))
+            problems.add(_key(key), unknown_key(key, _TOP_KEYS), kind="*")
     spec_version = problems.parse(
         "spec_version", _int_range(1, MAX_SPEC_VERSION), document.get("spec_version", 1)
     )
@@ -624,12 +640,12 @@ def parse(document: Mapping[str, Any], path: str) -> Config:
             if res is not None:
                 resources.append(res)
     _cross_checks(problems, resources)
-    if not resources and not problems.lines:
+    if not resources and not problems.found:
         problems.add(
             "streams",
             "no resources declared (need [streams.*], [kv_buckets.*] or [object_stores.*])",
         )
-    if problems.lines:
+    if problems.found:
         raise ConfigError(problems.lines)
     return Config(
         path=path,

@@ -12,11 +12,17 @@ such a key replaced by `<hidden>`, however deep.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+# Lines of one kind beyond this are counted, not listed: 3,000 overlapping
+# streams must not print thousands of lines, nor hold them in memory.
+MAX_LINES_PER_KIND = 20
 
 _SECRET_WORDS = (
     "pass",
@@ -130,16 +136,25 @@ Parser = Callable[[Any], Any]
 
 
 class Problems:
-    """Collects one line per problem, so an operator fixes them all in one go."""
+    """Collects one line per problem, so an operator fixes them all in one go.
+
+    `kind` groups lines that repeat per resource or per key: a key path with
+    `*` for the names (`streams.*.max_age`). Past `MAX_LINES_PER_KIND` lines of
+    a kind only a count is kept, and reported as one line at the end.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._lines: list[str] = []
-        self.found = 0
+        self._per_kind: Counter[str] = Counter()
+        self.found = 0  # every problem, listed or not
 
     def add(self, key_path: str, message: str, *, kind: str | None = None) -> None:
         self.found += 1
-        self._lines.append(f"{self.path}: {key_path}: {message}")
+        kind = kind or key_path
+        self._per_kind[kind] += 1
+        if self._per_kind[kind] <= MAX_LINES_PER_KIND:
+            self._lines.append(f"{self.path}: {key_path}: {message}")
 
     def bad(self, key_path: str, reason: str, value: Any, *, kind: str | None = None) -> None:
         """`<key path>: <reason>, got <value>`, the value hidden under a secret key."""
@@ -164,9 +179,19 @@ class Problems:
 
     @property
     def lines(self) -> list[str]:
-        return list(self._lines)
+        more = [
+            f"{self.path}: {kind}: {count - MAX_LINES_PER_KIND} more problems like the "
+            f"{MAX_LINES_PER_KIND} above, not listed"
+            for kind, count in self._per_kind.items()
+            if count > MAX_LINES_PER_KIND
+        ]
+        return self._lines + more
 
 
 def unknown_key(name: str, known: Iterable[str]) -> str:
-    """Why a key is refused."""
-    return f"unknown key (known: {', '.join(known)})"
+    """Why a key is refused, with the nearest known key when one is close."""
+    choices = list(known)
+    # A long name is like no key at all; comparing it would only cost time.
+    close = difflib.get_close_matches(name, choices, n=1) if len(name) <= 64 else []
+    hint = f", did you mean {close[0]!r}?" if close else ""
+    return f"unknown key{hint} (known: {', '.join(choices)})"
