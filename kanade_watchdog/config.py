@@ -151,6 +151,9 @@ def _duration(value: Any) -> int:
 
 
 MIN_AGE_NS = 100_000_000  # the broker refuses a max_age below 100ms (10052)
+MIN_WINDOW_NS = 100_000_000  # and a duplicate_window below 100ms (10052)
+# The broker counts a description in bytes (10052 past 4096), not characters.
+MAX_DESCRIPTION_BYTES = 4096
 
 
 def _age(value: Any) -> int:
@@ -162,11 +165,11 @@ def _age(value: Any) -> int:
 
 
 def _window(value: Any) -> int:
-    # The broker turns a 0 window into its 2-minute default, which would
-    # then read as drift on every pass.
+    # A 0 window is no exception: the broker turns it into its 2-minute
+    # default, which would then read as drift on every pass.
     ns = _duration(value)
-    if ns == 0:
-        raise ValueError("must be greater than zero")
+    if ns < MIN_WINDOW_NS:
+        raise ValueError("must be at least 100ms (the broker's minimum)")
     return ns
 
 
@@ -242,6 +245,17 @@ def _text(max_len: int = 4096) -> Parser:
 
 # Subjects the broker keeps for itself; a stream may not capture them.
 _RESERVED_SUBJECTS = ("$JS.API.>", "$SYS.>")
+
+
+def _description(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    size = len(value.encode("utf-8"))
+    if size > MAX_DESCRIPTION_BYTES:
+        raise ValueError(
+            f"{size} bytes in UTF-8, over the broker's {MAX_DESCRIPTION_BYTES}-byte limit"
+        )
+    return value
 
 
 def _subjects(value: Any) -> tuple[str, ...]:
@@ -329,7 +343,7 @@ FIELDS: dict[Kind, dict[str, Parser]] = {
         "discard": _enum("old", "new"),
         "num_replicas": _REPLICAS,
         "duplicate_window": _window,
-        "description": _text(),
+        "description": _description,
         "compression": _COMPRESSION,
         "placement": _placement,
         "allow_direct": _bool,
@@ -347,7 +361,7 @@ FIELDS: dict[Kind, dict[str, Parser]] = {
         "replicas": _REPLICAS,
         "compression": _COMPRESSION,
         "placement": _placement,
-        "description": _text(),
+        "description": _description,
     },
     Kind.OBJECT_STORE: {
         "ttl": _age,
@@ -356,7 +370,7 @@ FIELDS: dict[Kind, dict[str, Parser]] = {
         "replicas": _REPLICAS,
         "compression": _COMPRESSION,
         "placement": _placement,
-        "description": _text(),
+        "description": _description,
     },
 }
 REQUIRED: dict[Kind, tuple[str, ...]] = {
@@ -552,6 +566,14 @@ def _resource(problems: Problems, kind: Kind, name: str, raw: Any) -> Resource |
     for key in REQUIRED[kind]:
         if key not in raw:
             problems.add(f"{where}.{key}", "is required", kind=f"{section}.*.{key}")
+    if declared.get("allow_rollup_hdrs") and declared.get("deny_purge"):
+        problems.bad(
+            f"{where}.allow_rollup_hdrs",
+            "a roll-up purges older messages, which deny_purge = true forbids "
+            "(the broker refuses the two together)",
+            raw["allow_rollup_hdrs"],
+            kind=f"{section}.*.allow_rollup_hdrs",
+        )
     window, age = declared.get("duplicate_window"), declared.get("max_age")
     if window and age and window > age:
         problems.bad(

@@ -183,7 +183,7 @@ def test_long_values_are_shortened_in_problem_lines(tmp_path: Path) -> None:
     """A huge bad value is shown truncated, so one problem stays one readable line."""
     path, lines = problems_of(tmp_path, S + f"description = '{'x' * 5000}'\n")
     line = line_for(lines, path, "streams.S.description")
-    assert "longer than 4096" in line
+    assert "over the broker's 4096-byte limit" in line
     assert line.endswith("...")
     assert len(line) < len(path) + 200
 
