@@ -488,6 +488,27 @@ _NATS_KEYS: dict[str, Parser] = {
     "creds_file": _path,
     "tls": _tls,
 }
+# The shipped unit (packaging/systemd/kanade-watchdog.service) SIGKILLs the
+# daemon TimeoutStopSec after SIGTERM. stop_timeout bounds the pass in flight
+# and the tasks; after it the daemon still closes its connection (up to 2 s)
+# and the interpreter exits. The margin keeps all of that inside the unit's
+# limit, so a stop is never a kill that cuts a write short.
+UNIT_TIMEOUT_STOP_SEC = 30.0
+STOP_MARGIN = 5.0
+MAX_STOP_TIMEOUT = UNIT_TIMEOUT_STOP_SEC - STOP_MARGIN
+
+
+def _stop_timeout(value: Any) -> float:
+    s = _positive_seconds(value)
+    if s > MAX_STOP_TIMEOUT:
+        raise ValueError(
+            f"must be at most {MAX_STOP_TIMEOUT:g}s, to stop cleanly within the shipped "
+            f"unit's TimeoutStopSec={UNIT_TIMEOUT_STOP_SEC:g}s ({STOP_MARGIN:g}s are kept "
+            "for closing the connection and exiting)"
+        )
+    return s
+
+
 # Ways to authenticate; one at most.
 _AUTH_METHODS = {
     "token": ("token", "token_file"),
@@ -502,7 +523,7 @@ _WATCHDOG_KEYS: dict[str, Parser] = {
     "backoff_max": _positive_seconds,
     "permanent_retry": _positive_seconds,
     "advisories": _bool,
-    "stop_timeout": _positive_seconds,
+    "stop_timeout": _stop_timeout,
     "pass_deadline": _positive_seconds,
 }
 _TOP_KEYS = ("spec_version", "nats", "watchdog", *SECTION.values())

@@ -17,8 +17,12 @@ import pytest
 from kanade_watchdog import cli, exitcodes
 from kanade_watchdog.config import (
     MAX_FILE_BYTES,
+    MAX_STOP_TIMEOUT,
+    STOP_MARGIN,
+    UNIT_TIMEOUT_STOP_SEC,
     Config,
     Kind,
+    WatchdogSettings,
     load,
     parse,
 )
@@ -657,6 +661,46 @@ def test_parse_takes_a_decoded_document() -> None:
     with pytest.raises(ConfigError) as info:
         parse(doc, "<memory>")
     assert info.value.problems[0].startswith("<memory>: kv_buckets.jobs.history: ")
+
+
+# --- stop_timeout and the shipped unit ------------------------------------------------
+
+UNIT = Path(__file__).resolve().parent.parent / "packaging" / "systemd" / "kanade-watchdog.service"
+
+
+def unit_timeout_stop_seconds() -> float:
+    """TimeoutStopSec= of the shipped unit, in seconds."""
+    found = re.findall(r"^TimeoutStopSec=(\S+)\s*$", UNIT.read_text(), re.MULTILINE)
+    assert len(found) == 1, found
+    return parse_duration_ns(found[0]) / SEC
+
+
+def test_stop_timeout_limit_stays_below_the_units_timeout_stop() -> None:
+    """The largest stop_timeout validate accepts leaves the margin it promises below
+    the shipped unit's TimeoutStopSec, read from the unit file itself."""
+    unit = unit_timeout_stop_seconds()
+    assert unit == UNIT_TIMEOUT_STOP_SEC, "update UNIT_TIMEOUT_STOP_SEC with the unit"
+    assert unit - STOP_MARGIN == MAX_STOP_TIMEOUT
+    assert 0 < MAX_STOP_TIMEOUT < unit
+    assert WatchdogSettings().stop_timeout <= MAX_STOP_TIMEOUT
+
+
+@pytest.mark.parametrize("value", ['"26s"', '"120s"', "90"], ids=str)
+def test_stop_timeout_past_the_units_limit_is_refused(tmp_path: Path, value: str) -> None:
+    """A stop_timeout the unit would cut short by SIGKILL is refused, and the line
+    says why (the unit's TimeoutStopSec and the margin)."""
+    path, lines = problems_of(tmp_path, f"[watchdog]\nstop_timeout = {value}\n" + BASE)
+    line = line_for(lines, path, "watchdog.stop_timeout")
+    assert f"must be at most {MAX_STOP_TIMEOUT:g}s" in line
+    assert f"TimeoutStopSec={UNIT_TIMEOUT_STOP_SEC:g}s" in line
+    assert line.endswith(f"got {value.replace(chr(34), chr(39))}")
+
+
+@pytest.mark.parametrize(("value", "seconds"), [('"25s"', 25.0), ('"500ms"', 0.5), ("3", 3.0)])
+def test_stop_timeout_within_the_limit_loads(tmp_path: Path, value: str, seconds: float) -> None:
+    """Up to the limit, stop_timeout loads as given."""
+    config = load(str(write(tmp_path, f"[watchdog]\nstop_timeout = {value}\n" + BASE)))
+    assert config.watchdog.stop_timeout == seconds
 
 
 # --- the repo's own config.toml ---------------------------------------------------
