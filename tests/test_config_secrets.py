@@ -88,7 +88,8 @@ def test_the_bad_url_among_several_is_named_and_the_others_not_echoed(tmp_path: 
     ("url", "why"),
     [
         ("nats://h:4222/path", "no path"),
-        ("nats://h:4222?x=1", "no path, query"),
+        ("nats://h:4222?x=1", "no query or fragment"),
+        ("wss://h:443/ws#top", "no query or fragment"),
         ("nats://h:port", "bad host or port"),
         ("nats://h:70000", "bad host or port"),
         ("nats://:4222", "must name a host"),
