@@ -39,8 +39,8 @@ from .values import secret as _secret
 from .values import servers as _servers
 from .values import size as _size
 from .values import subjects as _subjects
+from .values import table as _parse_table
 from .values import text as _text
-from .values import unknown_keys as _unknown_keys
 from .values import window as _window
 
 DEFAULT_PATH = "/etc/kanade/watchdog.toml"
@@ -203,8 +203,7 @@ def _tls(value: Any) -> TlsSettings:
         "server_name": _text(256),
         "verify": _bool,
     }
-    _unknown_keys(value, known)
-    parsed = {k: known[k](v) for k, v in value.items()}
+    parsed = _parse_table(value, known)
     if ("cert_file" in parsed) != ("key_file" in parsed):
         raise ValueError("cert_file and key_file go together (client certificate)")
     return TlsSettings(**parsed)

@@ -174,6 +174,25 @@ def unknown_keys(table: dict[str, Any], known: Mapping[str, Any] | tuple[str, ..
         raise Invalid(Part(f".{_key(k)}", unknown_key(k, known)) for k in unknown)
 
 
+def table(value: dict[str, Any], known: Mapping[str, Parser]) -> dict[str, Any]:
+    """A nested table parsed key by key: every unknown key and every bad value is
+    its own line, at its own key path."""
+    parts: list[Part] = []
+    parsed: dict[str, Any] = {}
+    for k, v in value.items():
+        parser = known.get(k)
+        if parser is None:
+            parts.append(Part(f".{_key(k)}", unknown_key(k, known)))
+            continue
+        try:
+            parsed[k] = parser(v)
+        except (ValueError, TypeError, OverflowError) as exc:
+            parts.append(Part(f".{k}", str(exc), v))
+    if parts:
+        raise Invalid(parts)
+    return parsed
+
+
 def placement(value: Any) -> tuple[tuple[str, Any], ...]:
     if not isinstance(value, dict):
         raise ValueError("must be a table with 'cluster' and/or 'tags'")

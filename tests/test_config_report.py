@@ -70,6 +70,17 @@ def test_bad_subjects_take_no_part_in_the_overlap_check(tmp_path: Path) -> None:
     assert set(keyed(lines, path)) == {"streams.A.subjects"}
 
 
+def test_every_problem_inside_the_tls_table_has_its_own_line(tmp_path: Path) -> None:
+    """An unknown key and bad values in [nats.tls] are all reported, each at its own
+    key path, in one run."""
+    text = '[nats.tls]\nverify = "yes"\nserver_name = 5\ncolour = 1\n' + BASE
+    path, lines = problems_of(tmp_path, text)
+    found = keyed(lines, path)
+    assert set(found) == {"nats.tls.verify", "nats.tls.server_name", "nats.tls.colour"}
+    assert found["nats.tls.verify"] == "must be true or false, got 'yes'"
+    assert found["nats.tls.server_name"] == "must be a string, got 5"
+
+
 # --- did you mean --------------------------------------------------------------------
 
 
