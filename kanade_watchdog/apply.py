@@ -64,9 +64,15 @@ def _declared_storage_total(resources: Iterable[Resource], storage: str) -> int:
 
 
 async def explain(
-    broker: Broker, resource: Resource, error: BrokerError, everything: Sequence[Resource]
+    broker: Broker,
+    resource: Resource,
+    error: BrokerError,
+    everything: Sequence[Resource],
+    *,
+    creating: bool = False,
 ) -> ResourceError:
-    """Turn a broker error into a one-line explanation for this resource."""
+    """Turn a broker error into a one-line explanation for this resource;
+    `creating` says the refused request was a create, not an update."""
     if not isinstance(error, ApiError):
         return ResourceError(resource.label, str(error), cause=error)
     code = error.err_code
@@ -89,11 +95,15 @@ async def explain(
         )
         return ResourceError(resource.label, text, cause=error)
     if code == ERR_IMMUTABLE_FIELD:
-        return ResourceError(
-            resource.label,
-            f"the broker refuses to change this field in place: {error.description}",
-            cause=error,
+        # 10052 is the broker's "invalid stream config": on a create nothing
+        # exists to change, so only the config itself can be at fault.
+        text = (
+            "the broker refuses to create it as declared"
+            if creating
+            else "the broker refuses this update (a field it cannot change in place, "
+            "or a combination it does not allow)"
         )
+        return ResourceError(resource.label, f"{text}: {error.description}", cause=error)
     if code == ERR_SUBJECTS_OVERLAP:
         return ResourceError(
             resource.label,
@@ -138,9 +148,9 @@ async def execute(
             # Someone (another watchdog, the backend) created it between our
             # read and our write: look again instead of reporting an error.
             return await _reverify(broker, decision.resource, everything, now)
-        return Outcome(
-            decision, Result.FAILED, error=await explain(broker, decision.resource, exc, everything)
-        )
+        creating = decision.action is Action.CREATE
+        error = await explain(broker, decision.resource, exc, everything, creating=creating)
+        return Outcome(decision, Result.FAILED, error=error)
     except BrokerError as exc:
         return Outcome(
             decision, Result.FAILED, error=await explain(broker, decision.resource, exc, everything)

@@ -11,37 +11,48 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import re
 import socket
-import ssl
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from . import configfile, values
+from .configfile import read_config, resolve_secrets
 from .errors import ConfigError
+from .problems import Parser, Problems, unknown_key
+from .problems import key as _key
 from .secret import Secret
-from .subjects import (
-    SubjectIndex,
-    bucket_name_problem,
-    stream_name_problem,
-    subject_problem,
-    subjects_overlap,
-)
-from .units import (
-    INT64_MAX,
-    NS_PER_SECOND,
-    format_duration_ns,
-    parse_duration_ns,
-    parse_size_bytes,
-)
+from .subjects import SubjectIndex, bucket_name_problem, stream_name_problem
+from .units import format_duration_ns
+from .values import age as _age
+from .values import boolean as _bool
+from .values import count as _count
+from .values import description as _description
+from .values import domain as _domain
+from .values import enum as _enum
+from .values import file_path as _path
+from .values import int_range as _int_range
+from .values import metadata as _metadata
+from .values import placement as _placement
+from .values import positive_seconds as _positive_seconds
+from .values import seconds as _seconds
+from .values import secret as _secret
+from .values import servers as _servers
+from .values import size as _size
+from .values import subjects as _subjects
+from .values import table as _parse_table
+from .values import text as _text
+from .values import window as _window
 
 DEFAULT_PATH = "/etc/kanade/watchdog.toml"
 ENV_PATH = "KANADE_WATCHDOG_CONFIG"
-MAX_FILE_BYTES = 4 * 1024 * 1024  # the kanade set is ~6 KiB; 25,000 resources fit
+ENV_TOKEN = configfile.ENV_TOKEN  # where callers have always found these two
+MAX_FILE_BYTES = configfile.MAX_FILE_BYTES
+MAX_DESCRIPTION_BYTES = values.MAX_DESCRIPTION_BYTES
 INT32_MAX = 2**31 - 1
 MAX_REPLICAS = 5
 
@@ -135,186 +146,7 @@ class Config:
         return {r.stream: r for r in self.resources}
 
 
-# --- value parsers: (value) -> normalized value, or ValueError(reason) ------------
-
-Parser = Callable[[Any], Any]
-
-
-def _show(value: Any) -> str:
-    try:
-        text = repr(value)
-    except ValueError:  # an integer beyond Python's 4300-digit str() limit
-        return f"a {value.bit_length()}-bit integer"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _key(name: str) -> str:
-    """A key as it appears in a problem line: quoted (and so on one line)
-    unless it is a plain TOML bare key."""
-    return name if _PLAIN_KEY.fullmatch(name) else json.dumps(name)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _duration(value: Any) -> int:
-    """A string like '90d' or a whole number of seconds -> ns (>= 0)."""
-    if _is_int(value):
-        if value < 0:
-            raise ValueError("must not be negative")
-        if value * NS_PER_SECOND > INT64_MAX:
-            raise ValueError("duration too large")
-        return int(value) * NS_PER_SECOND
-    if isinstance(value, str):
-        return parse_duration_ns(value)
-    raise ValueError("must be a duration like '90d' or a number of seconds")
-
-
-MIN_AGE_NS = 100_000_000  # the broker refuses a max_age below 100ms (10052)
-
-
-def _age(value: Any) -> int:
-    """max_age / ttl: 0 is "keep forever", else at least 100ms."""
-    ns = _duration(value)
-    if 0 < ns < MIN_AGE_NS:
-        raise ValueError("must be 0 (no limit) or at least 100ms")
-    return ns
-
-
-def _window(value: Any) -> int:
-    # The broker turns a 0 window into its 2-minute default, which would
-    # then read as drift on every pass.
-    ns = _duration(value)
-    if ns == 0:
-        raise ValueError("must be greater than zero")
-    return ns
-
-
-def _size(limit: int = INT64_MAX) -> Parser:
-    def parse(value: Any) -> int:
-        if value == "unlimited":
-            return -1
-        if _is_int(value):
-            if value < 0:
-                raise ValueError('must not be negative (write "unlimited" for no cap)')
-            n = int(value)
-        elif isinstance(value, str):
-            n = parse_size_bytes(value)
-        else:
-            raise ValueError("must be a size like '512MiB', a byte count or \"unlimited\"")
-        if n > limit:
-            raise ValueError(f"must be at most {limit} bytes")
-        if n == 0:  # the broker stores 0 as "unlimited": say so instead
-            raise ValueError('must be at least 1 byte (write "unlimited" for no cap)')
-        return n
-
-    return parse
-
-
-def _count(value: Any) -> int:
-    if value == "unlimited":
-        return -1
-    if not _is_int(value):
-        raise ValueError('must be a whole number or "unlimited"')
-    if value < 0:
-        raise ValueError('must not be negative (write "unlimited" for no limit)')
-    if value > INT64_MAX:
-        raise ValueError("too large")
-    if value == 0:  # the broker stores 0 as "unlimited": say so instead
-        raise ValueError('must be at least 1 (write "unlimited" for no limit)')
-    return int(value)
-
-
-def _int_range(lo: int, hi: int) -> Parser:
-    def parse(value: Any) -> int:
-        if not _is_int(value) or not lo <= value <= hi:
-            raise ValueError(f"must be a whole number from {lo} to {hi}")
-        return int(value)
-
-    return parse
-
-
-def _enum(*choices: str) -> Parser:
-    def parse(value: Any) -> str:
-        if value not in choices:
-            raise ValueError("must be one of " + ", ".join(repr(c) for c in choices))
-        return str(value)
-
-    return parse
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("must be true or false")
-    return value
-
-
-def _text(max_len: int = 4096) -> Parser:
-    def parse(value: Any) -> str:
-        if not isinstance(value, str):
-            raise ValueError("must be a string")
-        if len(value) > max_len:
-            raise ValueError(f"longer than {max_len} characters")
-        return value
-
-    return parse
-
-
-# Subjects the broker keeps for itself; a stream may not capture them.
-_RESERVED_SUBJECTS = ("$JS.API.>", "$SYS.>")
-
-
-def _subjects(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value:
-        raise ValueError("must be a non-empty list of subjects")
-    out: list[str] = []
-    for item in value:
-        if not isinstance(item, str):
-            raise ValueError(f"every subject must be a string, got {_show(item)}")
-        problem = subject_problem(item)
-        if problem:
-            raise ValueError(f"subject {item!r} {problem}")
-        for reserved in _RESERVED_SUBJECTS:
-            if subjects_overlap(item, reserved):
-                raise ValueError(f"subject {item!r} captures the broker's own {reserved}")
-        if item in out:
-            raise ValueError(f"subject {item!r} is listed twice")
-        for earlier in out:
-            if subjects_overlap(item, earlier):
-                raise ValueError(f"subject {item!r} overlaps {earlier!r} of the same stream")
-        out.append(item)
-    return tuple(out)
-
-
-def _placement(value: Any) -> tuple[tuple[str, Any], ...]:
-    if not isinstance(value, dict):
-        raise ValueError("must be a table with 'cluster' and/or 'tags'")
-    unknown = sorted(set(value) - {"cluster", "tags"})
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} (known: cluster, tags)")
-    cluster = value.get("cluster", "")
-    tags = value.get("tags", [])
-    if not isinstance(cluster, str):
-        raise ValueError("cluster must be a string")
-    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
-        raise ValueError("tags must be a list of non-empty strings")
-    return (("cluster", cluster), ("tags", tuple(sorted(tags))))
-
-
-def _metadata(value: Any) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, dict):
-        raise ValueError("must be a table of string values")
-    for k, v in value.items():
-        if not isinstance(v, str):
-            raise ValueError(f"value of {k!r} must be a string")
-        if k.startswith("_nats"):
-            raise ValueError(f"key {k!r} is reserved by the server")
-    return tuple(sorted(value.items()))
-
+# --- the schema: which keys each table takes, parsed by `values` --------------------
 
 _STORAGE = _enum("file", "memory")
 _COMPRESSION = _enum("none", "s2")
@@ -334,7 +166,7 @@ FIELDS: dict[Kind, dict[str, Parser]] = {
         "discard": _enum("old", "new"),
         "num_replicas": _REPLICAS,
         "duplicate_window": _window,
-        "description": _text(),
+        "description": _description,
         "compression": _COMPRESSION,
         "placement": _placement,
         "allow_direct": _bool,
@@ -352,7 +184,7 @@ FIELDS: dict[Kind, dict[str, Parser]] = {
         "replicas": _REPLICAS,
         "compression": _COMPRESSION,
         "placement": _placement,
-        "description": _text(),
+        "description": _description,
     },
     Kind.OBJECT_STORE: {
         "ttl": _age,
@@ -361,7 +193,7 @@ FIELDS: dict[Kind, dict[str, Parser]] = {
         "replicas": _REPLICAS,
         "compression": _COMPRESSION,
         "placement": _placement,
-        "description": _text(),
+        "description": _description,
     },
 }
 REQUIRED: dict[Kind, tuple[str, ...]] = {
@@ -402,55 +234,6 @@ def writer_id(path: str) -> str:
     return hashlib.sha256(seed.encode()).hexdigest()[:12]
 
 
-def _seconds(value: Any) -> float:
-    return _duration(value) / NS_PER_SECOND
-
-
-def _positive_seconds(value: Any) -> float:
-    s = _seconds(value)
-    if s <= 0:
-        raise ValueError("must be greater than zero")
-    return s
-
-
-def _servers(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise ValueError("must be a URL or a non-empty list of URLs")
-    for url in value:
-        if not isinstance(url, str) or "://" not in url:
-            raise ValueError(f"{_show(url)} is not a URL like nats://host:4222")
-        scheme, _, rest = url.partition("://")
-        if "@" in rest.split("/", 1)[0]:
-            # Never echo it: the part before '@' is a token or user:password.
-            host = rest.split("/", 1)[0].rpartition("@")[2]
-            raise ValueError(
-                f"credentials in a server URL ({scheme}://***@{host}) are not allowed: "
-                "use token_file or user + password_file"
-            )
-    return tuple(value)
-
-
-def _domain(value: Any) -> str:
-    problem = stream_name_problem(value) if isinstance(value, str) else "must be a string"
-    if problem:
-        raise ValueError(problem)
-    return str(value)
-
-
-def _secret(value: Any) -> Secret:
-    if not isinstance(value, str) or not value:
-        raise ValueError("must be a non-empty string")
-    return Secret(value)
-
-
-def _path(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("must be a file path")
-    return value
-
-
 def _tls(value: Any) -> TlsSettings:
     if not isinstance(value, dict):
         raise ValueError("must be a table (ca_file, cert_file, key_file, server_name, verify)")
@@ -461,15 +244,14 @@ def _tls(value: Any) -> TlsSettings:
         "server_name": _text(256),
         "verify": _bool,
     }
-    unknown = sorted(set(value) - set(known))
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(known)})")
-    parsed = {k: known[k](v) for k, v in value.items()}
+    parsed = _parse_table(value, known)
     if ("cert_file" in parsed) != ("key_file" in parsed):
         raise ValueError("cert_file and key_file go together (client certificate)")
     return TlsSettings(**parsed)
 
 
+# The [nats] keys that may hold a secret inline (refused unless the file is private).
+SECRET_KEYS = frozenset({"token", "password"})
 _NATS_KEYS: dict[str, Parser] = {
     "servers": _servers,
     "name": _text(256),
@@ -486,7 +268,27 @@ _NATS_KEYS: dict[str, Parser] = {
     "creds_file": _path,
     "tls": _tls,
 }
-SECRET_KEYS = frozenset({"token", "password"})
+# The shipped unit (packaging/systemd/kanade-watchdog.service) SIGKILLs the
+# daemon TimeoutStopSec after SIGTERM. stop_timeout bounds the pass in flight
+# and the tasks; after it the daemon still closes its connection (up to 2 s)
+# and the interpreter exits. The margin keeps all of that inside the unit's
+# limit, so a stop is never a kill that cuts a write short.
+UNIT_TIMEOUT_STOP_SEC = 30.0
+STOP_MARGIN = 5.0
+MAX_STOP_TIMEOUT = UNIT_TIMEOUT_STOP_SEC - STOP_MARGIN
+
+
+def _stop_timeout(value: Any) -> float:
+    s = _positive_seconds(value)
+    if s > MAX_STOP_TIMEOUT:
+        raise ValueError(
+            f"must be at most {MAX_STOP_TIMEOUT:g}s, to stop cleanly within the shipped "
+            f"unit's TimeoutStopSec={UNIT_TIMEOUT_STOP_SEC:g}s ({STOP_MARGIN:g}s are kept "
+            "for closing the connection and exiting)"
+        )
+    return s
+
+
 # Ways to authenticate; one at most.
 _AUTH_METHODS = {
     "token": ("token", "token_file"),
@@ -501,7 +303,7 @@ _WATCHDOG_KEYS: dict[str, Parser] = {
     "backoff_max": _positive_seconds,
     "permanent_retry": _positive_seconds,
     "advisories": _bool,
-    "stop_timeout": _positive_seconds,
+    "stop_timeout": _stop_timeout,
     "pass_deadline": _positive_seconds,
     "id": _writer,
     "force_spec": _bool,
@@ -510,41 +312,21 @@ _TOP_KEYS = ("spec_version", "nats", "watchdog", *SECTION.values())
 MAX_SPEC_VERSION = 2**31 - 1
 
 
-class _Problems:
-    """Collects one line per problem, so an operator fixes them all in one go."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.lines: list[str] = []
-
-    def add(self, key: str, message: str) -> None:
-        self.lines.append(f"{self.path}: {key}: {message}")
-
-    def parse(self, key: str, parser: Parser, value: Any) -> Any:
-        try:
-            return parser(value)
-        except (ValueError, TypeError, OverflowError) as exc:
-            secret = key.rpartition(".")[2] in SECRET_KEYS or "***@" in str(exc)
-            shown = "<hidden>" if secret else _show(value)
-            self.add(key, f"{exc}, got {shown}")
-            return None
-
-
-def _table(problems: _Problems, key: str, value: Any) -> dict[str, Any]:
+def _table(problems: Problems, key: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        problems.add(key, f"must be a table, got {_show(value)}")
+        problems.bad(key, "must be a table", value)
         return {}
     return value
 
 
 def _settings(
-    problems: _Problems, section: str, raw: Any, parsers: dict[str, Parser]
+    problems: Problems, section: str, raw: Any, parsers: dict[str, Parser]
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in _table(problems, section, raw).items():
         parser = parsers.get(key)
         if parser is None:
-            problems.add(f"{section}.{_key(key)}", f"unknown key (known: {', '.join(parsers)})")
+            problems.add(f"{section}.{_key(key)}", unknown_key(key, parsers), kind=f"{section}.*")
             continue
         parsed = problems.parse(f"{section}.{key}", parser, value)
         if parsed is not None:
@@ -552,46 +334,61 @@ def _settings(
     return out
 
 
-def _resource(problems: _Problems, kind: Kind, name: str, raw: Any) -> Resource | None:
-    where = f"{SECTION[kind]}.{_key(name)}"
+def _resource(problems: Problems, kind: Kind, name: str, raw: Any) -> Resource | None:
+    """The resource with the fields that parsed, for the cross checks, even when
+    others did not (they are reported); None when even its name is unusable."""
+    section = SECTION[kind]
+    where = f"{section}.{_key(name)}"
     problem = stream_name_problem(name) if kind is Kind.STREAM else bucket_name_problem(name)
     if problem:
-        problems.add(where, f"name {problem}, got {_show(name)}")
+        problems.bad(where, f"name {problem}", name, kind=f"{section}.*")
         return None
-    table = _table(problems, where, raw)
+    if not isinstance(raw, dict):
+        problems.bad(where, "must be a table", raw, kind=f"{section}.*")
+        return None
     parsers = FIELDS[kind]
     declared: dict[str, Any] = {}
     protect = False
-    before = len(problems.lines)
-    for key, value in table.items():
+    for key, value in raw.items():
         if key == "protect":
-            protect = bool(problems.parse(f"{where}.protect", _bool, value))
+            protect = bool(
+                problems.parse(f"{where}.protect", _bool, value, kind=f"{section}.*.protect")
+            )
             continue
         parser = parsers.get(key)
         if parser is None:
             problems.add(
-                f"{where}.{_key(key)}", f"unknown key (known: {', '.join([*parsers, 'protect'])})"
+                f"{where}.{_key(key)}",
+                unknown_key(key, [*parsers, "protect"]),
+                kind=f"{section}.*.*",
             )
             continue
-        parsed = problems.parse(f"{where}.{key}", parser, value)
+        parsed = problems.parse(f"{where}.{key}", parser, value, kind=f"{section}.*.{key}")
         if parsed is not None:
             declared[key] = parsed
     for key in REQUIRED[kind]:
-        if key not in table:
-            problems.add(f"{where}.{key}", "is required")
+        if key not in raw:
+            problems.add(f"{where}.{key}", "is required", kind=f"{section}.*.{key}")
+    if declared.get("allow_rollup_hdrs") and declared.get("deny_purge"):
+        problems.bad(
+            f"{where}.allow_rollup_hdrs",
+            "a roll-up purges older messages, which deny_purge = true forbids "
+            "(the broker refuses the two together)",
+            raw["allow_rollup_hdrs"],
+            kind=f"{section}.*.allow_rollup_hdrs",
+        )
     window, age = declared.get("duplicate_window"), declared.get("max_age")
     if window and age and window > age:
-        problems.add(
+        problems.bad(
             f"{where}.duplicate_window",
-            f"must not be longer than max_age ({format_duration_ns(age)}), "
-            f"got {_show(table['duplicate_window'])}",
+            f"must not be longer than max_age ({format_duration_ns(age)})",
+            raw["duplicate_window"],
+            kind=f"{section}.*.duplicate_window",
         )
-    if len(problems.lines) != before:
-        return None
     return Resource(kind=kind, name=name, declared=declared, protect=protect)
 
 
-def _auth_checks(problems: _Problems, nats: dict[str, Any]) -> None:
+def _auth_checks(problems: Problems, nats: dict[str, Any]) -> None:
     used = [m for m, keys in _AUTH_METHODS.items() if any(k in nats for k in keys)]
     if len(used) > 1:
         problems.add("nats", f"choose one way to authenticate, got {' and '.join(used)}")
@@ -608,11 +405,12 @@ def _identity_subjects(resource: Resource) -> tuple[str, ...]:
         return (f"$KV.{resource.name}.>",)
     if resource.kind is Kind.OBJECT_STORE:
         return (f"$O.{resource.name}.C.>", f"$O.{resource.name}.M.>")
-    subjects: tuple[str, ...] = resource.declared["subjects"]
+    # A stream whose subjects are invalid has none here: they are reported already.
+    subjects: tuple[str, ...] = resource.declared.get("subjects", ())
     return subjects
 
 
-def _cross_checks(problems: _Problems, resources: list[Resource]) -> None:
+def _cross_checks(problems: Problems, resources: list[Resource]) -> None:
     """Names and subjects must be unique across every declared stream."""
     owner: dict[str, Resource] = {}
     for res in resources:
@@ -622,20 +420,26 @@ def _cross_checks(problems: _Problems, resources: list[Resource]) -> None:
                 f"{SECTION[res.kind]}.{_key(res.name)}",
                 f"its stream {res.stream!r} is already declared by "
                 f"{SECTION[other.kind]}.{_key(other.name)}",
+                kind=f"{SECTION[res.kind]}.*",
             )
         owner[res.stream] = res
     index = SubjectIndex()
     claimed_by: dict[str, Resource] = {}
     for res in resources:
         subjects = _identity_subjects(res)
+        # One line per resource, naming the first overlap found: listing every
+        # pair would be n * n lines for n streams that all overlap.
         for subject in subjects:
-            for other_subject in index.overlapping(subject):
-                other = claimed_by[other_subject]
+            found = index.overlapping(subject, limit=1)
+            if found:
+                other = claimed_by[found[0]]
                 problems.add(
                     f"{SECTION[res.kind]}.{_key(res.name)}.subjects",
-                    f"{subject!r} overlaps {other_subject!r} of "
+                    f"{subject!r} overlaps {found[0]!r} of "
                     f"{SECTION[other.kind]}.{_key(other.name)}",
+                    kind=f"{SECTION[res.kind]}.*.subjects",
                 )
+                break
         for subject in subjects:  # a stream's own subjects were checked by _subjects
             if subject not in claimed_by:
                 index.add(subject)
@@ -645,10 +449,10 @@ def _cross_checks(problems: _Problems, resources: list[Resource]) -> None:
 def parse(document: Mapping[str, Any], path: str, *, require_resources: bool = True) -> Config:
     """Validate an already-decoded TOML document. `export` reads files that
     declare nothing yet (`require_resources=False`)."""
-    problems = _Problems(path)
+    problems = Problems(path)
     for key in document:
         if key not in _TOP_KEYS:
-            problems.add(_key(key), f"unknown key (known: {', '.join(_TOP_KEYS)})")
+            problems.add(_key(key), unknown_key(key, _TOP_KEYS), kind="*")
     spec_version = problems.parse(
         "spec_version", _int_range(1, MAX_SPEC_VERSION), document.get("spec_version", 1)
     )
@@ -662,12 +466,12 @@ def parse(document: Mapping[str, Any], path: str, *, require_resources: bool = T
             if res is not None:
                 resources.append(res)
     _cross_checks(problems, resources)
-    if require_resources and not resources and not problems.lines:
+    if require_resources and not resources and not problems.found:
         problems.add(
             "streams",
             "no resources declared (need [streams.*], [kv_buckets.*] or [object_stores.*])",
         )
-    if problems.lines:
+    if problems.found:
         raise ConfigError(problems.lines)
     settings = WatchdogSettings(**watchdog)
     writer = settings.id or writer_id(path)
@@ -686,21 +490,7 @@ def parse(document: Mapping[str, Any], path: str, *, require_resources: bool = T
 
 def load(path: str, *, require_resources: bool = True) -> Config:
     """Read and validate `path`. Every failure is a one-line `ConfigError`."""
-    try:
-        st = os.stat(path)
-        size = st.st_size
-        if os.path.isdir(path):
-            raise ConfigError([f"{path}: is a directory, not a config file"])
-        if size > MAX_FILE_BYTES:
-            raise ConfigError([f"{path}: file is {size} bytes, over the {MAX_FILE_BYTES} limit"])
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
-    except PermissionError:
-        raise ConfigError([f"{path}: permission denied"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    raw, mode = read_config(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -715,116 +505,4 @@ def load(path: str, *, require_resources: bool = True) -> Config:
         raise ConfigError([f"{path}: TOML syntax: nested too deeply"]) from None
     except ValueError as exc:  # an integer beyond Python's 4300-digit limit
         raise ConfigError([f"{path}: TOML value: {exc}"]) from None
-    return _resolve_secrets(parse(document, path, require_resources=require_resources), st.st_mode)
-
-
-ENV_TOKEN = "KANADE_NATS_TOKEN"
-_CREDENTIALS_VAR = re.compile(r"\$\{?CREDENTIALS_DIRECTORY\}?")
-MAX_SECRET_BYTES = 64 * 1024
-
-
-def _expand(path: str, key: str, problems: _Problems) -> str:
-    """Only $CREDENTIALS_DIRECTORY is expanded: that is where systemd's
-    LoadCredential= puts the unit's secrets."""
-    if not _CREDENTIALS_VAR.search(path):
-        return path
-    directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not directory:
-        problems.add(
-            key,
-            "refers to $CREDENTIALS_DIRECTORY, which is not set (give the unit "
-            f"LoadCredential=), got {_show(path)}",
-        )
-        return ""  # reported; the callers skip an empty path
-    return _CREDENTIALS_VAR.sub(lambda _m: directory, path)
-
-
-def _readable(path: str, key: str, problems: _Problems) -> bool:
-    if not path:  # an unexpandable path, already reported
-        return False
-    if not os.path.isfile(path):
-        problems.add(key, f"no such file, got {_show(path)}")
-        return False
-    if not os.access(path, os.R_OK):
-        problems.add(key, f"permission denied, got {_show(path)}")
-        return False
-    return True
-
-
-def _read_secret(path: str, key: str, problems: _Problems) -> Secret | None:
-    if not _readable(path, key, problems):
-        return None
-    with open(path, "rb") as fh:
-        raw = fh.read(MAX_SECRET_BYTES + 1)
-    try:
-        text = raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        text = ""
-    if not text or len(raw) > MAX_SECRET_BYTES:
-        problems.add(key, f"must hold one secret as UTF-8 text, got {_show(path)}")
-        return None
-    return Secret(text)
-
-
-def _check_tls_files(tls: TlsSettings, problems: _Problems) -> None:
-    """Load the CA and key pair once now, so a bad PEM is a config error at
-    start or reload instead of a connection that can never succeed."""
-    try:
-        context = ssl.create_default_context(cafile=tls.ca_file)
-    except (ssl.SSLError, OSError) as exc:
-        problems.add(
-            "nats.tls.ca_file", f"not a usable CA bundle ({exc}), got {_show(tls.ca_file)}"
-        )
-        return
-    if tls.cert_file and tls.key_file:
-        try:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        except (ssl.SSLError, OSError) as exc:
-            problems.add(
-                "nats.tls.cert_file",
-                f"certificate and key do not load ({exc}), got {_show(tls.cert_file)}",
-            )
-
-
-def _resolve_secrets(config: Config, mode: int) -> Config:
-    """Read secret files, check inline secrets are private, take the token from
-    the environment when the file names no way to authenticate."""
-    problems = _Problems(config.path)
-    nats = config.nats
-    changes: dict[str, Any] = {}
-    for key in ("token", "password"):
-        if getattr(nats, key) is not None and mode & 0o077:
-            problems.add(
-                f"nats.{key}",
-                f"an inline secret needs a config file only its owner can read (mode "
-                f"{mode & 0o777:04o}); chmod 600 it or use {key}_file",
-            )
-    for key, target in (("token_file", "token"), ("password_file", "password")):
-        path = getattr(nats, key)
-        if path is not None:
-            changes[target] = _read_secret(
-                _expand(path, f"nats.{key}", problems), f"nats.{key}", problems
-            )
-    for key in ("nkey_seed_file", "creds_file"):
-        path = getattr(nats, key)
-        if path is not None:
-            changes[key] = _expand(path, f"nats.{key}", problems)
-            _readable(changes[key], f"nats.{key}", problems)
-    if nats.tls is not None:
-        tls: dict[str, Any] = {}
-        for key in ("ca_file", "cert_file", "key_file"):
-            path = getattr(nats.tls, key)
-            if path is not None:
-                tls[key] = _expand(path, f"nats.tls.{key}", problems)
-                _readable(tls[key], f"nats.tls.{key}", problems)
-        changes["tls"] = replace(nats.tls, **tls)
-        if not problems.lines:
-            _check_tls_files(changes["tls"], problems)
-    no_auth = not any(
-        (nats.token, nats.token_file, nats.user, nats.nkey_seed_file, nats.creds_file)
-    )
-    if no_auth and os.environ.get(ENV_TOKEN):
-        changes["token"] = Secret(os.environ[ENV_TOKEN])
-    if problems.lines:
-        raise ConfigError(problems.lines)
-    return replace(config, nats=replace(nats, **changes)) if changes else config
+    return resolve_secrets(parse(document, path, require_resources=require_resources), mode)

@@ -7,6 +7,7 @@ the broker refuses with 10065 at create time.
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 MAX_NAME_LEN = 255
@@ -71,6 +72,23 @@ class _Node:
         self.tails: list[str] = []  # subjects that end with '>' right below this node
 
 
+class _Enough(Exception):
+    """The walk found as many subjects as were asked for."""
+
+
+class _Found:
+    __slots__ = ("items", "limit")
+
+    def __init__(self, items: list[str], limit: int | None) -> None:
+        self.items = items
+        self.limit = limit
+
+    def extend(self, subjects: list[str]) -> None:
+        self.items.extend(subjects)
+        if self.limit is not None and len(self.items) >= self.limit:
+            raise _Enough
+
+
 class SubjectIndex:
     """Subjects filed token by token, so finding the ones a new subject
     overlaps costs about its own length, not the number already filed."""
@@ -88,13 +106,15 @@ class SubjectIndex:
         else:
             node.children.setdefault(tokens[-1], _Node()).ends.append(subject)
 
-    def overlapping(self, subject: str) -> list[str]:
-        """Every filed subject that some concrete subject matches along with `subject`."""
+    def overlapping(self, subject: str, *, limit: int | None = None) -> list[str]:
+        """Every filed subject that some concrete subject matches along with
+        `subject`; with `limit`, the walk stops once that many are found."""
         found: list[str] = []
-        self._walk(self._root, subject.split("."), 0, found)
-        return found
+        with contextlib.suppress(_Enough):
+            self._walk(self._root, subject.split("."), 0, _Found(found, limit))
+        return found[:limit] if limit is not None else found
 
-    def _walk(self, node: _Node, tokens: list[str], i: int, found: list[str]) -> None:
+    def _walk(self, node: _Node, tokens: list[str], i: int, found: _Found) -> None:
         found.extend(node.tails)  # '>' filed here takes any rest of one token or more
         token = tokens[i]
         if token == ">":
@@ -116,7 +136,7 @@ class SubjectIndex:
             else:
                 self._walk(child, tokens, i + 1, found)
 
-    def _everything_below(self, node: _Node, found: list[str]) -> None:
+    def _everything_below(self, node: _Node, found: _Found) -> None:
         for child in node.children.values():
             found.extend(child.ends)
             found.extend(child.tails)

@@ -17,8 +17,12 @@ import pytest
 from kanade_watchdog import cli, exitcodes
 from kanade_watchdog.config import (
     MAX_FILE_BYTES,
+    MAX_STOP_TIMEOUT,
+    STOP_MARGIN,
+    UNIT_TIMEOUT_STOP_SEC,
     Config,
     Kind,
+    WatchdogSettings,
     load,
     parse,
 )
@@ -89,10 +93,10 @@ def test_unknown_keys_are_errors(tmp_path: Path, text: str, key: str) -> None:
 
 
 def test_unknown_placement_key_is_an_error(tmp_path: Path) -> None:
-    """An unknown key inside a placement table is named in the problem line."""
+    """An unknown key inside a placement table is its own line, at its own key path."""
     path, lines = problems_of(tmp_path, BASE + 'placement = { cluster = "c", zone = "z" }\n')
-    line = line_for(lines, path, "streams.S.placement")
-    assert "'zone'" in line
+    assert "unknown key" in line_for(lines, path, "streams.S.placement.zone")
+    assert len(lines) == 1
 
 
 # --- bad values: key path and the value shown ------------------------------------
@@ -138,8 +142,8 @@ BAD_VALUES = [
     (S + "description = 5\n", "streams.S.description", "got 5"),
     (S + "allow_direct = 'yes'\n", "streams.S.allow_direct", "got 'yes'"),
     (S + "deny_delete = 1\n", "streams.S.deny_delete", "got 1"),
-    (S + "metadata = { '_nats.level' = '1' }\n", "streams.S.metadata", "_nats.level"),
-    (S + "metadata = { owner = 1 }\n", "streams.S.metadata", "got {'owner': 1}"),
+    (S + "metadata = { '_nats.level' = '1' }\n", 'streams.S.metadata."_nats.level"', "_nats.*"),
+    (S + "metadata = { owner = 1 }\n", "streams.S.metadata.owner", "got 1"),
     (S + "metadata = 'owner'\n", "streams.S.metadata", "got 'owner'"),
     (S + "placement = 'eu'\n", "streams.S.placement", "got 'eu'"),
     (S + "placement = { tags = [''] }\n", "streams.S.placement", "got {'tags': ['']}"),
@@ -183,7 +187,7 @@ def test_long_values_are_shortened_in_problem_lines(tmp_path: Path) -> None:
     """A huge bad value is shown truncated, so one problem stays one readable line."""
     path, lines = problems_of(tmp_path, S + f"description = '{'x' * 5000}'\n")
     line = line_for(lines, path, "streams.S.description")
-    assert "longer than 4096" in line
+    assert "over the broker's 4096-byte limit" in line
     assert line.endswith("...")
     assert len(line) < len(path) + 200
 
@@ -366,6 +370,44 @@ def test_duplicate_window_within_max_age_loads(tmp_path: Path, window: str, age:
 def test_sub_100ms_max_age_is_refused(tmp_path: Path, text: str) -> None:
     """A max_age/ttl the broker refuses (non-zero, under 100ms) is a config error."""
     problems_of(tmp_path, text)
+
+
+# --- metadata the watchdog's own marker writes -------------------------------------
+
+
+def marker_keys() -> list[str]:
+    """The keys the marker writes on every write, read from the marker itself, so a
+    key added to it later is covered too."""
+    from kanade_watchdog.config import Resource
+    from kanade_watchdog.desired import marker
+
+    keys = list(marker(Resource(kind=Kind.STREAM, name="S", declared={"subjects": ("s.>",)})))
+    assert keys, "the marker writes at least one key"
+    return keys
+
+
+@pytest.mark.parametrize("key", [*marker_keys(), "kanade.writer", "kanade.anything"])
+def test_metadata_keys_of_the_marker_are_refused(tmp_path: Path, key: str) -> None:
+    """A declared metadata key under `kanade.` (the marker's own) is one config error
+    naming its key path: declaring it would make every write overwrite the other."""
+    text = S + f'metadata = {{ owner = "ops", "{key}" = "2" }}\n'
+    path, lines = problems_of(tmp_path, text)
+    assert len(lines) == 1, lines
+    line = line_for(lines, path, f'streams.S.metadata."{key}"')
+    assert "kanade." in line.split(": ", 2)[2]
+    assert line.endswith("got '2'")
+
+
+def test_metadata_keys_near_the_marker_load(tmp_path: Path) -> None:
+    """Keys that only look like the marker's (no dot, other case, inside) are the
+    operator's own and load."""
+    text = S + 'metadata = { kanade = "1", "Kanade.x" = "2", "team.kanade.y" = "3" }\n'
+    config = load(str(write(tmp_path, text)))
+    assert dict(config.resources[0].declared["metadata"]) == {
+        "kanade": "1",
+        "Kanade.x": "2",
+        "team.kanade.y": "3",
+    }
 
 
 # --- several problems at once -----------------------------------------------------
@@ -619,6 +661,46 @@ def test_parse_takes_a_decoded_document() -> None:
     with pytest.raises(ConfigError) as info:
         parse(doc, "<memory>")
     assert info.value.problems[0].startswith("<memory>: kv_buckets.jobs.history: ")
+
+
+# --- stop_timeout and the shipped unit ------------------------------------------------
+
+UNIT = Path(__file__).resolve().parent.parent / "packaging" / "systemd" / "kanade-watchdog.service"
+
+
+def unit_timeout_stop_seconds() -> float:
+    """TimeoutStopSec= of the shipped unit, in seconds."""
+    found = re.findall(r"^TimeoutStopSec=(\S+)\s*$", UNIT.read_text(), re.MULTILINE)
+    assert len(found) == 1, found
+    return parse_duration_ns(found[0]) / SEC
+
+
+def test_stop_timeout_limit_stays_below_the_units_timeout_stop() -> None:
+    """The largest stop_timeout validate accepts leaves the margin it promises below
+    the shipped unit's TimeoutStopSec, read from the unit file itself."""
+    unit = unit_timeout_stop_seconds()
+    assert unit == UNIT_TIMEOUT_STOP_SEC, "update UNIT_TIMEOUT_STOP_SEC with the unit"
+    assert unit - STOP_MARGIN == MAX_STOP_TIMEOUT
+    assert 0 < MAX_STOP_TIMEOUT < unit
+    assert WatchdogSettings().stop_timeout <= MAX_STOP_TIMEOUT
+
+
+@pytest.mark.parametrize("value", ['"26s"', '"120s"', "90"], ids=str)
+def test_stop_timeout_past_the_units_limit_is_refused(tmp_path: Path, value: str) -> None:
+    """A stop_timeout the unit would cut short by SIGKILL is refused, and the line
+    says why (the unit's TimeoutStopSec and the margin)."""
+    path, lines = problems_of(tmp_path, f"[watchdog]\nstop_timeout = {value}\n" + BASE)
+    line = line_for(lines, path, "watchdog.stop_timeout")
+    assert f"must be at most {MAX_STOP_TIMEOUT:g}s" in line
+    assert f"TimeoutStopSec={UNIT_TIMEOUT_STOP_SEC:g}s" in line
+    assert line.endswith(f"got {value.replace(chr(34), chr(39))}")
+
+
+@pytest.mark.parametrize(("value", "seconds"), [('"25s"', 25.0), ('"500ms"', 0.5), ("3", 3.0)])
+def test_stop_timeout_within_the_limit_loads(tmp_path: Path, value: str, seconds: float) -> None:
+    """Up to the limit, stop_timeout loads as given."""
+    config = load(str(write(tmp_path, f"[watchdog]\nstop_timeout = {value}\n" + BASE)))
+    assert config.watchdog.stop_timeout == seconds
 
 
 # --- the repo's own config.toml ---------------------------------------------------

@@ -181,8 +181,7 @@ def test_every_declarable_stream_field_is_written_readably() -> None:
         placement={"cluster": "east", "tags": ["ssd", "az:1"]},
         allow_direct=True,
         deny_delete=True,
-        deny_purge=True,
-        allow_rollup_hdrs=True,
+        deny_purge=True,  # roll-ups stay off: the broker refuses them with deny_purge
         metadata={
             "_nats.req.level": "0",
             "kanade.managed_by": "kanade-watchdog",
@@ -210,7 +209,6 @@ def test_every_declarable_stream_field_is_written_readably() -> None:
         "allow_direct": True,
         "deny_delete": True,
         "deny_purge": True,
-        "allow_rollup_hdrs": True,
         "metadata": {"owner": "ops"},
     }
     assert not result.left_out

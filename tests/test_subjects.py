@@ -4,6 +4,7 @@ catch what the broker would refuse with 10065."""
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -202,3 +203,40 @@ def test_subject_index_agrees_with_pairwise_overlap(filed: list[str], probe: str
         index.add(subject)
     expected = sorted(s for s in dict.fromkeys(filed) if subjects_overlap(probe, s))
     assert sorted(index.overlapping(probe)) == expected
+
+
+@given(filed=st.lists(_filters(), max_size=12), probe=_filters(), limit=st.integers(1, 4))
+def test_subject_index_limit_returns_a_prefix_of_the_overlaps(
+    filed: list[str], probe: str, limit: int
+) -> None:
+    """With a limit, the index returns that many overlapping subjects (or all there
+    are, if fewer), each one a true overlap."""
+    index = SubjectIndex()
+    for subject in dict.fromkeys(filed):
+        index.add(subject)
+    everything = index.overlapping(probe)
+    some = index.overlapping(probe, limit=limit)
+    assert len(some) == min(limit, len(everything))
+    assert set(some) <= set(everything)
+
+
+def test_subject_index_limit_stops_the_walk_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asking for one overlap among thousands visits few of them: the early stop is
+    what keeps thousands of overlapping streams cheap to check."""
+    index = SubjectIndex()
+    for i in range(5000):
+        index.add(f"a.x{i}.*")
+    visits = 0
+    walk = SubjectIndex._walk
+
+    def counting(self: SubjectIndex, *args: Any) -> None:
+        nonlocal visits
+        visits += 1
+        walk(self, *args)
+
+    monkeypatch.setattr(SubjectIndex, "_walk", counting)
+    assert len(index.overlapping("a.*.b", limit=1)) == 1
+    assert visits < 10
+    visits = 0
+    assert len(index.overlapping("a.*.b")) == 5000
+    assert visits > 5000
