@@ -30,6 +30,7 @@ from .cluster import cluster_facts
 from .config import DEFAULT_PATH, ENV_PATH, Config, load
 from .connection import connect_once
 from .errors import BrokerError, ConfigError
+from .export import undeclared
 from .export_cmd import add_arguments as add_export_arguments
 from .export_cmd import export_command
 from .logs import setup_logging
@@ -128,14 +129,17 @@ async def _observe(config: Config) -> tuple[Broker, dict[str, Observed]]:
     return broker, observed
 
 
-async def _observe_and_plan(config: Config) -> tuple[Broker, list[Decision]]:
+async def _observe_and_plan(
+    config: Config,
+) -> tuple[Broker, list[Decision], list[render.Undeclared]]:
     broker, observed = await _observe(config)
-    return broker, plan(config.resources, observed, utcnow())
+    extra = undeclared(set(config.by_stream()), observed, config.ignore)
+    return broker, plan(config.resources, observed, utcnow()), extra
 
 
 async def _plan(config: Config, args: argparse.Namespace, path: str) -> Output:
     started = time.perf_counter()
-    broker, decisions = await _observe_and_plan(config)
+    broker, decisions, extra = await _observe_and_plan(config)
     await broker.nc.close()
     elapsed = time.perf_counter() - started
     pending = any(d.action is not Action.IN_SYNC for d in decisions)
@@ -149,16 +153,18 @@ async def _plan(config: Config, args: argparse.Namespace, path: str) -> Output:
             seconds=elapsed,
             config=path,
             exit_code=code,
+            undeclared=extra,
         )
         return Output(code, [doc], raw=True)
     lines = [line for d in decisions for line in render.decision_lines(d, verbose=args.verbose)]
-    lines.append(render.plan_footer(decisions, config=path))
+    lines += render.undeclared_lines(extra)
+    lines.append(render.plan_footer(decisions, config=path, undeclared=extra))
     return Output(code, lines)
 
 
 async def _apply(config: Config, args: argparse.Namespace, path: str) -> Output:
     started = time.perf_counter()
-    broker, decisions = await _observe_and_plan(config)
+    broker, decisions, _ = await _observe_and_plan(config)
     try:
         now = utcnow()
         outcomes: list[Outcome] = await asyncio.gather(
@@ -196,7 +202,10 @@ async def _check(config: Config) -> render.CheckReport:
     await broker.nc.close()
     decisions = plan(config.resources, observed, utcnow())
     facts = cluster_facts(config.resources, observed)
-    return render.check_report(decisions, facts, seconds=time.perf_counter() - started)
+    extra = undeclared(set(config.by_stream()), observed, config.ignore)
+    return render.check_report(
+        decisions, facts, seconds=time.perf_counter() - started, undeclared=extra
+    )
 
 
 def _check_output(report: render.CheckReport, *, as_json: bool, path: str) -> Output:

@@ -141,6 +141,9 @@ class Config:
     nats: NatsSettings = field(default_factory=NatsSettings)
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     resources: tuple[Resource, ...] = ()
+    # Globs of broker streams (or bucket names) that plan and check do not
+    # report as undeclared: the ones another tool is expected to own.
+    ignore: tuple[str, ...] = ()
 
     def by_stream(self) -> dict[str, Resource]:
         return {r.stream: r for r in self.resources}
@@ -250,6 +253,12 @@ def _tls(value: Any) -> TlsSettings:
     return TlsSettings(**parsed)
 
 
+def _globs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError('must be a list of name patterns, e.g. ["TMP_*", "KV_cache_*"]')
+    return tuple(value)
+
+
 # The [nats] keys that may hold a secret inline (refused unless the file is private).
 SECRET_KEYS = frozenset({"token", "password"})
 _NATS_KEYS: dict[str, Parser] = {
@@ -308,7 +317,7 @@ _WATCHDOG_KEYS: dict[str, Parser] = {
     "id": _writer,
     "force_spec": _bool,
 }
-_TOP_KEYS = ("spec_version", "nats", "watchdog", *SECTION.values())
+_TOP_KEYS = ("spec_version", "ignore", "nats", "watchdog", *SECTION.values())
 MAX_SPEC_VERSION = 2**31 - 1
 
 
@@ -456,6 +465,7 @@ def parse(document: Mapping[str, Any], path: str, *, require_resources: bool = T
     spec_version = problems.parse(
         "spec_version", _int_range(1, MAX_SPEC_VERSION), document.get("spec_version", 1)
     )
+    ignore = problems.parse("ignore", _globs, document.get("ignore", []))
     nats = _settings(problems, "nats", document.get("nats", {}), _NATS_KEYS)
     _auth_checks(problems, nats)
     watchdog = _settings(problems, "watchdog", document.get("watchdog", {}), _WATCHDOG_KEYS)
@@ -479,6 +489,7 @@ def parse(document: Mapping[str, Any], path: str, *, require_resources: bool = T
         path=path,
         spec_version=spec_version,
         writer=writer,
+        ignore=ignore,
         nats=NatsSettings(**nats),
         watchdog=settings,
         resources=tuple(

@@ -20,12 +20,14 @@ from typing import Any
 from . import exitcodes
 from .apply import Outcome, Result, kind_word
 from .cluster import ClusterFacts
-from .config import Resource
+from .config import Kind, Resource
 from .errors import BrokerError, BrokerUnavailable, PermissionDenied
 from .plan import Action, Change, Decision, Stake, show
 from .printable import escape, key, quote
 
 JSON_FORMAT = 1
+
+Undeclared = tuple[Kind, str]  # a stream on the broker that no declared resource is
 
 
 # --- values and changes -----------------------------------------------------------------
@@ -163,9 +165,21 @@ def plan_summary(decisions: Sequence[Decision]) -> str:
     return f"{counts[Action.IN_SYNC]}/{total} in sync; " + ", ".join(parts)
 
 
-def plan_footer(decisions: Sequence[Decision], *, config: str) -> str:
+def plan_footer(
+    decisions: Sequence[Decision], *, config: str, undeclared: Sequence[Undeclared] = ()
+) -> str:
     """The last line of `plan`: the summary and the file it was planned from."""
-    return f"{plan_summary(decisions)} (config {config})"
+    extra = f"; {len(undeclared)} not declared" if undeclared else ""
+    return f"{plan_summary(decisions)}{extra} (config {config})"
+
+
+def undeclared_lines(undeclared: Sequence[Undeclared]) -> list[str]:
+    """What the broker holds that the file does not declare: reported, never touched."""
+    return [f"? {kind_word(kind)} {escape(name)}: not declared" for kind, name in undeclared]
+
+
+def undeclared_json(undeclared: Sequence[Undeclared]) -> list[dict[str, str]]:
+    return [{"kind": str(kind), "name": name} for kind, name in undeclared]
 
 
 def outcome_line(o: Outcome) -> str:
@@ -244,6 +258,7 @@ def report_json(
     seconds: float,
     config: str,
     exit_code: int,
+    undeclared: Sequence[Undeclared] = (),
 ) -> str:
     """The stable `--json` document of plan and apply."""
     return json.dumps(
@@ -253,6 +268,7 @@ def report_json(
             "in_sync": in_sync,
             "summary": summary,
             "resources": resources,
+            "undeclared": undeclared_json(undeclared),
             "requests": request_counts(requests),
             "seconds": round(seconds, 4),
             "error": "",
@@ -351,6 +367,7 @@ class CheckReport:
     perf: Mapping[str, int] = field(default_factory=dict)  # empty when check failed
     seconds: float = 0.0
     problems: Sequence[str] = ()  # why check could not look (then perf is empty)
+    undeclared: Sequence[str] = ()  # on the broker, not in the file (report only)
 
     @property
     def code(self) -> int:
@@ -372,6 +389,7 @@ class CheckReport:
             "config": config,
             **extra,
             **{name: list(self.groups.get(name, [])) for name, _, _ in _CHECK_GROUPS},
+            "undeclared": list(self.undeclared),
             "perfdata": {**self.perf, "time": round(self.seconds, 4)},
             "seconds": round(self.seconds, 4),
             "error": "",
@@ -382,7 +400,11 @@ class CheckReport:
 
 
 def check_report(
-    decisions: Sequence[Decision], facts: ClusterFacts, *, seconds: float
+    decisions: Sequence[Decision],
+    facts: ClusterFacts,
+    *,
+    seconds: float,
+    undeclared: Sequence[Undeclared] = (),
 ) -> CheckReport:
     """Every fact at once, worst status first: a CRITICAL still names what
     drifted or is blocked."""
@@ -405,6 +427,8 @@ def check_report(
         "resources": total,
         "in_sync": len(by_action[Action.IN_SYNC]),
         **{name: len(groups[name]) for name in _PERF_ORDER},
+        # Report only: what the broker holds beyond the file never raises the status.
+        "undeclared": len(undeclared),
     }
     raised = [status for name, _, status in _CHECK_GROUPS if groups[name]]
     status = "CRITICAL" if "CRITICAL" in raised else "WARNING" if raised else "OK"
@@ -412,7 +436,14 @@ def check_report(
         f"{words}: {', '.join(groups[name])}" for name, words, _ in _CHECK_GROUPS if groups[name]
     ]
     text = "; ".join(parts) if parts else f"{total}/{total} in sync"
-    return CheckReport(status, text, groups=groups, perf=perf, seconds=seconds)
+    return CheckReport(
+        status,
+        text,
+        groups=groups,
+        perf=perf,
+        seconds=seconds,
+        undeclared=[f"{kind_word(kind)} {name}" for kind, name in undeclared],
+    )
 
 
 def check_failure(status: str, problems: Sequence[str]) -> CheckReport:

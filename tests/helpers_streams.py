@@ -79,6 +79,7 @@ TOP_JSON_KEYS = frozenset(
         "in_sync",
         "summary",
         "resources",
+        "undeclared",
         "requests",
         "seconds",
         "error",

@@ -198,7 +198,7 @@ def test_critical_check_names_drift_and_blocked_too() -> None:
         "JETSTREAM CRITICAL - missing: A; no leader: F; drifted: B; blocked: C; "
         "newer spec present: D; replicas behind: G 2/3 | resources=5 in_sync=1 missing=1 "
         "drifted=1 blocked=1 newer_spec=1 leaderless=1 replicas_behind=1 suspicious_marker=0 "
-        "time=0.004s"
+        "undeclared=0 time=0.004s"
     )
 
 
