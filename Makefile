@@ -33,15 +33,17 @@ $(STAMP): pyproject.toml | system-packages
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
+# The checkout's package with this venv's Python; Ctrl-C exits 0 (see the script).
 run: setup
-	@scripts/run-local
+	@KANADE_VENV=$(VENV) scripts/run-local
 
 lint: setup
-	$(BIN)/ruff check kanade_watchdog tests bench
-	$(BIN)/ruff format --check kanade_watchdog tests bench
+	$(BIN)/ruff check kanade_watchdog tests bench scripts/portcheck.py
+	$(BIN)/ruff format --check kanade_watchdog tests bench scripts/portcheck.py
 
 typecheck: setup
 	$(BIN)/mypy
+	$(BIN)/mypy scripts/portcheck.py
 
 pytest: setup
 	$(BIN)/pytest -q
