@@ -7,9 +7,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages: libsystemd-dev/pkg-config/gcc/python3-dev build systemd-python;
-# systemd-container gives systemd-nspawn for the end-to-end tests under a real systemd;
-# openssl makes the test CA and certificates for the TLS tests.
+# Debian packages (README.md lists the same ones; tests/test_operator_commands.py
+# checks): libsystemd-dev/pkg-config/gcc/python3-dev build systemd-python;
+# python3-venv makes .venv; systemd-container gives systemd-nspawn and systemd
+# the init it boots for the end-to-end tests; procps has the /bin/kill of the
+# unit's ExecReload; openssl makes the test CA and certificates for the TLS tests.
 DEBS   := libsystemd-dev pkg-config gcc python3-dev python3-venv systemd-container systemd procps openssl
 
 .PHONY: setup system-packages run test lint typecheck pytest bench soak chaos clean

@@ -49,6 +49,8 @@ def _read_until(fd: int, pattern: re.Pattern[str], out: list[str], within: float
     """Append what `fd` yields to `out` until `pattern` shows up (True), the
     other side closes (False) or `within` seconds pass (False)."""
     deadline = time.monotonic() + within
+    if pattern.search("".join(out)):
+        return True
     while time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 0.1)
         if not ready:
@@ -291,3 +293,64 @@ def test_make_run_exits_0_after_ctrl_c_in_a_terminal(tmp_path: Path) -> None:
         _kill_session(proc.pid)
         proc.wait()
         os.close(master)
+
+
+def _makefile_debs() -> list[str]:
+    """The DEBS list the Makefile installs, continuation lines included."""
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    match = re.search(r"^DEBS\s*:?=(.*)$", text, re.M)
+    assert match is not None, "no DEBS in the Makefile"
+    return match[1].split()
+
+
+def _readme_debs() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    found: list[str] = re.findall(r"Debian packages\s+`([^`]+)`", text)
+    assert len(found) == 1, found
+    return found[0].split()
+
+
+def test_readme_lists_the_debian_packages_make_installs() -> None:
+    """The README names exactly the Debian packages `make` installs, no more,
+    no fewer (it once listed 6 of 9)."""
+    makefile, readme = _makefile_debs(), _readme_debs()
+    assert len(makefile) == len(set(makefile))
+    assert sorted(readme) == sorted(makefile)
+
+
+def _watch_it_heal() -> tuple[list[str], list[str]]:
+    """The README's "Watch it heal" snippets (Python fed to .venv/bin/python)
+    and the daemon lines it says they produce, without their timestamps."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("### Watch it heal", 1)[1].split("\n## ", 1)[0]
+    heredoc = r"```sh\n\.venv/bin/python - <<'EOF'\n(.*?)\nEOF\n```"
+    snippets: list[str] = re.findall(heredoc, section, re.S)
+    shown: list[str] = re.findall(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO\s+.*)$", section, re.M)
+    shown += [f"INFO    {line}" for line in re.findall(r"it logs `([^`]+)`", section)]
+    return snippets, shown
+
+
+def test_readme_watch_it_heal_does_what_it_says(tmp_path: Path) -> None:
+    """Each "Watch it heal" snippet, run against `make run`'s broker, makes the
+    daemon log exactly the lines the README shows (no tool the setup does
+    not install)."""
+    snippets, shown = _watch_it_heal()
+    assert len(snippets) == 2
+    assert len(shown) == 3
+    with _listener() as probe:
+        port = probe.getsockname()[1]
+    proc = _run_local(tmp_path / "run", port)
+    assert proc.stdout is not None
+    out: list[str] = []
+    try:
+        assert _read_until(proc.stdout.fileno(), READY, out, within=60), "".join(out)
+        for snippet in snippets:
+            code = snippet.replace("nats://127.0.0.1:4222", f"nats://127.0.0.1:{port}")
+            subprocess.run([sys.executable, "-"], input=code, text=True, check=True, timeout=30)
+        for line in shown:
+            pattern = re.compile(re.escape(" ".join(line.split())).replace(r"\ ", r"\s+"))
+            assert _read_until(proc.stdout.fileno(), pattern, out, within=10), (line, "".join(out))
+    finally:
+        _kill_session(proc.pid)
+        proc.wait()
+        proc.stdout.close()
