@@ -66,5 +66,8 @@ chaos: setup
 soak: setup
 	$(BIN)/python -m bench.soak --minutes 10
 
+# /opt/kanade-watchdog-e2e: the end-to-end venv cache older versions kept
+# (the tests now remove their runtime directory themselves).
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
+	@if [ -d /opt/kanade-watchdog-e2e ]; then rm -rf /opt/kanade-watchdog-e2e; fi

@@ -26,6 +26,7 @@ import nats
 import pytest
 
 from tests.conftest import REPO
+from tests.e2e.machine import session_dir, sweep_sessions
 from tests.natsserver import NatsServer
 
 RUN_LOCAL = REPO / "scripts" / "run-local"
@@ -354,3 +355,40 @@ def test_readme_watch_it_heal_does_what_it_says(tmp_path: Path) -> None:
         _kill_session(proc.pid)
         proc.wait()
         proc.stdout.close()
+
+
+def test_e2e_runtime_dir_is_removed_when_the_session_ends(tmp_path: Path) -> None:
+    """The end-to-end runtime (a venv of about 86 MB) lives in a directory of
+    the session's own, readable by the service's dynamic user, and nothing
+    of it is left once the session is over."""
+    with session_dir(tmp_path) as base:
+        assert base.parent == tmp_path
+        assert base.stat().st_mode & 0o777 == 0o755
+        (base / "venv" / "bin").mkdir(parents=True)
+        (base / "venv" / "bin" / "python").write_text("")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_e2e_runtime_of_a_killed_session_is_removed_by_the_next(tmp_path: Path) -> None:
+    """A session killed with SIGKILL cannot clean up; the next session removes
+    its directory, and never the directory of a session still running."""
+    code = (
+        "import sys, time; from pathlib import Path; "
+        "from tests.e2e.machine import session_dir\n"
+        "with session_dir(Path(sys.argv[1])) as base:\n"
+        "    (base / 'venv').mkdir(); print(base, flush=True); time.sleep(60)\n"
+    )
+    killed = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert killed.stdout is not None
+    left = Path(killed.stdout.readline().strip())
+    killed.kill()
+    killed.wait()
+    killed.stdout.close()
+    assert (left / "venv").is_dir()
+    with session_dir(tmp_path) as running:
+        assert not left.exists()
+        assert sweep_sessions(tmp_path) == []
+        assert running.is_dir()
+    assert list(tmp_path.iterdir()) == []
