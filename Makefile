@@ -7,9 +7,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages: libsystemd-dev/pkg-config/gcc/python3-dev build systemd-python;
-# systemd-container gives systemd-nspawn for the end-to-end tests under a real systemd;
-# openssl makes the test CA and certificates for the TLS tests.
+# Debian packages (README.md lists the same ones; tests/test_operator_commands.py
+# checks): libsystemd-dev/pkg-config/gcc/python3-dev build systemd-python;
+# python3-venv makes .venv; systemd-container gives systemd-nspawn and systemd
+# the init it boots for the end-to-end tests; procps has the /bin/kill of the
+# unit's ExecReload; openssl makes the test CA and certificates for the TLS tests;
+# prometheus brings promtool and the server the metrics tests scrape with.
 DEBS   := libsystemd-dev pkg-config gcc python3-dev python3-venv systemd-container systemd procps openssl prometheus
 
 .PHONY: setup system-packages run test lint typecheck pytest bench soak chaos clean
@@ -65,15 +68,17 @@ $(STAMP): pyproject.toml | system-packages
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
+# The checkout's package with this venv's Python; Ctrl-C exits 0 (see the script).
 run: setup
-	@scripts/run-local
+	@KANADE_VENV=$(VENV) scripts/run-local
 
 lint: setup
-	$(BIN)/ruff check kanade_watchdog tests bench
-	$(BIN)/ruff format --check kanade_watchdog tests bench
+	$(BIN)/ruff check kanade_watchdog tests bench scripts/portcheck.py
+	$(BIN)/ruff format --check kanade_watchdog tests bench scripts/portcheck.py
 
 typecheck: setup
 	$(BIN)/mypy
+	$(BIN)/mypy scripts/portcheck.py
 
 pytest: setup
 	$(BIN)/pytest -q
@@ -94,5 +99,8 @@ chaos: setup
 soak: setup
 	$(BIN)/python -m bench.soak --minutes 10
 
+# /opt/kanade-watchdog-e2e: the end-to-end venv cache older versions kept
+# (the tests now remove their runtime directory themselves).
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
+	@if [ -d /opt/kanade-watchdog-e2e ]; then rm -rf /opt/kanade-watchdog-e2e; fi

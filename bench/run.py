@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import nats
 from nats.aio.client import Client
 
 from kanade_watchdog import config as cfg
+from kanade_watchdog import desired
 from kanade_watchdog.apply import execute
 from kanade_watchdog.broker import Broker
 from kanade_watchdog.plan import Action, Observed, decide, plan
@@ -38,6 +40,11 @@ from tests.natsserver import NatsServer
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_PERIOD = 0.1  # far shorter than any production timer: flatters the seed
+HEAL_WAIT = 30.0  # seconds a heal may take before its row is reported as failed
+# After a delete heal, before the re-created stream's directory is checked: the
+# broker's removal of the deleted stream lands within a few ms when it races.
+LOST_FILES_SETTLE = 0.02
+FAILURES: list[str] = []  # every failed row or section, summed up at the end
 
 
 def pct(values: list[float], q: float) -> float:
@@ -64,14 +71,21 @@ def process(args: list[str], ready: str) -> Iterator[subprocess.Popen[str]]:
         if ready in line:
             break
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{args} did not get ready")
+            proc.kill()
+            raise RuntimeError(f"{args[2]} did not get ready in 20s")
+    else:
+        proc.wait()
+        raise RuntimeError(f"{args[2]} exited {proc.returncode} before it was ready")
     # Keep reading: a full pipe would block the healer's logging.
-    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    drain = threading.Thread(target=proc.stdout.read, daemon=True)
+    drain.start()
     try:
         yield proc
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        drain.join(timeout=5)
+        proc.stdout.close()
 
 
 def daemon(conf: Path) -> list[str]:
@@ -96,11 +110,89 @@ async def _info(nc: Client, stream: str) -> dict[str, Any]:
     return doc
 
 
+@dataclass
+class Row:
+    """One (kind, fault) row: the heal times, or why the trials stopped, and
+    how many re-created streams lost their files to the broker's removal of
+    the deleted one (repaired, untimed, before the next trial)."""
+
+    kind: str
+    fault: str
+    samples: list[float] = field(default_factory=list)
+    error: str | None = None
+    lost_files: int = 0
+
+
+async def _create(nc: Client, res: cfg.Resource) -> None:
+    body = json.dumps(desired.create_config(res)).encode()
+    deadline = time.monotonic() + 10
+    while "config" not in await _info(nc, res.stream) and time.monotonic() < deadline:
+        await nc.request(f"$JS.API.STREAM.CREATE.{res.stream}", body, timeout=2)
+        await asyncio.sleep(0.01)
+
+
+def _has_files(files: Path) -> bool:
+    return files.is_dir()  # one stat on the local store: not worth a thread
+
+
+async def _restore(nc: Client, res: cfg.Resource, files: Path | None) -> None:
+    """Put the resource back as a working stream, so the next trial or row
+    starts from the declared state: missing (a heal that never came) or
+    listed without its directory (a re-create the broker's removal of the
+    deleted stream caught up with; publishes to it time out)."""
+    await _create(nc, res)
+    deadline = time.monotonic() + 10
+    while files is not None and not _has_files(files):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{res.stream} still has no files after 10s of repairs")
+        await nc.request(f"$JS.API.STREAM.DELETE.{res.stream}", b"", timeout=2)
+        await asyncio.sleep(0.2)  # the healer re-creates it meanwhile, or we do
+        await _create(nc, res)
+        await asyncio.sleep(0.2)
+
+
+async def _one_trial(
+    nc: Client, queue: asyncio.Queue[str], res: cfg.Resource, fault: str, drift: tuple[str, int]
+) -> float:
+    """One fault, then ms until the resource is back as declared."""
+    stream = res.stream
+    await asyncio.sleep(0.01)  # let the healer settle its own echo
+    while not queue.empty():
+        queue.get_nowait()
+    if fault == "delete":
+        await nc.request(f"$JS.API.STREAM.DELETE.{stream}", b"", timeout=2)
+    else:
+        config = dict((await _info(nc, stream))["config"])
+        config[drift[0]] = drift[1]
+        answer = await nc.request(
+            f"$JS.API.STREAM.UPDATE.{stream}", json.dumps(config).encode(), timeout=2
+        )
+        if b'"error"' in answer.data:
+            raise RuntimeError(f"the drift update was refused: {answer.data.decode()}")
+    t0 = time.perf_counter()
+    while True:
+        try:
+            subject = await asyncio.wait_for(queue.get(), HEAL_WAIT)
+        except TimeoutError:
+            raise RuntimeError(f"not healed in {HEAL_WAIT:g}s") from None
+        if not subject.endswith("." + stream) or ".DELETED." in subject:
+            continue
+        info = await _info(nc, stream)
+        if "config" not in info:
+            continue
+        observed = Observed(config=info["config"], state=info["state"])
+        if decide(res, observed, utcnow()).action is Action.IN_SYNC:
+            return (time.perf_counter() - t0) * 1000
+
+
 async def heal_trials(
-    url: str, conf: cfg.Config, trials: int
-) -> dict[tuple[str, str], list[float]]:
+    url: str, conf: cfg.Config, trials: int, *, store: Path | None = None
+) -> list[Row]:
     """From the observer's delete/update returning until the observer sees the
-    resource back with its declared config, per (kind, fault)."""
+    resource back with its declared config, per (kind, fault). A row whose
+    trial is not healed stops there and says so; the other rows still run.
+    With the broker's `store` directory, every re-created stream is also
+    checked on disk a moment after its heal."""
     picks = {"stream": "RESULTS", "kv": "KV_jobs", "object_store": "OBJ_result_output"}
     drift = {
         "stream": ("max_age", 86400 * 10**9),
@@ -115,49 +207,51 @@ async def heal_trials(
         queue.put_nowait(msg.subject)
 
     await nc.subscribe("$JS.EVENT.ADVISORY.STREAM.*.*", cb=on_adv)
-    out: dict[tuple[str, str], list[float]] = {}
+    rows: list[Row] = []
     for kind, stream in picks.items():
         res = by_stream[stream]
+        files = store / "jetstream" / "$G" / "streams" / stream if store else None
         for fault in ("delete", "drift"):
-            samples: list[float] = []
+            row = Row(kind, fault)
+            rows.append(row)
             for _ in range(trials):
-                await asyncio.sleep(0.01)  # let the healer settle its own echo
-                while not queue.empty():
-                    queue.get_nowait()
-                if fault == "delete":
-                    await nc.request(f"$JS.API.STREAM.DELETE.{stream}", b"", timeout=2)
-                else:
-                    config = dict((await _info(nc, stream))["config"])
-                    field, value = drift[kind]
-                    config[field] = value
-                    answer = await nc.request(
-                        f"$JS.API.STREAM.UPDATE.{stream}", json.dumps(config).encode(), timeout=2
-                    )
-                    assert b'"error"' not in answer.data, answer.data
-                t0 = time.perf_counter()
-                while True:
-                    try:
-                        subject = await asyncio.wait_for(queue.get(), 30)
-                    except TimeoutError:
-                        raise RuntimeError(f"{stream} {fault}: not healed in 30s") from None
-                    if not subject.endswith("." + stream) or ".DELETED." in subject:
-                        continue
-                    info = await _info(nc, stream)
-                    if "config" not in info:
-                        continue
-                    observed = Observed(config=info["config"], state=info["state"])
-                    if decide(res, observed, utcnow()).action is Action.IN_SYNC:
-                        samples.append((time.perf_counter() - t0) * 1000)
-                        break
-            out[(kind, fault)] = samples
+                try:
+                    row.samples.append(await _one_trial(nc, queue, res, fault, drift[kind]))
+                    if fault == "delete" and files is not None:
+                        await asyncio.sleep(LOST_FILES_SETTLE)
+                        if not _has_files(files):
+                            row.lost_files += 1
+                            await _restore(nc, res, files)
+                except Exception as exc:  # any failure: the row reports it, the run goes on
+                    row.error = f"trial {len(row.samples) + 1}: {exc or type(exc).__name__}"
+                    await _restore(nc, res, files)
+                    break
     await nc.close()
+    return rows
+
+
+def heal_rows(name: str, rows: list[Row], trials: int) -> list[str]:
+    out = []
+    for row in rows:
+        lost = str(row.lost_files) if row.fault == "delete" else "-"
+        if row.error is None:
+            out.append(
+                f"| {name} | {row.kind} | {row.fault} | {len(row.samples)} | "
+                f"{statistics.median(row.samples):.2f} | {pct(row.samples, 99):.2f} | "
+                f"{max(row.samples):.2f} | {lost} |"
+            )
+        else:
+            out.append(
+                f"| {name} | {row.kind} | {row.fault} | {len(row.samples)} of {trials} | "
+                f"FAILED: {row.error} | | | {lost} |"
+            )
     return out
 
 
 def heal_table(trials: int) -> list[str]:
     rows = [
-        "| healer | kind | fault | trials | p50 ms | p99 ms | max ms |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| healer | kind | fault | trials | p50 ms | p99 ms | max ms | lost files |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         srv = NatsServer(Path(tmp)).start()
@@ -167,7 +261,7 @@ def heal_table(trials: int) -> list[str]:
             healers = {
                 "kanade-watchdog": (daemon(conf_path), '"ready'),
                 "floor (raw re-create)": (
-                    [sys.executable, "-m", "bench.floor", str(conf_path)],
+                    [sys.executable, "-m", "bench.floor", srv.url],
                     "ready",
                 ),
                 f"seed approach (timer {SEED_PERIOD:g}s)": (
@@ -176,18 +270,16 @@ def heal_table(trials: int) -> list[str]:
                 ),
             }
             for name, (args, ready) in healers.items():
-                with process(args, ready):
-                    time.sleep(0.5)
-                    try:
-                        results = asyncio.run(heal_trials(srv.url, conf, trials))
-                    except RuntimeError as exc:
-                        raise RuntimeError(f"{name}: {exc}") from None
-                for (kind, fault), samples in results.items():
-                    rows.append(
-                        f"| {name} | {kind} | {fault} | {len(samples)} | "
-                        f"{statistics.median(samples):.2f} | {pct(samples, 99):.2f} | "
-                        f"{max(samples):.2f} |"
-                    )
+                try:
+                    with process(args, ready):
+                        time.sleep(0.5)
+                        results = asyncio.run(heal_trials(srv.url, conf, trials, store=srv.store))
+                except RuntimeError as exc:
+                    FAILURES.append(f"{name}: {exc}")
+                    rows.append(f"| {name} | | | | FAILED: {exc} | | | |")
+                    continue
+                FAILURES.extend(f"{name} {r.kind} {r.fault}: {r.error}" for r in results if r.error)
+                rows.extend(heal_rows(name, results, trials))
         finally:
             srv.stop()
     return rows
@@ -397,8 +489,16 @@ def main() -> None:
     print(f"<!-- {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores -->")
     for title, fn in sections:
         print(f"\n### {title}\n", flush=True)
-        for row in fn():
+        try:
+            rows = fn()
+        except Exception as exc:  # one broken section must not cost the others
+            FAILURES.append(f"{title}: {type(exc).__name__}: {exc}")
+            rows = [f"FAILED: {type(exc).__name__}: {exc}"]
+        for row in rows:
             print(row, flush=True)
+    if FAILURES:
+        print(f"\n{len(FAILURES)} failed:", *FAILURES, sep="\n- ", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

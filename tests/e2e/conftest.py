@@ -22,6 +22,7 @@ from tests.e2e.machine import (
     Runtime,
     build_runtime,
     missing_requirement,
+    session_dir,
 )
 from tests.natsserver import server_binary
 
@@ -43,13 +44,16 @@ def e2e_config(extra: str = "") -> str:
 
 
 @pytest.fixture(scope="session")
-def runtime() -> Runtime:
+def runtime() -> Iterator[Runtime]:
+    """The venv and broker binary the containers run, in a directory of this
+    session's own under /opt, removed when the session ends."""
     reason = missing_requirement()
     if reason:
         pytest.skip(reason)
-    rt = build_runtime(REPO, Path(server_binary()))
-    TIMINGS["runtime: venv + package install"] = rt.build_seconds
-    return rt
+    with session_dir() as base:
+        rt = build_runtime(REPO, Path(server_binary()), base)
+        TIMINGS["runtime: venv + package install"] = rt.build_seconds
+        yield rt
 
 
 @pytest.fixture(scope="module")

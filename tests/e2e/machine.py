@@ -1,10 +1,12 @@
 """A real systemd in a throwaway container, and what the daemon needs to run in it.
 
-`Runtime` is a venv made from the system's /usr/bin/python3 under /opt (a
-DynamicUser= service cannot execute a Python under /root), holding the repo
-installed as a package, plus a world-readable copy of nats-server. Both are
-cached by content (`build_runtime`): the first session on a machine builds
-the dependencies (systemd-python compiles), later ones only the package.
+`Runtime` is a venv made from the system's /usr/bin/python3 holding the repo
+installed as a package, plus a world-readable copy of nats-server, in a
+directory of the test session's own under /opt (`session_dir`): a
+DynamicUser= service cannot execute a Python under /root, and the
+container's /tmp is its own. The directory (about 86 MB) is removed when
+the session ends; one left by a session that was killed is removed by the
+next session. Building it takes about 8 s.
 
 `Machine` boots systemd in `systemd-nspawn`: the host's / bind-mounted in a
 private mount namespace with a volatile overlay on top (writes vanish with
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import secrets
@@ -32,20 +33,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
-BASE = Path(os.environ.get("KANADE_E2E_BASE", "/opt/kanade-watchdog-e2e"))
+# Where session directories go: the venv's scripts name its real path, which
+# the service must reach inside the container (PrivateTmp hides /tmp).
+PARENT = Path(os.environ.get("KANADE_E2E_PARENT", "/opt"))
+SESSION_PREFIX = "kanade-watchdog-e2e-"
 INSTALL_PATH = "/opt/kanade-watchdog"  # where the shipped unit expects the venv
 PATH_INSIDE = "/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP = Path("/sys/fs/cgroup")
 # The host's own enabled services must not start inside the container.
-# Services the host image enables that have no business in a test container
-# (Debian's prometheus package enables its server and the node exporter).
+# (Debian's prometheus package enables its server and the node exporter.)
 HOST_MASKS = (
     "postgresql.service",
     "systemd-timesyncd.service",
     "prometheus.service",
     "prometheus-node-exporter.service",
 )
-DONE = ".complete"  # marks a finished venv under BASE
 
 
 def missing_requirement() -> str | None:
@@ -82,16 +84,6 @@ def _run(argv: list[str]) -> None:
         raise RuntimeError(f"{shlex.join(argv)} failed ({proc.returncode}):\n{proc.stderr}")
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 @dataclass(frozen=True)
 class Runtime:
     venv: Path
@@ -99,66 +91,65 @@ class Runtime:
     build_seconds: float
 
 
-def _digest(*files: Path) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.name).encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()[:12]
+@contextlib.contextmanager
+def session_dir(parent: Path = PARENT) -> Iterator[Path]:
+    """A fresh directory under `parent` for one session, removed at its end.
+
+    A live session holds a lock on its `<dir>.lock` (taken before the
+    directory exists); a directory whose lock anyone can take belongs to a
+    session that died, and is removed here."""
+    parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    sweep_sessions(parent)
+    fd, lock_name = tempfile.mkstemp(prefix=SESSION_PREFIX, suffix=".lock", dir=parent)
+    lock = Path(lock_name)
+    path = lock.with_suffix("")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        path.mkdir(mode=0o755)
+        path.chmod(0o755)  # whatever the umask: the service's dynamic user reads it
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        os.close(fd)
 
 
-def _sources(repo: Path) -> list[Path]:
-    return [
-        repo / "pyproject.toml",
-        *sorted(
-            p
-            for p in (repo / "kanade_watchdog").rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts
-        ),
-    ]
+def sweep_sessions(parent: Path) -> list[Path]:
+    """Remove what sessions that are no longer running left under `parent`."""
+    removed = []
+    for lock in parent.glob(f"{SESSION_PREFIX}*.lock"):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held: that session is still running
+        else:
+            shutil.rmtree(lock.with_suffix(""), ignore_errors=True)
+            lock.unlink(missing_ok=True)
+            removed.append(lock.with_suffix(""))
+        finally:
+            os.close(fd)
+    return removed
 
 
-def build_runtime(repo: Path, nats_binary: Path) -> Runtime:
-    """A venv with this checkout installed, and nats-server, under BASE.
-
-    Nothing in use is ever rewritten, so test sessions on one machine do not
-    disturb each other: the dependencies (systemd-python compiles) live in a
-    template keyed by pyproject.toml; each distinct source tree gets its own
-    copy of it with the package installed, keyed by the sources' hash; the
-    broker binary is keyed by its content. A venv counts only once its DONE
-    marker exists. Leftovers unused for a day are removed.
-    """
+def build_runtime(repo: Path, nats_binary: Path, base: Path) -> Runtime:
+    """A venv with this checkout installed, and nats-server, in `base`."""
     started = time.monotonic()
-    BASE.mkdir(mode=0o755, parents=True, exist_ok=True)
-    deps = BASE / f"deps-{_digest(repo / 'pyproject.toml')}"
-    venv = BASE / f"venv-{_digest(*_sources(repo))}"
-    nats = BASE / f"nats-server-{_digest(nats_binary)}"
-    with _locked(BASE / ".lock"):
-        if not (venv / DONE).exists():
-            with tempfile.TemporaryDirectory(prefix="kwd-src-") as tmp:
-                src = _source_copy(repo, Path(tmp))
-                if not (deps / DONE).exists():
-                    _build_deps(deps, src)
-                # Built in place (pip writes this path into the script's shebang);
-                # DONE marks it complete, so a build cut short is redone.
-                shutil.rmtree(venv, ignore_errors=True)
-                shutil.copytree(deps, venv, symlinks=True, ignore=shutil.ignore_patterns(DONE))
-                python = str(venv / "bin" / "python")
-                _run([python, "-m", "pip", "install", "-q", "--no-deps", str(src)])
-                # Precompiled here: under ProtectSystem=strict the service cannot.
-                _run([python, "-m", "compileall", "-q", str(venv / "lib")])
-                _run(["chmod", "-R", "a+rX", str(venv)])
-                (venv / DONE).touch()
-        if not nats.exists():
-            partial_bin = nats.with_name(nats.name + ".partial")
-            shutil.copy(nats_binary, partial_bin)
-            partial_bin.chmod(0o755)
-            partial_bin.rename(nats)
-        for used in (deps, venv, nats):
-            os.utime(used)
-        for old in BASE.iterdir():
-            stale = time.time() - old.stat().st_mtime > 86_400
-            if stale and old not in (deps, venv, nats) and old.name != ".lock":
-                _remove(old)
+    venv = base / "venv"
+    python = str(venv / "bin" / "python")
+    with tempfile.TemporaryDirectory(prefix="kwd-src-") as tmp:
+        src = _source_copy(repo, Path(tmp))
+        _run([str(SYSTEM_PYTHON), "-m", "venv", str(venv)])
+        _run([python, "-m", "pip", "install", "-q", str(src)])
+    # Precompiled here: under ProtectSystem=strict the service cannot.
+    _run([python, "-m", "compileall", "-q", str(venv / "lib")])
+    _run(["chmod", "-R", "a+rX", str(venv)])
+    nats = base / "nats-server"
+    shutil.copy(nats_binary, nats)
+    nats.chmod(0o755)
     return Runtime(venv=venv, nats_server=nats, build_seconds=time.monotonic() - started)
 
 
@@ -175,23 +166,6 @@ def _source_copy(repo: Path, tmp: Path) -> Path:
         ignore=shutil.ignore_patterns("__pycache__"),
     )
     return src
-
-
-def _build_deps(deps: Path, src: Path) -> None:
-    """A venv from the system Python holding the package's dependencies only."""
-    shutil.rmtree(deps, ignore_errors=True)
-    _run([str(SYSTEM_PYTHON), "-m", "venv", str(deps)])
-    python = str(deps / "bin" / "python")
-    _run([python, "-m", "pip", "install", "-q", str(src)])
-    _run([python, "-m", "pip", "uninstall", "-q", "-y", "kanade-watchdog"])
-    (deps / DONE).touch()
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 class Machine:
