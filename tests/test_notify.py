@@ -30,7 +30,7 @@ from kanade_watchdog.events import MESSAGE_IDS, Event
 from kanade_watchdog.notify import Notifier, watchdog_period
 from tests.conftest import config_for
 from tests.helpers_streams import ALL_STREAMS
-from tests.natsserver import NatsServer
+from tests.natsserver import NatsServer, free_port
 from tests.sdnotify import Datagram, NotifiedDaemon
 
 SMALL_STREAMS = {"ORDERS", "KV_settings", "OBJ_blobs"}
@@ -238,6 +238,29 @@ async def test_status_line_says_which_broker_it_waits_for_after_a_loss(
     server.start()
     back = await d.datagram("STATUS", since=mark, match="3/3 in sync", within=20)
     assert back.fields["STATUS"].startswith("3/3 in sync")
+
+
+async def test_reload_to_other_servers_names_them_in_the_log_and_status(
+    ready_daemon: NotifiedDaemon, server: NatsServer
+) -> None:
+    """After SIGHUP with [nats].servers changed to a broker that is down, the
+    `connecting to` line and STATUS name the new server, never the old one."""
+    d = ready_daemon
+    elsewhere = f"nats://127.0.0.1:{free_port()}"
+    small_config(d.config, elsewhere, watchdog='pass_deadline = "1s"')
+    mark = len(d.notify.drain())
+    d.send(signal.SIGHUP)
+    await d.until(
+        "a new connection attempt",
+        lambda: [e for e in d.events() if e["message"] == f"connecting to {elsewhere}"],
+    )
+    await d.datagram("STATUS", since=mark, match=f"waiting for broker {elsewhere}")
+    await asyncio.sleep(0.3)
+    connecting = [e["message"] for e in d.events() if e["message"].startswith("connecting to")]
+    assert connecting == [f"connecting to {server.url}", f"connecting to {elsewhere}"]
+    statuses = [s.fields["STATUS"] for s in d.notify.having("STATUS", since=mark)]
+    assert statuses[-1] == f"waiting for broker {elsewhere}", statuses
+    assert not [s for s in statuses if "waiting for broker" in s and server.url in s], statuses
 
 
 # --- WATCHDOG -------------------------------------------------------------------------
