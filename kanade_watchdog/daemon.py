@@ -137,8 +137,8 @@ class Daemon:
 
     async def _on_advisory(self, msg: Msg) -> None:
         stream = advisories.stream_of(msg.subject, msg.data)
-        if stream is not None and stream in self.worker.managed:
-            self.worker.queue.mark(stream, Trigger.ADVISORY)
+        if stream is not None:
+            self.worker.advisory(stream)
 
     async def connection_task(self) -> None:
         """Keep exactly one live client, forever: connect (blocking until a
