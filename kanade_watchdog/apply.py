@@ -15,6 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from .broker import Broker
+from .causes import overlapping
 from .config import Kind, Resource
 from .errors import (
     ERR_IMMUTABLE_FIELD,
@@ -27,7 +28,7 @@ from .errors import (
     BrokerError,
     ResourceError,
 )
-from .plan import Action, Decision, Observed, decide
+from .plan import Action, Decision, Observed, decide, show
 from .units import format_size
 
 
@@ -105,12 +106,7 @@ async def explain(
         )
         return ResourceError(resource.label, f"{text}: {error.description}", cause=error)
     if code == ERR_SUBJECTS_OVERLAP:
-        return ResourceError(
-            resource.label,
-            "its subjects overlap a stream this config does not declare; "
-            "find it with `nats stream ls` and narrow one of them",
-            cause=error,
-        )
+        return await _overlap(broker, resource, error, everything)
     if code == ERR_REPLICAS_NOT_SUPPORTED:
         return ResourceError(
             resource.label,
@@ -118,6 +114,51 @@ async def explain(
             cause=error,
         )
     return ResourceError(resource.label, str(error), cause=error)
+
+
+async def _overlap(
+    broker: Broker, resource: Resource, error: ApiError, everything: Sequence[Resource]
+) -> ResourceError:
+    """10065 does not say which stream overlaps: look at the broker's streams."""
+    try:
+        view = await broker.list_streams()
+    except BrokerError:
+        return ResourceError(
+            resource.label,
+            "its subjects overlap a stream this config does not declare; "
+            "find it with `nats stream ls` and narrow one of them",
+            cause=error,
+        )
+    names = overlapping(resource, view)
+    if not names:
+        gone = ResourceError(
+            resource.label,
+            "its subjects overlapped another stream's, which no longer overlap; retrying",
+            cause=error,
+        )
+        gone.transient = True  # the cause is gone already
+        return gone
+    declared = {r.stream for r in everything}
+    parts = []
+    for name in names[:3]:
+        held = show("subjects", tuple(str(s) for s in view[name].config.get("subjects") or ()))
+        if name in declared:
+            parts.append(
+                f"stream {name}, which this config declares but the broker holds with "
+                f"subjects {held} (changed outside the watchdog; retried when {name} changes)"
+            )
+        else:
+            parts.append(
+                f"stream {name} (subjects {held}), which this config does not declare; "
+                "narrow one of them"
+            )
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return ResourceError(
+        resource.label,
+        f"its subjects overlap {'; and '.join(parts)}{more}",
+        cause=error,
+        related=tuple(names),
+    )
 
 
 async def execute(

@@ -6,12 +6,19 @@ for good. One-shot commands cap the attempts so "broker unreachable" comes
 back within seconds; the daemon reconnects forever. Either way the default
 error callback (a traceback per attempt) is replaced by quiet, rate-limited
 logging. `cli` and `daemon` call `connect_once` / `connect_forever`.
+
+Every attempt is bounded end to end, the closing of a failed one included:
+nats-py's close after a failed TLS handshake waits forever for a socket
+that is already gone, so a close that does not finish in time is abandoned
+(`aio.bounded`), never awaited by the daemon.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,6 +28,7 @@ import nats.errors
 from nats.aio.client import Client, Server
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from .aio import bounded, in_background
 from .config import NatsSettings
 from .errors import BrokerUnavailable
 from .security import auth_options
@@ -28,6 +36,25 @@ from .security import auth_options
 log = logging.getLogger("kanade_watchdog.connection")
 
 Callback = Callable[[], Awaitable[None]]
+
+CLOSE_TIMEOUT = 2.0  # a failed attempt's client gets this long to close, then is abandoned
+ATTEMPT_MARGIN = 1.0  # on top of the steps nats-py bounds itself (see attempt_timeout)
+
+
+def close_in_background(nc: Client) -> None:
+    """Close a client that will not be used, bounded, without waiting for it."""
+    if nc.is_closed:
+        return
+    in_background(bounded(nc.close(), CLOSE_TIMEOUT, what="closing"))
+
+
+def attempt_timeout(settings: NatsSettings) -> float:
+    """The longest one attempt over the pool may legitimately take: per server
+    two tries (nats-py's max_reconnect_attempts=1), each a TCP connect, the
+    INFO line, the TLS handshake and the PONG (each within connect_timeout),
+    with a reconnect_wait pause between tries."""
+    per_try = 4 * settings.connect_timeout + settings.reconnect_wait
+    return len(settings.servers) * 2 * per_try + ATTEMPT_MARGIN
 
 
 class QuietErrors:
@@ -90,24 +117,47 @@ def _options(settings: NatsSettings) -> dict[str, Any]:
     return options
 
 
+async def _attempt(settings: NatsSettings, **options: Any) -> Client:
+    """One bounded connect over the pool. nats-py is told not to reconnect
+    during it (so a failed handshake raises at once instead of closing and
+    hanging); a failed client is closed in the background."""
+    nc = Client()
+    try:
+        await bounded(
+            nc.connect(**_options(settings), allow_reconnect=False, **options),
+            attempt_timeout(settings),
+            what="connect attempt",
+        )
+    except BaseException:
+        close_in_background(nc)
+        raise
+    return nc
+
+
 async def connect_once(
     settings: NatsSettings, *, on_error: Callable[[str], object] | None = None
 ) -> Client:
     """For one-shot commands: one try per server, then BrokerUnavailable."""
+    quiet = QuietErrors(sink=on_error)
     try:
-        return await nats.connect(
-            **_options(settings),
-            allow_reconnect=False,
-            max_reconnect_attempts=1,
-            error_cb=QuietErrors(sink=on_error).callback,
-        )
+        return await _attempt(settings, max_reconnect_attempts=1, error_cb=quiet.callback)
     except Exception as exc:  # nats-py raises OSError, NoServersError, auth errors...
         raise BrokerUnavailable(
-            f"cannot connect to {', '.join(settings.servers)}: {describe(exc, settings)}"
+            f"cannot connect to {', '.join(settings.servers)}: "
+            f"{describe(_reason(exc, quiet), settings)}"
         ) from exc
 
 
+def _reason(exc: BaseException, quiet: QuietErrors) -> BaseException:
+    """The error worth showing: "no servers" and our own time limit hide the
+    reason each server gave, which the error callback saw."""
+    if isinstance(exc, nats.errors.NoServersError | TimeoutError):
+        return quiet.refused or quiet.latest or exc
+    return exc
+
+
 _DROPPED = ("connection reset", "connection lost", "unexpected eof", "broken pipe")
+_SSL_NOISE = re.compile(r"^\[SSL(?:: [A-Z0-9_]+)?\]\s*|\s*\(_ssl\.c:\d+\)$")
 
 
 def describe(exc: BaseException, settings: NatsSettings | None = None) -> str:
@@ -115,8 +165,14 @@ def describe(exc: BaseException, settings: NatsSettings | None = None) -> str:
     text = str(exc)
     if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text.lower():
         return "authorization refused (check the credentials in [nats])"
-    text = text or type(exc).__name__
     tls = settings.tls if settings is not None else None
+    if isinstance(exc, ssl.SSLError):
+        # "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: ... (_ssl.c:1006)"
+        text = f"TLS handshake failed: {_SSL_NOISE.sub('', text) or type(exc).__name__}"
+        if settings is not None and tls is None:
+            text += " (the broker requires TLS: set [nats.tls] ca_file to its CA)"
+        return text
+    text = text or type(exc).__name__
     if tls is not None and not tls.cert_file and any(d in text.lower() for d in _DROPPED):
         # A broker that requires mutual TLS drops the session without a word.
         text += (
@@ -137,6 +193,7 @@ async def connect_forever(
     pauses meanwhile; the client then reconnects forever on its own.
     Cancel the awaiting task to give up (shutdown)."""
     quiet = QuietErrors(sink=on_error)
+    gate = _Gate(on_closed=on_closed, on_disconnect=on_disconnect, on_reconnect=on_reconnect)
     retrying = AsyncRetrying(
         wait=wait_exponential_jitter(
             multiplier=settings.reconnect_wait, max=MAX_CONNECT_WAIT, jitter=settings.reconnect_wait
@@ -147,20 +204,45 @@ async def connect_forever(
     )
     async for attempt in retrying:
         with attempt:
-            nc = await nats.connect(
-                **_options(settings),
-                allow_reconnect=True,
+            quiet.latest = None  # the reason of this attempt, not of an earlier one
+            nc = await _attempt(
+                settings,
                 # One pass over the pool per attempt; tenacity paces the attempts.
                 max_reconnect_attempts=1,
                 reconnect_to_server_handler=reconnect_pacing(settings.reconnect_wait),
                 error_cb=quiet.callback,
-                closed_cb=on_closed,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
+                closed_cb=gate.closed,
+                disconnected_cb=gate.disconnected,
+                reconnected_cb=gate.reconnected,
             )
     # Once connected, never stop reconnecting: the pacing hook spaces attempts.
+    nc.options["allow_reconnect"] = True
     nc.options["max_reconnect_attempts"] = -1
+    gate.open = True
     return nc
+
+
+class _Gate:
+    """The daemon's connection callbacks, passed on only once connected: the
+    background close of a failed attempt must not look like a lost connection."""
+
+    def __init__(
+        self, *, on_closed: Callback, on_disconnect: Callback, on_reconnect: Callback
+    ) -> None:
+        self.open = False
+        self._closed, self._disconnect, self._reconnect = on_closed, on_disconnect, on_reconnect
+
+    async def closed(self) -> None:
+        if self.open:
+            await self._closed()
+
+    async def disconnected(self) -> None:
+        if self.open:
+            await self._disconnect()
+
+    async def reconnected(self) -> None:
+        if self.open:
+            await self._reconnect()
 
 
 class _RetryLog:
@@ -173,9 +255,8 @@ class _RetryLog:
 
     def before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, nats.errors.NoServersError):
-            # "no servers" hides the reason each one gave
-            exc = self.quiet.refused or self.quiet.latest or exc
+        if exc is not None:
+            exc = _reason(exc, self.quiet)
             self.quiet.refused = None
         text = describe(exc, self.settings) if exc else "unknown"
         wait = state.next_action.sleep if state.next_action else 0.0

@@ -4,8 +4,10 @@ One asyncio loop, named tasks: `connection` (connect, reconnect forever,
 rebuild a closed client), `worker` (the only reconciler), `watchdog` (pings
 systemd while the worker makes progress), plus the resync timer and the
 advisory subscription, which only mark work. Signal handlers set flags:
-SIGTERM/SIGINT stop within `stop_timeout`; SIGHUP reloads the config
-(validated first; an invalid file keeps the old one running).
+SIGTERM/SIGINT stop within `stop_timeout`; SIGHUP wakes the `reload` task,
+which reads and validates the file in a thread of its own (the loop keeps
+serving signals and pings however long the read takes) and then swaps the
+config; an invalid or unreadable file keeps the old one running.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from . import advisories, exitcodes
+from .aio import bounded, in_thread
 from .broker import Broker
 from .config import Config, load
 from .connection import connect_forever
@@ -40,6 +43,7 @@ log = logging.getLogger("kanade_watchdog")
 
 TEST_HOOKS_ENV = "KANADE_WATCHDOG_TEST_HOOKS"  # enables SIGUSR2 = wedge the worker
 EXTEND_EVERY = 10.0  # while starting: ask systemd for more time, this often
+RELOAD_READ_TIMEOUT = 10.0  # a config file that takes longer to read is given up on
 
 
 class Daemon:
@@ -52,7 +56,7 @@ class Daemon:
         self.nc: Client | None = None
         self.broker: Broker | None = None
         self._stopping = False
-        self._reload_pending = False
+        self._reload_wanted = asyncio.Event()  # set by SIGHUP, served by the reload task
         self._reload_ready_due = False
         self._timer: ResyncTimer | None = None
         self._advisory_sub: Subscription | None = None
@@ -133,15 +137,15 @@ class Daemon:
 
     async def _on_advisory(self, msg: Msg) -> None:
         stream = advisories.stream_of(msg.subject, msg.data)
-        if stream is not None and stream in self.worker.managed:
-            self.worker.queue.mark(stream, Trigger.ADVISORY)
+        if stream is not None:
+            self.worker.advisory(stream)
 
     async def connection_task(self) -> None:
         """Keep exactly one live client, forever: connect (blocking until a
         server answers), then rebuild it if nats-py ever closes it for good."""
-        servers = ", ".join(self.config.nats.servers)
         first = True
         while True:
+            servers = ", ".join(self.config.nats.servers)  # a reload may have changed them
             self.board.broker_down(f"waiting for broker {servers}")
             log.info(
                 "connecting to %s",
@@ -230,17 +234,40 @@ class Daemon:
     # --- signals --------------------------------------------------------------------------
 
     def request_reload(self) -> None:
+        """SIGHUP: only a flag; the reload task does the work."""
+        self._reload_wanted.set()
+
+    async def reload_task(self) -> None:
+        """Serve SIGHUPs one at a time; several before one is served make one reload."""
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            await self.reload()
+
+    async def reload(self) -> None:
         # Before the first READY=1 a reload only swaps the config: READY must
         # keep meaning "every declared resource exists".
         running = self.notifier.ready_sent
         if running:
             self.notifier.reloading()
+        path = self.config.path
+        problems: list[str] = []
         try:
-            config = load(self.config.path)
+            # Never on the loop: a FIFO or a hung file system would freeze
+            # signals, pings and healing along with it.
+            config = await bounded(
+                in_thread(lambda: load(path), name="config-reader"),
+                RELOAD_READ_TIMEOUT,
+                what=f"reading {path}",
+            )
         except ConfigError as exc:
-            log.error(  # noqa: TRY400 - one line, no traceback: the problem lines say it all
+            problems = exc.problems
+        except TimeoutError as exc:
+            problems = [f"{exc} (a FIFO or a hung file system?)"]
+        if problems:
+            log.error(
                 "reload refused, still running the previous config: %s",
-                " | ".join(exc.problems),
+                " | ".join(problems),
                 extra=fields(
                     action=Event.RELOAD_FAILED,
                     message_id=Event.RELOAD_FAILED,
@@ -277,11 +304,12 @@ class Daemon:
             log.info("connection settings changed; reconnecting with the new ones")
             self._rebuild = True
             self._spawn(self.nc.close())
-        elif new.nats != old.nats and self._connecting is not None:
-            if not self._connecting.done():  # still trying the old settings
-                log.info("connection settings changed; connecting with the new ones")
-                self._rebuild = True
-                self._connecting.cancel()
+        elif self._connecting is not None and not self._connecting.done():
+            # Not connected yet: start over at once, even with the same settings,
+            # since the files they name (a replaced CA, a new token) may be what changed.
+            log.info("reloaded while connecting; starting a new connection attempt")
+            self._rebuild = True
+            self._connecting.cancel()
         elif new.watchdog.advisories != old.watchdog.advisories and self.nc is not None:
             self._spawn(self._subscribe_advisories(self.nc))
 
@@ -323,6 +351,7 @@ class Daemon:
         forever = [
             asyncio.create_task(self.connection_task(), name="connection"),
             asyncio.create_task(self.worker.run(), name="worker"),
+            asyncio.create_task(self.reload_task(), name="reload"),
         ]
         period = watchdog_period()
         if period is not None:

@@ -93,8 +93,16 @@ class ResourceError(WatchdogError):
     """A broker error placed on one resource, with the explanation an operator
     needs (what to change) rather than the raw API text."""
 
-    def __init__(self, resource: str, explanation: str, *, cause: BrokerError) -> None:
+    def __init__(
+        self,
+        resource: str,
+        explanation: str,
+        *,
+        cause: BrokerError,
+        related: tuple[str, ...] = (),
+    ) -> None:
         self.resource = resource
         self.cause = cause
         self.transient = cause.transient
+        self.related = related  # other streams the failure depends on (the overlapping one)
         super().__init__(f"{resource}: {explanation}")

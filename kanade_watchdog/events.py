@@ -54,3 +54,4 @@ class Trigger(StrEnum):
     ADVISORY = "advisory"
     RELOAD = "reload"
     RETRY = "retry"
+    VERIFY = "verify"  # looked at again shortly after a write of ours

@@ -10,6 +10,10 @@ structured fields as KANADE_RESOURCE, KANADE_ACTION, ... Nothing else from
 the record goes in (systemd-python's own handler copies every record
 attribute). `logs` builds it and hands it the way to read a record's fields;
 the sender is injectable so tests see the exact entry.
+
+sd_journal_sendv drops every entry without a word when journald's socket is
+missing (a container, a chroot, `--log-format journal` on a machine without
+systemd), so the journal is only chosen when that socket is there.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,11 +29,14 @@ from typing import Any
 from .events import MESSAGE_IDS
 
 try:  # systemd-python is a Linux-only dependency
+    from systemd import _journal as _native  # the C sender behind journal.sendv
     from systemd import journal as _journal
 except ImportError:  # pragma: no cover - exercised only off Linux
     _journal = None
+    _native = None
 
 IDENTIFIER = "kanade-watchdog"
+SOCKET = "/run/systemd/journal/socket"  # where sd_journal_sendv sends, fixed by systemd
 
 # Structured field (logs.fields key) -> journal field. Documented in docs/SYSTEMD.md.
 FIELD_NAMES: dict[str, str] = {
@@ -137,8 +145,31 @@ def stderr_is_journal() -> bool:
     return f"{st.st_dev}:{st.st_ino}" == value
 
 
+def unreachable() -> str | None:
+    """Why entries sent to the journal would be lost, or None. A sender put in
+    place of systemd-python's own (a capture) is taken at its word."""
+    if _journal is None:
+        return "systemd-python is not installed"
+    if _native is not None and _journal.sendv is not _native.sendv:
+        return None
+    if not os.path.exists(SOCKET):
+        return f"no journal socket at {SOCKET}"
+    return None
+
+
 def journal_handler(*, fields_of: FieldsOf, force: bool = False) -> logging.Handler | None:
-    """The native handler when stderr is the journal (or `force`), else None."""
-    if _journal is None or (not force and not stderr_is_journal()):
+    """The native handler when stderr is the journal (or `force`) and the
+    journal can be reached, else None (the caller logs text lines). Asked for
+    explicitly (`force`) but unreachable, it says so once on stderr."""
+    if not force and not stderr_is_journal():
+        return None
+    reason = unreachable()
+    if reason is not None:
+        if force:
+            print(
+                f"kanade-watchdog: --log-format journal: {reason}; logging text lines to "
+                "stderr instead",
+                file=sys.stderr,
+            )
         return None
     return JournalHandler(fields_of=fields_of)

@@ -4,10 +4,14 @@ RELOADING, STOPPING, EXTEND_TIMEOUT_USEC. A no-op outside systemd.
 `daemon` decides when; this module only knows the protocol (sd_notify(3)).
 The watchdog period comes from WATCHDOG_USEC (for our PID), pinged at half
 of it. The sender is injectable; tests also bind a real NOTIFY_SOCKET.
+Notifications are never fatal: a socket that cannot be reached (wrong path,
+systemd restarted, a test harness gone) is logged once per change of
+reason, and the daemon goes on doing its job without it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -16,6 +20,8 @@ try:  # systemd-python is a Linux-only dependency
     from systemd import daemon as _sd_daemon
 except ImportError:  # pragma: no cover - exercised only off Linux
     _sd_daemon = None
+
+log = logging.getLogger("kanade_watchdog.notify")
 
 
 def _default_send(text: str) -> bool:
@@ -29,31 +35,65 @@ class Notifier:
         self._send = send
         self._last_status = ""
         self.ready_sent = False
+        self.failing = ""  # why the last notification could not be sent ("" when it was)
+        self._ready_lost = False  # READY=1 could not be delivered: it rides on the next one
+
+    def _notify(self, text: str) -> bool:
+        if self._ready_lost and not text.startswith(("READY=1", "STOPPING=1")):
+            text = f"READY=1\n{text}"
+        try:
+            self._send(text)
+        except Exception as exc:  # whatever the socket does, the daemon goes on
+            reason = _reason(exc)
+            if reason != self.failing:
+                self.failing = reason
+                log.warning(
+                    "cannot notify systemd through NOTIFY_SOCKET=%s: %s; carrying on without "
+                    "it (logged again only if this changes)",
+                    os.environ.get("NOTIFY_SOCKET", ""),
+                    reason,
+                )
+            if text.startswith("READY=1"):
+                self._ready_lost = True
+            return False
+        self._ready_lost = False
+        if self.failing:
+            self.failing = ""
+            log.info("systemd notifications are delivered again")
+        return True
 
     def status(self, text: str) -> None:
         if text != self._last_status:  # STATUS is cheap but a datagram per pass is noise
             self._last_status = text
-            self._send(f"STATUS={text}")
+            if not self._notify(f"STATUS={text}"):
+                self._last_status = ""  # lost: say it again next time
 
     def ready(self, status: str) -> None:
         self.ready_sent = True
         self._last_status = status
-        self._send(f"READY=1\nSTATUS={status}")
+        if not self._notify(f"READY=1\nSTATUS={status}"):
+            self._last_status = ""
 
     def reloading(self) -> None:
         # MONOTONIC_USEC lets systemd (253+) tell this reload from a later one.
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self._last_status = "reloading"
-        self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading")
+        self._notify(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading")
 
     def stopping(self) -> None:
-        self._send("STOPPING=1\nSTATUS=stopping")
+        self._notify("STOPPING=1\nSTATUS=stopping")
 
     def watchdog(self) -> None:
-        self._send("WATCHDOG=1")
+        self._notify("WATCHDOG=1")
 
     def extend_timeout(self, seconds: float) -> None:
-        self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+        self._notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+
+
+def _reason(exc: Exception) -> str:
+    """`ConnectionRefusedError: Connection refused`, without the errno noise."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def watchdog_period() -> float | None:

@@ -6,7 +6,11 @@ drains the marks into passes, so a burst of events becomes a handful of
 passes and passes never overlap. A full pass reads the broker with the paged
 stream list; a partial pass reads just the marked streams. Writes happen
 only for decisions that need them, so an in-sync broker sees none, and the
-UPDATED advisory our own update causes ends in a read.
+UPDATED advisory our own update causes ends in a read. A resource just
+written is looked at once more shortly after (the broker may drop the
+advisory of a delete that follows at once), and one updated too often is
+held by `guard.WriteGuard` instead of written in a loop. A permanent
+failure is retried early when what it depended on changes (`causes`).
 `daemon` owns the connection and hands the worker a `Broker`; the worker
 reports to `status.StatusBoard` after each pass.
 """
@@ -20,26 +24,42 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
-from . import desired
-from .apply import Outcome, Result, execute, kind_word
+from . import causes, desired, plan
+from .apply import Outcome, Result, execute
 from .backoff import Backoff
 from .broker import Broker
 from .cluster import cluster_facts
 from .config import Config, Resource
 from .errors import BrokerError, BrokerUnavailable
-from .events import Event, Trigger
-from .logs import fields
-from .plan import Action, Decision, Observed, decide
+from .events import Trigger
+from .guard import WriteGuard
+from .outcome_log import EVERYTHING, OutcomeLog, present_after
+from .outcome_log import TRANSIENT_QUIET as TRANSIENT_QUIET  # noqa: PLC0414 - re-exported
+from .plan import Action, Decision, Observed
 from .status import StatusBoard
 
 log = logging.getLogger("kanade_watchdog.worker")
 
-EVERYTHING = "*"  # the backoff key of a failed full read
-TRANSIENT_QUIET = 15.0  # seconds a transient failure stays at debug level (elections)
-CONFLICT_WARN_EVERY = 300.0
-_REASONED = (Result.BLOCKED, Result.NEWER_SPEC, Result.FAILED)
 NO_LEADER = BrokerUnavailable("no leader answers for this stream right now")
+# A second look this long after a write: the broker drops some advisories of a
+# stream deleted right after it was created, and a lost one must cost
+# milliseconds, not a resync interval.
+REVERIFY_AFTER = 0.15
+
+
+class Decide(Protocol):
+    """`plan.decide`'s signature (tests hand the worker other planners)."""
+
+    def __call__(
+        self,
+        resource: Resource,
+        observed: Observed | None,
+        now: datetime,
+        *,
+        own_hashes: frozenset[str] = ...,
+    ) -> Decision: ...
 
 
 def utcnow() -> datetime:
@@ -94,8 +114,10 @@ class Worker:
         board: StatusBoard,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utcnow,
+        decide: Decide = plan.decide,
     ) -> None:
         self.config = config
+        self.decide = decide
         self.managed = frozenset(config.by_stream())
         self.board = board
         self.queue = WorkQueue()
@@ -110,10 +132,12 @@ class Worker:
         self.idle.set()
         self.wedge: asyncio.Event | None = None  # test hook: hold the next pass
         self._current: asyncio.Future[None] | None = None  # the pass in flight
-        self._failures: dict[str, str] = {}  # stream -> last failure text, to log once
-        self._failing_since: dict[str, float] = {}
+        self.told = OutcomeLog(board, clock=clock)
         self.own_hashes: dict[str, frozenset[str]] = {}
-        self._conflict_warned: dict[str, float] = {}
+        self.guard = WriteGuard(clock)
+        # The broker as last seen: a full pass's list, then each read and write.
+        self.view: dict[str, Observed] = {}
+        self._causes: dict[str, causes.Cause] = {}  # stream -> why it failed for good
 
     def _new_backoff(self) -> Backoff:
         w = self.config.watchdog
@@ -154,9 +178,23 @@ class Worker:
         self.config = config
         self.managed = frozenset(config.by_stream())
         self.backoff = self._new_backoff()
-        self._failures.clear()
+        self.guard.reset()
+        self._causes.clear()
+        self.told.forget()
         self.board.declare(config.resources)
         self.queue.mark_all(Trigger.RELOAD)
+
+    def advisory(self, stream: str) -> None:
+        """A stream changed on the broker: look at it if declared, and at every
+        resource whose permanent failure depends on it."""
+        if stream in self.managed:
+            self.queue.mark(stream, Trigger.ADVISORY)
+        self._wake_dependents(stream, Trigger.ADVISORY)
+
+    def _wake_dependents(self, stream: str, trigger: Trigger) -> None:
+        for blocked, cause in list(self._causes.items()):
+            if stream in cause.related and blocked != stream:
+                self.queue.mark(blocked, trigger)
 
     # --- the loop ------------------------------------------------------------------
 
@@ -169,6 +207,8 @@ class Worker:
                     self.queue.mark_all(Trigger.RETRY)
                 else:
                     self.queue.mark(key, Trigger.RETRY)
+            for key in self.backoff.pop_checks():
+                self.queue.mark(key, Trigger.VERIFY)
             batch = self.queue.take()
             if not batch:
                 continue
@@ -216,11 +256,14 @@ class Worker:
                 self._read_failed(exc)
                 return
             self._read_ok()
+            self.view = dict(observed)
             self.board.cluster(cluster_facts(config.resources, observed))
             for res in config.resources:
                 trigger = batch.streams.get(res.stream)
                 if trigger is None and not self.backoff.due(res.stream):
-                    continue  # still backing off; an event would bring it in early
+                    cause = self._causes.get(res.stream)
+                    if cause is None or not causes.changed(res, cause, observed):
+                        continue  # still backing off; an event would bring it in early
                 obs = observed.get(res.stream)
                 if obs is not None and obs.leaderless:
                     # An election, not a fault of this resource: retry quietly.
@@ -234,7 +277,12 @@ class Worker:
                 if isinstance(info, BrokerError):
                     self._record_failure(res, info, trigger)
                 else:
+                    self._saw(res.stream, info)
                     decisions.append((self._decide(res, info, now), trigger))
+        held = [(d, t) for d, t in decisions if not self._may_write(d)]
+        decisions = [(d, t) for d, t in decisions if self._may_write(d)]
+        for decision, trigger in held:
+            self._not_converging(decision, trigger)
         outcomes = await asyncio.gather(
             *(execute(broker, d, config.resources, now) for d, _ in decisions)
         )
@@ -242,11 +290,40 @@ class Worker:
             self._record(outcome, trigger)
         in_sync = sum(o.result is Result.IN_SYNC for o in outcomes)
         log.debug(
-            "pass (%s): %d looked at, %d in sync", batch.full or "events", len(outcomes), in_sync
+            "pass (%s): %d looked at, %d in sync",
+            batch.full or "events",
+            len(outcomes) + len(held),
+            in_sync,
         )
 
     def _decide(self, res: Resource, observed: Observed | None, now: datetime) -> Decision:
-        return decide(res, observed, now, own_hashes=self.own_hashes.get(res.stream, frozenset()))
+        return self.decide(
+            res, observed, now, own_hashes=self.own_hashes.get(res.stream, frozenset())
+        )
+
+    def _saw(self, stream: str, observed: Observed | None) -> None:
+        if observed is None:
+            self.view.pop(stream, None)
+        else:
+            self.view[stream] = observed
+
+    def _may_write(self, decision: Decision) -> bool:
+        return decision.action is not Action.UPDATE or self.guard.allows(decision.resource.stream)
+
+    def _not_converging(self, decision: Decision, trigger: Trigger) -> None:
+        """An update refused by the guard: reported, held until the window passes."""
+        stream = decision.resource.stream
+        first = self.guard.hold(stream)
+        wait = self.guard.reopens_in(stream)
+        self.backoff.defer(stream, wait)
+        self._causes.pop(stream, None)
+        reason = (
+            f"not converging: updated {self.guard.count(stream)} times within "
+            f"{self.guard.window:g}s and still not in sync (another writer changing it "
+            "back, or a declaration the broker does not keep); not written again for "
+            f"{wait:.0f}s or until a reload"
+        )
+        self.told.not_converging(decision, trigger, reason=reason, first=first, wait=wait)
 
     @staticmethod
     async def _info(broker: Broker, res: Resource) -> Observed | BrokerError | None:
@@ -257,175 +334,44 @@ class Worker:
 
     def _read_failed(self, exc: BrokerError) -> None:
         delay = self.backoff.failed(EVERYTHING, transient=exc.transient)
-        text = str(exc)
-        since = self._failing_since.setdefault(EVERYTHING, self.clock())
-        quiet = exc.transient and self.clock() - since < TRANSIENT_QUIET  # an election
-        if quiet or self._failures.get(EVERYTHING) == text:
-            log.debug("cannot read the broker's streams: %s (retry in %.2fs)", text, delay)
-            return
-        self._failures[EVERYTHING] = text
-        log.warning(
-            "cannot read the broker's streams: %s (retry in %.1fs)",
-            text,
-            delay,
-            extra=fields(action=Event.FAILED, message_id=Event.FAILED),
-        )
+        self.told.read_failed(exc, delay)
 
     def _read_ok(self) -> None:
         self.backoff.succeeded(EVERYTHING)
-        self._failing_since.pop(EVERYTHING, None)
-        if self._failures.pop(EVERYTHING, None) is not None:
-            log.info(
-                "the broker's streams are readable again",
-                extra=fields(action=Event.RECOVERED, message_id=Event.RECOVERED),
-            )
+        self.told.read_ok()
 
-    # --- recording outcomes: one line per action, failures once per change -----------
+    # --- bookkeeping of outcomes (`outcome_log` says them) -------------------------------
 
     def _record(self, outcome: Outcome, trigger: Trigger) -> None:
-        d = outcome.decision
-        res = d.resource
-        present = (
-            d.present
-            if d.present is not None
-            else (
-                d.action is not Action.CREATE and not (d.action is Action.BLOCKED and not d.changes)
-            )
-        )
-        common = {
-            "resource": res.name,
-            "stream": res.stream,
-            "kind": str(res.kind),
-            "trigger": str(trigger),
-        }
-        what = f"{kind_word(res.kind)} {res.name}"
+        res = outcome.decision.resource
         if outcome.result is Result.FAILED:
             assert outcome.error is not None
+            present = present_after(outcome.decision)
             self._record_failure(res, outcome.error, trigger, present=present)
             return
         self.backoff.succeeded(res.stream)
-        self._failing_since.pop(res.stream, None)
-        was = self._failures.pop(res.stream, None)
-        diff = "; ".join(str(c) for c in d.changes)
-        if outcome.result is Result.CREATED:
-            log.info(
-                "created %s (trigger %s)",
-                what,
-                trigger,
-                extra=fields(action=Event.CREATED, message_id=Event.CREATED, **common),
-            )
-            self.board.healed(res, self.clock())
-        elif outcome.result is Result.UPDATED:
-            log.info(
-                "updated %s: %s (trigger %s)",
-                what,
-                diff,
-                trigger,
-                extra=fields(action=Event.UPDATED, message_id=Event.UPDATED, diff=diff, **common),
-            )
-            for stake in d.at_stake:
-                log.warning(
-                    "%s: stored data affected by the update: %s",
-                    what,
-                    stake,
-                    extra=fields(action=Event.UPDATED, **common),
-                )
-            self.board.healed(res, self.clock())
-        elif outcome.result is Result.BLOCKED:
-            self._failures[res.stream] = d.reason
-            if d.conflict:
-                self._warn_conflict(what, d.reason, diff, common)
-            elif was != d.reason:
-                log.warning(
-                    "blocked %s: %s%s (trigger %s)",
-                    what,
-                    d.reason,
-                    "".join(f"; {c}" for c in d.changes),
-                    trigger,
-                    extra=fields(
-                        action=Event.BLOCKED, message_id=Event.BLOCKED, diff=diff, **common
-                    ),
-                )
-        elif outcome.result is Result.NEWER_SPEC:
-            self._failures[res.stream] = d.reason
-            if was != d.reason:
-                log.warning(
-                    "%s: %s (trigger %s)",
-                    what,
-                    d.reason,
-                    trigger,
-                    extra=fields(action=Event.NEWER_SPEC, message_id=Event.NEWER_SPEC, **common),
-                )
-        elif was is not None:
-            log.info(
-                "%s is in sync again",
-                what,
-                extra=fields(action=Event.RECOVERED, message_id=Event.RECOVERED, **common),
-            )
-        self.board.set(
-            res,
-            outcome.result,
-            present=present,
-            reason=d.reason if outcome.result in _REASONED else "",
-        )
-
-    def _warn_conflict(self, what: str, reason: str, diff: str, common: dict[str, str]) -> None:
-        """Two configs with one spec_version fight over a resource: loud, but at
-        most once per CONFLICT_WARN_EVERY, and never a write."""
-        now = self.clock()
-        last = self._conflict_warned.get(common["stream"])
-        if last is not None and now - last < CONFLICT_WARN_EVERY:
-            return
-        self._conflict_warned[common["stream"]] = now
-        log.error(
-            "conflict on %s: %s (%s)",
-            what,
-            reason,
-            diff,
-            extra=fields(action=Event.BLOCKED, message_id=Event.BLOCKED, diff=diff, **common),
-        )
+        self._causes.pop(res.stream, None)
+        if outcome.result in (Result.CREATED, Result.UPDATED):
+            if outcome.observed is not None:
+                self._saw(res.stream, outcome.observed)
+            if outcome.result is Result.UPDATED:
+                self.guard.wrote(res.stream)
+            self.backoff.recheck(res.stream, REVERIFY_AFTER)
+            self._wake_dependents(res.stream, Trigger.RETRY)  # we changed what they wait on
+        elif outcome.result is Result.IN_SYNC:
+            self.guard.converged(res.stream)
+        self.told.outcome(outcome, trigger)
 
     def _record_failure(
         self, res: Resource, error: Exception, trigger: Trigger, *, present: bool | None = None
     ) -> None:
         transient = bool(getattr(error, "transient", True))
         delay = self.backoff.failed(res.stream, transient=transient)
-        text = str(error)
-        since = self._failing_since.setdefault(res.stream, self.clock())
-        # Elections and restarts make requests fail for a few seconds; that is
-        # not worth a warning unless it lasts.
-        quiet = transient and self.clock() - since < TRANSIENT_QUIET
-        # Same failure = same broker error code (its text may carry live
-        # numbers, such as the storage other streams reserve right now).
-        cause = getattr(error, "cause", error)
-        key = (
-            f"{type(cause).__name__}:{getattr(cause, 'err_code', '')}"
-            if getattr(cause, "err_code", None)
-            else text
-        )
-        if quiet or self._failures.get(res.stream) == key:
-            log.debug("%s failing: %s (retry in %.2fs)", res.label, text, delay)
+        if transient:
+            self._causes.pop(res.stream, None)
         else:
-            self._failures[res.stream] = key
-            log.warning(
-                "failed %s %s: %s (%s; retry in %.1fs; trigger %s)",
-                kind_word(res.kind),
-                res.name,
-                text,
-                "transient" if transient else "permanent",
-                delay,
-                trigger,
-                extra=fields(
-                    action=Event.FAILED,
-                    message_id=Event.FAILED,
-                    resource=res.name,
-                    stream=res.stream,
-                    kind=str(res.kind),
-                    trigger=str(trigger),
-                    error=text,
-                ),
-            )
-        self.board.set(res, Result.FAILED, present=present, reason=text)
+            self._causes[res.stream] = causes.cause_of(res, error, self.view)
+        self.told.failed(res, error, trigger, delay=delay, present=present)
 
 
 async def _wedged(release: asyncio.Event) -> None:

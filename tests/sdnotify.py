@@ -50,12 +50,29 @@ class NotifySocket:
         # AF_UNIX paths are limited to 108 bytes: pytest's tmp_path can be longer.
         self.dir = Path(tempfile.mkdtemp(prefix="kwd-notify-"))
         self.path = self.dir / "notify"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.path))
-        self.sock.setblocking(False)
+        self.sock = self._bind()
         self.received: list[Datagram] = []
 
+    def _bind(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(self.path))
+        sock.setblocking(False)
+        return sock
+
+    def refuse(self) -> None:
+        """Stop listening but leave the path: senders get ConnectionRefusedError
+        (what a restarted or gone service manager looks like)."""
+        self.drain()
+        self.sock.close()
+
+    def rebind(self) -> None:
+        """Listen on the same path again, with a fresh socket."""
+        self.path.unlink(missing_ok=True)
+        self.sock = self._bind()
+
     def drain(self) -> list[Datagram]:
+        if self.sock.fileno() < 0:  # not listening (refuse)
+            return self.received
         while True:
             try:
                 data = self.sock.recv(65536)
@@ -84,6 +101,7 @@ class NotifiedDaemon:
         log_format: str = "json",
         env: dict[str, str] | None = None,
         wrapper: Sequence[str] = (),
+        notify_path: str | None = None,
     ) -> None:
         self.config = config
         self.notify = NotifySocket()
@@ -93,7 +111,8 @@ class NotifiedDaemon:
             for k, v in os.environ.items()
             if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
         }
-        self.env["NOTIFY_SOCKET"] = str(self.notify.path)
+        # `notify_path` points the daemon somewhere else (nothing listening there).
+        self.env["NOTIFY_SOCKET"] = notify_path or str(self.notify.path)
         if watchdog_usec is not None:
             self.env["WATCHDOG_USEC"] = str(watchdog_usec)
         if test_hooks:

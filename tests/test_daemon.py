@@ -25,6 +25,7 @@ import pytest
 from nats.aio.client import Client
 
 from tests.audit import ApiAudit
+from tests.chaos.proxy import StallProxy
 from tests.daemonproc import (
     WATCHDOG_NAME,
     DaemonProc,
@@ -291,6 +292,7 @@ async def test_with_advisories_off_the_resync_heals_every_kind(
         watchdog={"advisories": False, "resync_interval": "300ms"},
     )
     proc = await ready(spawn, config)
+    await proc.quiet()  # past the second look the daemon takes after its creates
     mark = proc.mark()
     for target in TARGETS:
         await delete_as_client(nc, target.kind, target.name)
@@ -379,6 +381,7 @@ async def test_undeclared_field_changed_by_another_client_is_left_alone(
     """A field the config does not declare (description, max_msgs on RESULTS)
     set by another client is not drift: the advisory ends in a read, no write."""
     proc = await ready(spawn, repo_config)
+    await proc.quiet()  # past the second look the daemon takes after its creates
     await audit.settle(0.1)
     writes_before = audit.writes
     infos_before = len(subjects_for(audit, "INFO", "RESULTS"))
@@ -1033,6 +1036,7 @@ async def test_garbage_on_advisory_subjects_is_ignored(
     the advisory subjects cause no request at all; a genuine advisory right
     after them is still acted on, and the daemon keeps healing."""
     proc = await ready(spawn, repo_config)
+    await proc.quiet()  # past the second look the daemon takes after its creates
     await audit.settle(0.1)
     seen_before = len(audit.subjects)
     prefix = "$JS.EVENT.ADVISORY.STREAM"
@@ -1095,3 +1099,68 @@ async def test_forged_deleted_advisory_for_an_existing_stream_writes_nothing(
     assert (await stream_info(nc, "RESULTS"))["created"] == stamp  # really never gone
     assert proc.count(is_action("created"), after=mark) == 0
     assert audit.writes == writes, audit.subjects[requests:]
+
+
+# --- 15. a lost advisory costs milliseconds; an idle daemon is silent ---------------------
+
+SMALL = '[streams.ORDERS]\nsubjects = ["orders.>"]\n\n[streams.EVENTS]\nsubjects = ["ev.>"]\n'
+
+
+async def test_with_advisories_off_a_delete_right_after_a_create_is_healed_at_once(
+    spawn: Spawn, broker: NatsServer, nc: Client, audit: ApiAudit, tmp_path: Path
+) -> None:
+    """The broker may drop the DELETED advisory of a stream deleted right after
+    it was created. With advisories off altogether (the worst case), such a
+    delete is healed by the second look the daemon takes shortly after its
+    create (trigger verify), well within a second, not by the resync an hour
+    away."""
+    config = daemon_config(
+        tmp_path / "w.toml", broker.url, resources=SMALL, watchdog={"advisories": False}
+    )
+    proc = spawn(config)
+    await proc.wait_for(is_action("created", stream="ORDERS"), within=10)
+    await nc.jetstream().delete_stream("ORDERS")
+    deleted_at = time.time()
+    lines = await proc.wait_for(is_action("created", stream="ORDERS"), n=2, within=3)
+    assert lines[1]["trigger"] == "verify"
+    assert float(lines[1]["ts"]) - deleted_at < 1.0
+    assert await present(nc, "ORDERS")
+    await proc.quiet()
+    await audit.settle(0.05)
+    assert len(subjects_for(audit, "CREATE", "ORDERS")) == 2
+    assert proc.count(is_action("created", stream="EVENTS")) == 1
+
+
+async def test_an_idle_daemon_sends_no_request_after_a_transient_failure(
+    spawn: Spawn, broker: NatsServer, nc: Client, audit: ApiAudit, tmp_path: Path
+) -> None:
+    """A read that times out on a stalled path (a transient failure, retried
+    with backoff) and then succeeds once the path resumes leaves nothing
+    scheduled: over a quiet period longer than backoff_max the broker's
+    audit shows not one request from the daemon."""
+    proxy = await StallProxy(broker.port).start()
+    try:
+        config = daemon_config(tmp_path / "w.toml", proxy.url, resources=SMALL)
+        proc = await ready(spawn, config)
+        await proc.quiet()
+        mark = proc.mark()
+        proxy.stall(upstream=True)  # the daemon's requests wait; advisories still arrive
+        await nc.publish("$JS.EVENT.ADVISORY.STREAM.UPDATED.ORDERS", advisory("ORDERS"))
+        await nc.flush()
+        await proc.wait_for(failed_attempt("ORDERS"), after=mark, within=5)
+        infos = len(subjects_for(audit, "INFO", "ORDERS"))
+        proxy.resume()
+        await eventually(
+            _async(lambda: len(subjects_for(audit, "INFO", "ORDERS")) > infos),
+            within=5,
+            what="a read of ORDERS after the path resumed",
+        )
+        await proc.quiet(0.3)
+        await audit.settle(0.1)
+        before = list(audit.subjects)
+        await asyncio.sleep(2.0)  # twice backoff_max: any retry left would show
+        await audit.settle(0.1)
+        assert audit.subjects[len(before) :] == []
+        assert proc.alive
+    finally:
+        await proxy.close()

@@ -201,30 +201,104 @@ def test_stderr_is_the_journal_only_when_journal_stream_names_fd_2(
     assert not stderr_is_journal()
 
 
-def test_setup_logging_picks_journal_text_or_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    """auto = the journal handler when stderr is the journal, else text lines;
-    json lines carry the same MESSAGE_ID as the journal would."""
+@pytest.fixture
+def journald(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A listening datagram socket standing in for journald's (only its
+    presence is checked here: nothing is sent to it)."""
+    directory = Path(tempfile.mkdtemp(prefix="kwd-journald-"))
+    path = directory / "socket"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    monkeypatch.setattr(journal, "SOCKET", str(path))
+    yield path
+    sock.close()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[logging.Logger]:
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
-    try:
-        st = os.fstat(2)
-        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
-        setup_logging("auto", "info")
-        assert [type(h) for h in root.handlers] == [JournalHandler]
-        monkeypatch.delenv("JOURNAL_STREAM")
-        setup_logging("auto", "info")
-        assert [type(h) for h in root.handlers] == [logging.StreamHandler]
-        setup_logging("journal", "info")
-        assert [type(h) for h in root.handlers] == [JournalHandler]
-    finally:
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
+    yield root
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+def test_setup_logging_picks_journal_text_or_json(
+    monkeypatch: pytest.MonkeyPatch, journald: Path, restored_logging: logging.Logger
+) -> None:
+    """auto = the journal handler when stderr is the journal, else text lines;
+    json lines carry the same MESSAGE_ID as the journal would."""
+    root = restored_logging
+    st = os.fstat(2)
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    setup_logging("auto", "info")
+    assert [type(h) for h in root.handlers] == [JournalHandler]
+    monkeypatch.delenv("JOURNAL_STREAM")
+    setup_logging("auto", "info")
+    assert [type(h) for h in root.handlers] == [logging.StreamHandler]
+    setup_logging("journal", "info")
+    assert [type(h) for h in root.handlers] == [JournalHandler]
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "created %s", ("A",), None)
     record.kanade = fields(action=Event.CREATED, message_id=Event.CREATED, resource="A")["kanade"]
     doc = json.loads(JsonFormatter().format(record))
     assert doc["message"] == "created A"
     assert doc["message_id"] == MESSAGE_IDS[Event.CREATED]
     assert doc["action"] == "created"
+
+
+def test_journal_without_its_socket_falls_back_to_text_saying_so_once(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    restored_logging: logging.Logger,
+) -> None:
+    """`--log-format journal` where journald's socket is missing (sd_journal_sendv
+    would drop every entry silently) prints one line on stderr naming the
+    socket and logs text lines instead; `auto` falls back without a word."""
+    root = restored_logging
+    missing = tmp_path / "no-journal" / "socket"
+    monkeypatch.setattr(journal, "SOCKET", str(missing))
+    setup_logging("journal", "info")
+    assert [type(h) for h in root.handlers] == [logging.StreamHandler]
+    logging.getLogger("kanade_watchdog.test").info("still %s", "heard")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == (
+        f"kanade-watchdog: --log-format journal: no journal socket at {missing}; "
+        "logging text lines to stderr instead"
+    )
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO    still heard", lines[1])
+    assert len(lines) == 2
+
+    st = os.fstat(2)
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    setup_logging("auto", "info")
+    assert [type(h) for h in root.handlers] == [logging.StreamHandler]
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(
+    os.path.exists(journal.SOCKET), reason="this machine has a journal: nothing falls back"
+)
+async def test_daemon_asked_for_the_journal_without_one_logs_text(
+    tmp_path: Path, server: NatsServer
+) -> None:
+    """`run --log-format journal` on a machine without journald: the first
+    stderr line says the journal cannot be reached, then the daemon's own
+    lines follow as text (ready included), not into the void."""
+    config = small_config(tmp_path / "watchdog.toml", server.url)
+    workdir = tmp_path / "d"
+    workdir.mkdir()
+    daemon = NotifiedDaemon(config, workdir, log_format="journal").start()
+    try:
+        await daemon.until("ready", lambda: "ready: 3/3 in sync" in daemon.stderr())
+        lines = daemon.stderr().splitlines()
+        assert lines[0].startswith("kanade-watchdog: --log-format journal: no journal socket")
+        started = [line for line in lines if " INFO    starting: " in line]
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO    starting: ", started[0])
+        assert sum("--log-format journal" in line for line in lines) == 1
+    finally:
+        daemon.stop()
 
 
 # --- the real daemon, the real systemd-python, a socket of our own -------------------------

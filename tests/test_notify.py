@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
 import re
 import signal
@@ -29,7 +30,7 @@ from kanade_watchdog.events import MESSAGE_IDS, Event
 from kanade_watchdog.notify import Notifier, watchdog_period
 from tests.conftest import config_for
 from tests.helpers_streams import ALL_STREAMS
-from tests.natsserver import NatsServer
+from tests.natsserver import NatsServer, free_port
 from tests.sdnotify import Datagram, NotifiedDaemon
 
 SMALL_STREAMS = {"ORDERS", "KV_settings", "OBJ_blobs"}
@@ -239,6 +240,29 @@ async def test_status_line_says_which_broker_it_waits_for_after_a_loss(
     assert back.fields["STATUS"].startswith("3/3 in sync")
 
 
+async def test_reload_to_other_servers_names_them_in_the_log_and_status(
+    ready_daemon: NotifiedDaemon, server: NatsServer
+) -> None:
+    """After SIGHUP with [nats].servers changed to a broker that is down, the
+    `connecting to` line and STATUS name the new server, never the old one."""
+    d = ready_daemon
+    elsewhere = f"nats://127.0.0.1:{free_port()}"
+    small_config(d.config, elsewhere, watchdog='pass_deadline = "1s"')
+    mark = len(d.notify.drain())
+    d.send(signal.SIGHUP)
+    await d.until(
+        "a new connection attempt",
+        lambda: [e for e in d.events() if e["message"] == f"connecting to {elsewhere}"],
+    )
+    await d.datagram("STATUS", since=mark, match=f"waiting for broker {elsewhere}")
+    await asyncio.sleep(0.3)
+    connecting = [e["message"] for e in d.events() if e["message"].startswith("connecting to")]
+    assert connecting == [f"connecting to {server.url}", f"connecting to {elsewhere}"]
+    statuses = [s.fields["STATUS"] for s in d.notify.having("STATUS", since=mark)]
+    assert statuses[-1] == f"waiting for broker {elsewhere}", statuses
+    assert not [s for s in statuses if "waiting for broker" in s and server.url in s], statuses
+
+
 # --- WATCHDOG -------------------------------------------------------------------------
 
 
@@ -362,6 +386,97 @@ async def test_sigterm_sends_stopping_and_exits_0(ready_daemon: NotifiedDaemon) 
     stopping = await d.datagram("STOPPING", since=mark)
     assert stopping.fields["STOPPING"] == "1"
     assert await d.wait_exit(within=5) == 0
+
+
+# --- a notify socket that cannot be reached -------------------------------------------
+
+
+def warned_about_notify(d: NotifiedDaemon) -> list[dict[str, Any]]:
+    return [e for e in d.events() if "cannot notify systemd" in e["message"]]
+
+
+async def test_unreachable_notify_socket_at_start_is_logged_once_and_the_daemon_runs(
+    server: NatsServer, tmp_path: Path, daemons: Callable[..., NotifiedDaemon]
+) -> None:
+    """NOTIFY_SOCKET naming a path where nothing listens (a stale unit, a wrong
+    variable) does not stop the start: one warning naming the socket and the
+    reason, then the daemon creates everything and heals as usual."""
+    config = small_config(tmp_path / "watchdog.toml", server.url)
+    nowhere = str(tmp_path / "no-such-notify-socket")
+    d = daemons(config, watchdog_usec=PING_USEC, notify_path=nowhere)
+    await d.until("ready", lambda: [e for e in d.events() if e.get("action") == "ready"])
+    await asyncio.sleep(0.5)  # a few pings (every 150 ms), each failing
+    assert d.exited() is None, d.tail()
+    [warning] = warned_about_notify(d)
+    assert warning["level"] == "warning"
+    assert nowhere in warning["message"]
+    assert "FileNotFoundError" in warning["message"]
+    assert await streams_on(server.url) == SMALL_STREAMS
+    d.send(signal.SIGTERM)
+    assert await d.wait_exit(within=5) == 0
+
+
+async def test_notify_socket_gone_mid_run_is_logged_once_per_change(
+    ready_daemon: NotifiedDaemon, client: Client, server: NatsServer
+) -> None:
+    """A notify socket that stops answering while the daemon runs (pings every
+    150 ms get ConnectionRefusedError) costs one warning, not one per ping;
+    the daemon keeps healing, says once when notifications get through
+    again, and still stops with exit 0."""
+    d = ready_daemon
+    d.notify.refuse()
+    await d.until("the warning", lambda: warned_about_notify(d))
+    await asyncio.sleep(0.6)  # four more failing pings
+    await delete_stream(client, "ORDERS")
+    await d.until("the heal", lambda: [e for e in d.events() if e.get("action") == "created"][3:])
+    assert d.exited() is None, d.tail()
+    [warning] = warned_about_notify(d)
+    assert "ConnectionRefusedError" in warning["message"]
+
+    mark = len(d.notify.drain())
+    d.notify.rebind()  # the service manager is back on the same path
+    await d.datagram("WATCHDOG", since=mark)
+    again = [e for e in d.events() if "delivered again" in e["message"]]
+    assert len(again) == 1, d.tail()
+    assert len(warned_about_notify(d)) == 1
+    assert "ORDERS" in await streams_on(server.url)
+    d.send(signal.SIGTERM)
+    assert await d.wait_exit(within=5) == 0
+
+
+def test_notifier_failures_are_logged_once_per_change_of_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sender that raises never lets the error out; the warning comes once per
+    distinct reason and an info line once it works again; a READY=1 and a
+    STATUS lost to a failure go out with the next notification."""
+    outcome: list[Exception | None] = [ConnectionRefusedError(111, "Connection refused")]
+    sent: list[str] = []
+
+    def send(text: str) -> bool:
+        if outcome[0] is not None:
+            raise outcome[0]
+        sent.append(text)
+        return True
+
+    n = Notifier(send=send)
+    with caplog.at_level(logging.INFO, logger="kanade_watchdog.notify"):
+        n.status("3/3 in sync")
+        for _ in range(50):
+            n.watchdog()
+        n.ready("3/3 in sync")
+        assert n.ready_sent
+        outcome[0] = FileNotFoundError(2, "No such file or directory")
+        n.watchdog()
+        n.watchdog()
+        outcome[0] = None
+        n.status("3/3 in sync")  # lost before, so sent now
+        n.watchdog()
+    assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING", "INFO"]
+    assert "ConnectionRefusedError: Connection refused" in caplog.records[0].getMessage()
+    assert "FileNotFoundError: No such file or directory" in caplog.records[1].getMessage()
+    assert sent == ["READY=1\nSTATUS=3/3 in sync", "WATCHDOG=1"]
+    assert n.failing == ""
 
 
 # --- the protocol text ----------------------------------------------------------------

@@ -10,9 +10,13 @@ the test's control wherever the code lets it be injected.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +26,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
+from kanade_watchdog import plan
 from kanade_watchdog.backoff import Backoff
 from kanade_watchdog.broker import Broker
-from kanade_watchdog.config import Config, parse
+from kanade_watchdog.config import Config, Resource, parse
 from kanade_watchdog.events import Trigger
+from kanade_watchdog.guard import WRITE_WINDOW, WRITES_PER_WINDOW
+from kanade_watchdog.plan import Action, Change, Decision, Observed
 from kanade_watchdog.status import StatusBoard
-from kanade_watchdog.worker import Worker, WorkQueue
+from kanade_watchdog.worker import REVERIFY_AFTER, Decide, Worker, WorkQueue
 from tests.helpers_streams import stream_names
 from tests.natsserver import NatsServer
 
@@ -434,3 +441,250 @@ async def test_full_passes_skip_a_permanently_failing_resource_until_it_is_due(
         assert worker.backoff.attempts("BIG") == 2
     finally:
         await nc.close()
+
+
+# --- a second look shortly after a write --------------------------------------------------
+
+STEP = REVERIFY_AFTER + 0.01  # past a re-check's due time, whatever the float rounding
+
+
+async def until(check: Callable[[], Awaitable[bool]], *, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_stream_deleted_right_after_its_create_is_healed_by_the_recheck(
+    server: NatsServer, nc: Client, running: Callable[[Worker], Running]
+) -> None:
+    """With no advisory at all (the broker may drop the DELETED one), a stream
+    deleted right after the worker created it is looked at again once
+    REVERIFY_AFTER has passed on the injected clock, and re-created; the
+    re-check is one-shot: once healed and looked at, nothing more is sent."""
+    config = make_config(server.url, SMALL)
+    clock = FakeClock()
+    worker = Worker(config, board=StatusBoard(config.resources), clock=clock)
+    broker = Broker(nc, timeout=2.0)
+    run = running(worker)
+    worker.attach(broker, Trigger.STARTUP)
+    await until(lambda: stream_names_are(nc, {"ALPHA", "BETA", "GAMMA"}))
+    await run.settle()
+    await nc.request("$JS.API.STREAM.DELETE.ALPHA", b"")
+    await asyncio.sleep(0.3)  # real time passes, the injected clock does not
+    assert broker.requests["info"] == 0
+    assert await stream_names(nc) == {"BETA", "GAMMA"}
+
+    clock.advance(STEP)
+    await until(lambda: stream_names_are(nc, {"ALPHA", "BETA", "GAMMA"}))
+    await run.settle()
+    assert broker.requests["create"] == 4
+    assert broker.requests["info"] == 3  # one look at each stream written
+
+    clock.advance(STEP)  # ALPHA's own re-check, after its second create
+    await until(lambda: _requests_are(broker, "info", 4))
+    clock.advance(10 * REVERIFY_AFTER)
+    await asyncio.sleep(0.3)
+    await run.settle()
+    assert dict(broker.requests) == {"list": 1, "create": 4, "info": 4}
+
+
+async def stream_names_are(nc: Client, names: set[str]) -> bool:
+    return await stream_names(nc) == names
+
+
+async def _requests_are(broker: Broker, verb: str, n: int) -> bool:
+    return broker.requests[verb] == n
+
+
+# --- a permanent failure whose cause changes --------------------------------------------
+
+OVERLAP: dict[str, dict[str, Any]] = {
+    "INVENTORY": {"subjects": ["inventory.>"]},
+    "NOTIFICATIONS": {"subjects": ["notifications.>"]},
+}
+
+
+async def _widen_notifications(nc: Client, *subjects: str) -> None:
+    info = json.loads((await nc.request("$JS.API.STREAM.INFO.NOTIFICATIONS", b"")).data)
+    body = {**info["config"], "subjects": list(subjects)}
+    answer = json.loads(
+        (await nc.request("$JS.API.STREAM.UPDATE.NOTIFICATIONS", json.dumps(body).encode())).data
+    )
+    assert "error" not in answer, answer
+
+
+async def _overlap_failure(
+    server: NatsServer, nc: Client, running: Callable[[Worker], Running]
+) -> tuple[Worker, Broker, Running]:
+    """INVENTORY deleted and NOTIFICATIONS widened over inventory.> by another
+    client; the worker's re-create of INVENTORY is refused (10065)."""
+    config = make_config(server.url, OVERLAP, permanent_retry="1h")
+    worker = Worker(config, board=StatusBoard(config.resources), clock=FakeClock())
+    broker = Broker(nc, timeout=2.0)
+    run = running(worker)
+    worker.attach(broker, Trigger.STARTUP)
+    await until(lambda: stream_names_are(nc, {"INVENTORY", "NOTIFICATIONS"}))
+    await run.settle()
+    await nc.request("$JS.API.STREAM.DELETE.INVENTORY", b"")
+    await _widen_notifications(nc, "notifications.>", "inventory.>")
+    worker.queue.mark("INVENTORY", Trigger.ADVISORY)
+    await run.settle()
+    assert worker.backoff.waiting() == ["INVENTORY"]
+    assert "INVENTORY" not in await stream_names(nc)
+    return worker, broker, run
+
+
+async def test_overlap_failure_names_the_declared_stream_and_heals_on_its_advisory(
+    server: NatsServer,
+    nc: Client,
+    running: Callable[[Worker], Running],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The refused create says which declared stream overlaps (never 'a stream
+    this config does not declare'), and the advisory for that stream brings
+    the blocked one back at once: NOTIFICATIONS is reverted, INVENTORY
+    created, with the injected clock nowhere near permanent_retry (1h)."""
+    with caplog.at_level(logging.WARNING, logger="kanade_watchdog"):
+        worker, _, run = await _overlap_failure(server, nc, running)
+    [failed] = [
+        r.getMessage() for r in caplog.records if "failed stream INVENTORY" in r.getMessage()
+    ]
+    assert "overlap stream NOTIFICATIONS, which this config declares" in failed
+    assert "[notifications.>, inventory.>]" in failed
+    assert "does not declare" not in failed
+    assert "permanent" in failed
+
+    worker.advisory("NOTIFICATIONS")
+    await until(lambda: stream_names_are(nc, {"INVENTORY", "NOTIFICATIONS"}))
+    await run.settle()
+    info = json.loads((await nc.request("$JS.API.STREAM.INFO.NOTIFICATIONS", b"")).data)
+    assert info["config"]["subjects"] == ["notifications.>"]
+    assert worker.backoff.waiting() == []
+    assert worker.board.line().startswith("2/2 in sync")
+
+
+async def test_overlap_with_an_undeclared_stream_names_it_and_a_resync_retries_once_gone(
+    server: NatsServer,
+    nc: Client,
+    running: Callable[[Worker], Running],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stream this config does not declare holding the subjects is named,
+    with its subjects; resyncs skip the blocked resource while the overlap
+    stands, and the first full pass after the other stream moved away
+    retries it (permanent_retry, 1h, is nowhere near due)."""
+    body = {"name": "FOREIGN", "subjects": ["inventory.eu.>"]}
+    await nc.request("$JS.API.STREAM.CREATE.FOREIGN", json.dumps(body).encode())
+    config = make_config(server.url, OVERLAP, permanent_retry="1h")
+    worker = Worker(config, board=StatusBoard(config.resources), clock=FakeClock())
+    broker = Broker(nc, timeout=2.0)
+    run = running(worker)
+    with caplog.at_level(logging.WARNING, logger="kanade_watchdog"):
+        worker.attach(broker, Trigger.STARTUP)
+        await until(lambda: stream_names_are(nc, {"FOREIGN", "NOTIFICATIONS"}))
+        await run.settle()
+    assert "1 failing: INVENTORY" in worker.board.line()
+    [failed] = [r.getMessage() for r in caplog.records if "INVENTORY" in r.getMessage()]
+    assert (
+        "overlap stream FOREIGN (subjects [inventory.eu.>]), which this config does not declare"
+        in failed
+    )
+
+    creates = broker.requests["create"]
+    for _ in range(3):
+        worker.queue.mark_all(Trigger.RESYNC)
+        await run.settle()
+    assert broker.requests["create"] == creates
+    assert worker.backoff.waiting() == ["INVENTORY"]
+
+    body["subjects"] = ["foreign.>"]  # its owner moves it away; no advisory reaches us
+    await nc.request("$JS.API.STREAM.UPDATE.FOREIGN", json.dumps(body).encode())
+    worker.queue.mark_all(Trigger.RESYNC)
+    await until(lambda: stream_names_are(nc, {"FOREIGN", "INVENTORY", "NOTIFICATIONS"}))
+    assert broker.requests["create"] == creates + 1
+
+
+# --- updates that never converge ----------------------------------------------------------
+
+
+def looping_on(stream: str) -> tuple[Decide, list[int]]:
+    """A planner that never converges on `stream`: every look at it wants one
+    more update (a new description each time); other streams plan normally."""
+    made: list[int] = []
+
+    def decide(
+        resource: Resource,
+        observed: Observed | None,
+        now: datetime,
+        *,
+        own_hashes: frozenset[str] = frozenset(),
+    ) -> Decision:
+        if resource.stream != stream or observed is None:
+            return plan.decide(resource, observed, now, own_hashes=own_hashes)
+        made.append(1)
+        current = observed.config.get("description", "")
+        wanted = f"pass {len(made)}"
+        return Decision(
+            resource,
+            Action.UPDATE,
+            changes=(Change("description", current, wanted),),
+            send={**observed.config, "description": wanted},
+        )
+
+    return decide, made
+
+
+async def test_a_planner_that_never_converges_is_held_after_five_updates(
+    server: NatsServer,
+    nc: Client,
+    running: Callable[[Worker], Running],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each write is re-checked, and each look wants another update: after
+    WRITES_PER_WINDOW updates within WRITE_WINDOW the stream is held, with
+    one ERROR line and STATUS 'blocked: not converging'; nothing more is
+    written however often it is looked at, until the window has passed
+    (then one write per window) or a reload."""
+    decide, _ = looping_on("ALPHA")
+    config = make_config(server.url, SMALL)
+    clock = FakeClock()
+    board = StatusBoard(config.resources)
+    worker = Worker(config, board=board, clock=clock, decide=decide)
+    broker = Broker(nc, timeout=2.0)
+    run = running(worker)
+    with caplog.at_level(logging.DEBUG, logger="kanade_watchdog"):
+        worker.attach(broker, Trigger.STARTUP)
+        await until(lambda: stream_names_are(nc, {"ALPHA", "BETA", "GAMMA"}))
+        for n in range(1, WRITES_PER_WINDOW + 1):
+            clock.advance(STEP)  # the re-check of the last write
+            await until(partial(_requests_are, broker, "update", n))
+            await run.settle()  # its outcome recorded: the next re-check is scheduled
+        clock.advance(STEP)
+        await until(lambda: _blocked(board))
+        for _ in range(20):  # looked at again and again: advisories, resyncs
+            worker.queue.mark("ALPHA", Trigger.ADVISORY)
+            worker.queue.mark_all(Trigger.RESYNC)
+            clock.advance(1.0)
+            await run.settle()
+    assert broker.requests["update"] == WRITES_PER_WINDOW
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert errors[0].getMessage().startswith("stream ALPHA is not converging: updated 5 times")
+    assert "1 blocked: ALPHA" in board.line()
+
+    clock.advance(WRITE_WINDOW)  # the window has passed: one more write, then held again
+    worker.queue.mark("BETA", Trigger.ADVISORY)  # wakes the worker (it sleeps real seconds)
+    await until(lambda: _requests_are(broker, "update", WRITES_PER_WINDOW + 1))
+    for _ in range(5):
+        clock.advance(STEP)
+        await run.settle()
+    assert broker.requests["update"] == WRITES_PER_WINDOW + 1
+    assert "1 blocked: ALPHA" in board.line()
+
+    worker.reload(config)  # an operator's reload starts afresh
+    await until(lambda: _requests_are(broker, "update", WRITES_PER_WINDOW + 2))
+
+
+async def _blocked(board: StatusBoard) -> bool:
+    return "1 blocked: ALPHA" in board.line()

@@ -1,10 +1,12 @@
 """The broker refusing one resource while the others must keep converging:
-10047 insufficient storage, an immutable difference, a denied permission.
-A refusal is reported once and retried slowly; it never blocks the rest,
-and it never turns into a delete-and-recreate."""
+10047 insufficient storage, an immutable difference, a denied permission,
+subjects that overlap another stream's. A refusal is reported once and
+retried slowly, or at once when what caused it changes; it never blocks
+the rest, and it never turns into a delete-and-recreate."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +18,7 @@ from tests.chaos import figures
 from tests.chaos.harness import Scene
 from tests.chaos.invariants import Invariants
 from tests.chaos.ledger import api_ok
+from tests.chaos.proxy import StallProxy
 from tests.chaos.scale import pick, timeout
 from tests.daemonproc import DaemonProc, has_message, is_action
 from tests.natsserver import NatsServer
@@ -213,4 +216,68 @@ async def test_permission_denied_on_one_update_while_the_others_heal(auth_scene:
     figure.survived += 1  # the refusal itself: reported, never forced, the daemon up
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figures.publish(figure)
+
+
+OVERLAP_ROUNDS = pick(3, 20)
+OVERLAPPING = """
+[streams.INVENTORY]
+subjects = ["inventory.>"]
+
+[streams.NOTIFICATIONS]
+subjects = ["notifications.>"]
+
+[streams.PLAIN]
+subjects = ["plain.>"]
+"""
+
+
+@pytest.mark.timeout(timeout(60, 300))
+async def test_overlap_with_a_declared_stream_heals_once_that_stream_is_reverted(
+    scene: Scene,
+) -> None:
+    """INVENTORY deleted and NOTIFICATIONS widened over `inventory.>` by another
+    client, with the daemon's requests held for a moment so that it meets
+    both at once: the re-create of INVENTORY is refused (10065, permanent),
+    the daemon reverts NOTIFICATIONS and then creates INVENTORY within a
+    second or two, permanent_retry (1h) notwithstanding; the refusal names
+    NOTIFICATIONS as declared, never 'a stream this config does not declare'."""
+    figure = scene.figure
+    proxy = await StallProxy(scene.server.port).start()
+    try:
+        config = scene.config(
+            url=proxy.url, resources=OVERLAPPING, watchdog={"permanent_retry": "1h"}
+        )
+        daemon = scene.start(config)
+        inv = Invariants(scene, daemon)
+        await scene.converge(daemon, t0=time.monotonic(), after=0, reconnect=False)
+        await inv.quiet_when_in_sync()
+        for _ in range(OVERLAP_ROUNDS):
+            mark = daemon.mark()
+            proxy.stall(upstream=True)
+            await api_ok(scene.nc, "$JS.API.STREAM.DELETE.INVENTORY")
+            info = await api_ok(scene.nc, "$JS.API.STREAM.INFO.NOTIFICATIONS")
+            widened = {**info["config"], "subjects": ["notifications.>", "inventory.>"]}
+            await api_ok(scene.nc, "$JS.API.STREAM.UPDATE.NOTIFICATIONS", widened)
+            figure.faults += 1
+            await asyncio.sleep(0.05)
+            proxy.resume()
+            took = await scene.converge(
+                daemon, t0=time.monotonic(), after=mark, reconnect=False, within=10
+            )
+            figure.converged(took)
+            figure.heals += daemon.count(is_action("created"), after=mark)
+            figure.heals += daemon.count(is_action("updated"), after=mark)
+            assert took < 3.0, f"INVENTORY back only after {took:.1f}s"
+            await daemon.wait_for(is_action("created", stream="INVENTORY"), after=mark)
+        refused = daemon.find(is_action("failed", stream="INVENTORY"))
+        assert refused, "the overlap never happened: the scenario proved nothing"
+        for line in refused:
+            assert "which this config declares" in line["message"], line
+            assert "does not declare" not in line["message"], line
+        await inv.quiet_when_in_sync()
+        await inv.no_destructive()
+        await inv.stops_cleanly()
+    finally:
+        await proxy.close()
     figures.publish(figure)

@@ -4,7 +4,9 @@ A storm deletes random declared resources as fast as one client can for a
 while (a minute in the full run) with a producer publishing throughout:
 every delete must be followed by exactly one re-create. A daemon killed in
 the middle of a pass of creates or updates must leave nothing behind that
-keeps the next process from converging."""
+keeps the next process from converging. Deletes whose advisories never
+arrive are healed by the second look after each create, and a writer that
+undoes every update is fought a few times, then reported, never looped."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from collections import defaultdict
 
 import pytest
 
+from kanade_watchdog.guard import WRITES_PER_WINDOW
 from tests.chaos import figures
 from tests.chaos.harness import (
     BULK,
@@ -213,4 +216,101 @@ async def test_daemon_killed_mid_pass_leaves_nothing_that_blocks_convergence(
         assert mid_pass, "no kill landed in the middle of a pass"
     finally:
         await proxy.close()
+    figures.publish(figure)
+
+
+CHAIN = pick(5, 50)  # deletes, each right after the daemon's re-create
+
+
+@pytest.mark.timeout(timeout(60, 300))
+async def test_deletes_right_after_creates_heal_without_any_advisory(scene: Scene) -> None:
+    """The broker can drop the DELETED advisory of a stream deleted right after
+    it was created. With advisories off altogether and the resync an hour
+    away, a stream deleted as soon as the daemon has (re-)created it, over
+    and over, is re-created each time by the daemon's second look shortly
+    after its write, within a second, and exactly once per delete."""
+    figure = scene.figure
+    config = scene.config(watchdog={"advisories": False, "resync_interval": "1h"})
+    daemon = scene.start(config)
+    inv = Invariants(scene, daemon)
+    target = "EXEC"
+    await daemon.wait_for(is_action("created", stream=target), within=15)
+    mark = daemon.mark()
+    for n in range(1, CHAIN + 1):
+        await api_ok(scene.nc, f"$JS.API.STREAM.DELETE.{target}")  # right after the create
+        deleted_at = time.time()
+        figure.faults += 1
+        lines = await daemon.wait_for(
+            is_action("created", stream=target), after=mark, n=n, within=5
+        )
+        assert lines[-1]["trigger"] == "verify", lines[-1]
+        figure.converged(float(lines[-1]["ts"]) - deleted_at)
+    figure.heals = CHAIN
+    assert figure.worst_converge < 1.0, f"a heal took {figure.worst_converge:.2f}s"
+    await scene.converge(daemon, t0=time.monotonic(), after=mark, reconnect=False)
+    await scene.ledger.collect()
+    assert len(scene.ledger.writes(stream=target)) == CHAIN + 1  # startup + one per delete
+    assert daemon.count(is_action("created", stream=target), after=mark) == CHAIN
+    await inv.no_destructive()
+    await inv.stops_cleanly()
+    figures.publish(figure)
+
+
+WAR_SECONDS = pick(3.0, 20.0)
+ONE_DAY_NS = 86_400 * 10**9
+
+
+async def fight_over_results(scene: Scene, stop: asyncio.Event) -> int:
+    """Another writer that sets RESULTS max_age to 1d whenever it is not:
+    every update of the daemon is undone at once. Returns its update count."""
+    writes = 0
+    while not stop.is_set():
+        config = dict((await api_ok(scene.nc, "$JS.API.STREAM.INFO.RESULTS"))["config"])
+        if config["max_age"] != ONE_DAY_NS:
+            config["max_age"] = ONE_DAY_NS
+            await api_ok(scene.nc, "$JS.API.STREAM.UPDATE.RESULTS", config)
+            writes += 1
+        await asyncio.sleep(0.005)
+    return writes
+
+
+@pytest.mark.timeout(timeout(60, 300))
+async def test_a_writer_undoing_every_update_is_fought_a_few_times_then_reported(
+    scene: Scene,
+) -> None:
+    """Another writer undoes each of the daemon's updates of RESULTS at once.
+    The daemon updates it at most WRITES_PER_WINDOW times, then says once
+    (ERROR) that RESULTS is not converging and writes it no more, while it
+    goes on healing deletes of everything else; the daemon stays up."""
+    figure = scene.figure
+    daemon = scene.start(scene.config())
+    inv = Invariants(scene, daemon)
+    await scene.converge(daemon, t0=time.monotonic(), after=0, reconnect=False)
+    await inv.quiet_when_in_sync()
+    before, mark = (await scene.ledger.collect()).mark(), daemon.mark()
+    stop = asyncio.Event()
+    war = asyncio.create_task(fight_over_results(scene, stop))
+    figure.faults += 1
+    started = time.monotonic()
+    while time.monotonic() - started < WAR_SECONDS:
+        heal = daemon.mark()
+        await api_ok(scene.nc, "$JS.API.STREAM.DELETE.EVENTS")
+        figure.faults += 1
+        await daemon.wait_for(is_action("created", stream="EVENTS"), after=heal, within=5)
+        figure.heals += 1
+        await asyncio.sleep(0.2)
+    stop.set()
+    other_writes = await war
+    await scene.ledger.collect(settle=0.2)
+    ours = scene.ledger.writes(after=before, stream="RESULTS")
+    assert len(ours) == WRITES_PER_WINDOW, [c.subject for c in ours]
+    assert other_writes >= WRITES_PER_WINDOW
+    errors = daemon.find(lambda line: line.get("level") == "error", after=mark)
+    assert len(errors) == 1, errors
+    assert "RESULTS is not converging" in errors[0]["message"]
+    assert errors[0]["action"] == "blocked"
+    figure.survived = figure.faults
+    await inv.quiet_when_in_sync(skip=["RESULTS"])
+    await inv.no_destructive()
+    await inv.stops_cleanly()
     figures.publish(figure)
