@@ -40,7 +40,7 @@ STATES = ("in_sync", "missing", "drifted", "blocked", "newer_spec", "failed")
 # The daemon's triggers (events.Trigger). Heal and update counters start at 0
 # for each declared kind and each of these, so the first heal of a kind is a
 # visible increase and not the birth of a series that rate() cannot see.
-TRIGGERS = ("startup", "resync", "reconnect", "advisory", "reload", "retry")
+TRIGGERS = ("startup", "resync", "reconnect", "advisory", "reload", "retry", "verify")
 
 # From a heal on the advisory path (a few ms on loopback) to one that waited
 # for a resync or a broker's leader election (tens of seconds).
