@@ -41,8 +41,8 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from kanade_watchdog import config as cfg
-from kanade_watchdog import desired
+from kanade_watchdog.config import load as cfg
+from kanade_watchdog.core import desired
 from tests.cluster import Cluster, Node, run_sync
 from tests.daemonproc import DaemonProc
 

@@ -34,10 +34,10 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
-from kanade_watchdog.config import NatsSettings
-from kanade_watchdog.export import collect
-from kanade_watchdog.export_cmd import fetch
-from kanade_watchdog.export_doc import render
+from kanade_watchdog.commands.export import fetch
+from kanade_watchdog.config.load import NatsSettings
+from kanade_watchdog.core.export import collect
+from kanade_watchdog.report.declaration import render
 from tests.audit import ApiAudit
 from tests.natsserver import NatsServer
 

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kanade_watchdog import config as cfg
-from kanade_watchdog import desired
+from kanade_watchdog.config import load as cfg
+from kanade_watchdog.core import desired
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).with_name("floor_streams.json")

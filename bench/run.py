@@ -29,12 +29,12 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
-from kanade_watchdog import config as cfg
-from kanade_watchdog import desired
-from kanade_watchdog.apply import execute
-from kanade_watchdog.broker import Broker
-from kanade_watchdog.plan import Action, Observed, decide, plan
-from kanade_watchdog.worker import utcnow
+from kanade_watchdog.broker.api import Broker
+from kanade_watchdog.broker.apply import execute
+from kanade_watchdog.config import load as cfg
+from kanade_watchdog.core import desired
+from kanade_watchdog.core.plan import Action, Observed, decide, plan
+from kanade_watchdog.daemon.worker import utcnow
 from tests.audit import ApiAudit
 from tests.natsserver import NatsServer
 

@@ -17,8 +17,8 @@ import sys
 import nats
 from nats.aio.client import Client
 
-from kanade_watchdog import config as cfg
-from kanade_watchdog import desired
+from kanade_watchdog.config import load as cfg
+from kanade_watchdog.core import desired
 
 
 async def create_or_update(nc: Client, res: cfg.Resource) -> None:

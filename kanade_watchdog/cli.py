@@ -23,19 +23,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from . import __version__, exitcodes, render
-from .apply import Outcome, execute
-from .broker import Broker
-from .cluster import cluster_facts
-from .config import DEFAULT_PATH, ENV_PATH, Config, load
-from .connection import connect_once
-from .errors import BrokerError, ConfigError
-from .export import undeclared
-from .export_cmd import add_arguments as add_export_arguments
-from .export_cmd import export_command
-from .logs import setup_logging
-from .plan import Action, Decision, Observed, plan
-from .printable import escape
+from kanade_watchdog import __version__
+from kanade_watchdog.broker.api import Broker
+from kanade_watchdog.broker.apply import Outcome, execute
+from kanade_watchdog.broker.connect import connect_once
+from kanade_watchdog.commands.export import add_arguments as add_export_arguments
+from kanade_watchdog.commands.export import export_command
+from kanade_watchdog.config.load import DEFAULT_PATH, ENV_PATH, Config, load
+from kanade_watchdog.core.cluster import cluster_facts
+from kanade_watchdog.core.export import undeclared
+from kanade_watchdog.core.plan import Action, Decision, Observed, plan
+from kanade_watchdog.model import exitcodes
+from kanade_watchdog.model.errors import BrokerError, ConfigError
+from kanade_watchdog.model.printable import escape
+from kanade_watchdog.report import render
+from kanade_watchdog.report.logs import setup_logging
 
 log = logging.getLogger("kanade_watchdog")
 
@@ -326,7 +328,7 @@ def _write(result: Output) -> int:
 
 def _run(args: argparse.Namespace, path: str) -> int:
     # The scheduler and systemd stay out of the one-shot commands' start-up.
-    from .daemon import run_daemon  # noqa: PLC0415
+    from kanade_watchdog.daemon.main import run_daemon  # noqa: PLC0415
 
     def run() -> int:
         setup_logging(args.log_format, args.log_level)

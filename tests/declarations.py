@@ -15,8 +15,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from kanade_watchdog.config import SECTION, Kind
-from kanade_watchdog.units import NS_PER_SECOND, format_duration_ns, parse_duration_ns
+from kanade_watchdog.config.load import SECTION, Kind
+from kanade_watchdog.model.units import NS_PER_SECOND, format_duration_ns, parse_duration_ns
 
 DURATIONS = ["100ms", "1500ms", "1s", "45s", "2m", "90m", "1h30m", "12h", "1d", "90d", "2w"]
 SIZES = ["1", "512", "1KiB", "1.5KiB", "64KiB", "1MiB", "10MB", "32MiB"]

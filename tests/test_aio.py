@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kanade_watchdog import aio
+from kanade_watchdog.broker import aio
 from tests.conftest import REPO
 
 
@@ -114,7 +114,7 @@ async def test_a_given_up_call_finishing_later_is_ignored() -> None:
 
 EXIT_PROBE = """
 import asyncio, sys
-from kanade_watchdog import aio
+from kanade_watchdog.broker import aio
 async def main():
     path = sys.argv[1]
     read = aio.in_thread(lambda: open(path).read(), name="fifo-reader")

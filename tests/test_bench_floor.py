@@ -21,7 +21,7 @@ from nats.aio.client import Client
 
 from bench import floor, floor_configs
 from bench import run as bench_run
-from kanade_watchdog import config as cfg
+from kanade_watchdog.config import load as cfg
 from tests.conftest import REPO, config_for
 from tests.natsserver import NatsServer
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from kanade_watchdog.apply import Result, execute
-from kanade_watchdog.broker import Broker
-from kanade_watchdog.config import MAX_DESCRIPTION_BYTES, Kind, Resource, load
-from kanade_watchdog.errors import ERR_IMMUTABLE_FIELD, ConfigError
-from kanade_watchdog.plan import Action, decide
+from kanade_watchdog.broker.api import Broker
+from kanade_watchdog.broker.apply import Result, execute
+from kanade_watchdog.config.load import MAX_DESCRIPTION_BYTES, Kind, Resource, load
+from kanade_watchdog.core.plan import Action, decide
+from kanade_watchdog.model.errors import ERR_IMMUTABLE_FIELD, ConfigError
 
 MS = 1_000_000
 

@@ -3,7 +3,7 @@
 Every command runs in a subprocess (`python -m kanade_watchdog`) against a
 real nats-server, an address where nothing listens, a broker without
 JetStream, or a bad config file. `run_cli` fails any run that prints a
-traceback. Table of codes: kanade_watchdog/exitcodes.py.
+traceback. Table of codes: kanade_watchdog/model/exitcodes.py.
 """
 
 from __future__ import annotations

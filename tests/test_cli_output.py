@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from kanade_watchdog.logs import TextFormatter
+from kanade_watchdog.report.logs import TextFormatter
 from tests.conftest import REPO, config_for
 from tests.daemonproc import daemon_config
 from tests.helpers_streams import (

@@ -39,8 +39,8 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from kanade_watchdog.errors import ApiError
-from kanade_watchdog.worker import TRANSIENT_QUIET
+from kanade_watchdog.daemon.worker import TRANSIENT_QUIET
+from kanade_watchdog.model.errors import ApiError
 from tests.audit import ApiAudit
 from tests.cluster import CLUSTER_NAME, Cluster, Node, run_sync
 from tests.daemonproc import DEFAULT_WATCHDOG, DaemonProc, Line, has_message, is_action

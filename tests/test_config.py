@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from kanade_watchdog import cli, exitcodes
-from kanade_watchdog.config import (
+from kanade_watchdog import cli
+from kanade_watchdog.config.load import (
     MAX_FILE_BYTES,
     MAX_STOP_TIMEOUT,
     STOP_MARGIN,
@@ -26,8 +26,9 @@ from kanade_watchdog.config import (
     load,
     parse,
 )
-from kanade_watchdog.errors import ConfigError
-from kanade_watchdog.units import parse_duration_ns
+from kanade_watchdog.model import exitcodes
+from kanade_watchdog.model.errors import ConfigError
+from kanade_watchdog.model.units import parse_duration_ns
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
@@ -378,8 +379,8 @@ def test_sub_100ms_max_age_is_refused(tmp_path: Path, text: str) -> None:
 def marker_keys() -> list[str]:
     """The keys the marker writes on every write, read from the marker itself, so a
     key added to it later is covered too."""
-    from kanade_watchdog.config import Resource
-    from kanade_watchdog.desired import marker
+    from kanade_watchdog.config.load import Resource
+    from kanade_watchdog.core.desired import marker
 
     keys = list(marker(Resource(kind=Kind.STREAM, name="S", declared={"subjects": ("s.>",)})))
     assert keys, "the marker writes at least one key"

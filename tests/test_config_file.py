@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kanade_watchdog.config import load
-from kanade_watchdog.errors import ConfigError
+from kanade_watchdog.config.load import load
+from kanade_watchdog.model.errors import ConfigError
 from tests.helpers_streams import run_cli
 
 BASE = '[streams.S]\nsubjects = ["s.>"]\n'

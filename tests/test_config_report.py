@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kanade_watchdog.config import load
-from kanade_watchdog.errors import ConfigError
-from kanade_watchdog.problems import MAX_LINES_PER_KIND
+from kanade_watchdog.config.load import load
+from kanade_watchdog.config.problems import MAX_LINES_PER_KIND
+from kanade_watchdog.model.errors import ConfigError
 
 BASE = '[streams.S]\nsubjects = ["s.>"]\n'
 

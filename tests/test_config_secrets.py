@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kanade_watchdog import cli
-from kanade_watchdog.config import load, parse
-from kanade_watchdog.errors import ConfigError
-from kanade_watchdog.problems import looks_secret
+from kanade_watchdog.config.load import load, parse
+from kanade_watchdog.config.problems import looks_secret
+from kanade_watchdog.model.errors import ConfigError
 from tests.test_config_fuzz import REPO_TEXT, documents, toml_document
 
 BASE = '[streams.S]\nsubjects = ["s.>"]\n'

@@ -28,17 +28,17 @@ from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from kanade_watchdog.broker import Broker
-from kanade_watchdog.config import Kind, Resource, parse
-from kanade_watchdog.desired import (
+from kanade_watchdog.broker.api import Broker
+from kanade_watchdog.config.load import Kind, Resource, parse
+from kanade_watchdog.core.desired import (
     MANAGED_BY,
     MANAGED_BY_KEY,
     SPEC_HASH_KEY,
     SPEC_VERSION_KEY,
     WRITER_KEY,
 )
-from kanade_watchdog.errors import ApiError, ConfigError
-from kanade_watchdog.plan import Action, Observed, decide
+from kanade_watchdog.core.plan import Action, Observed, decide
+from kanade_watchdog.model.errors import ApiError, ConfigError
 from tests.helpers_streams import (
     new_audit,
     raw_update,

@@ -18,9 +18,9 @@ import tomlkit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kanade_watchdog import desired
-from kanade_watchdog.config import Kind, NatsSettings, Resource, TlsSettings, parse
-from kanade_watchdog.export import (
+from kanade_watchdog.config.load import Kind, NatsSettings, Resource, TlsSettings, parse
+from kanade_watchdog.core import desired
+from kanade_watchdog.core.export import (
     Entry,
     Export,
     Held,
@@ -30,10 +30,10 @@ from kanade_watchdog.export import (
     exact_size,
     undeclared,
 )
-from kanade_watchdog.export_doc import MergeError, merge, nats_table, render
-from kanade_watchdog.plan import Action, Observed, decide
-from kanade_watchdog.secret import Secret
-from kanade_watchdog.units import parse_size_bytes
+from kanade_watchdog.core.plan import Action, Observed, decide
+from kanade_watchdog.model.secret import Secret
+from kanade_watchdog.model.units import parse_size_bytes
+from kanade_watchdog.report.declaration import MergeError, merge, nats_table, render
 from tests.declarations import declarations, is_default
 
 NOW = datetime(2026, 1, 2, 3, 4, 5)

@@ -31,7 +31,7 @@ from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, Placement, StorageType, StreamSource
 
 from kanade_watchdog import cli
-from kanade_watchdog.config import load, parse
+from kanade_watchdog.config.load import load, parse
 from tests.conftest import config_for
 from tests.declarations import declarations, is_default
 from tests.helpers_streams import (

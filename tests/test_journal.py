@@ -24,10 +24,15 @@ from pathlib import Path
 import nats
 import pytest
 
-from kanade_watchdog import journal
-from kanade_watchdog.events import MESSAGE_IDS, Event, Trigger
-from kanade_watchdog.journal import FIELD_NAMES, JournalHandler, message_id, stderr_is_journal
-from kanade_watchdog.logs import JsonFormatter, fields, record_fields, setup_logging
+from kanade_watchdog.model.events import MESSAGE_IDS, Event, Trigger
+from kanade_watchdog.report import journal
+from kanade_watchdog.report.journal import (
+    FIELD_NAMES,
+    JournalHandler,
+    message_id,
+    stderr_is_journal,
+)
+from kanade_watchdog.report.logs import JsonFormatter, fields, record_fields, setup_logging
 from tests.conftest import REPO
 from tests.natsserver import NatsServer
 from tests.sdnotify import NotifiedDaemon

@@ -24,7 +24,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from kanade_watchdog import __version__
-from kanade_watchdog.events import Trigger
+from kanade_watchdog.model.events import Trigger
 from kanade_watchdog.report.metrics import (
     CONTENT_TYPE,
     HEAL_BUCKETS,

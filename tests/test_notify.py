@@ -26,8 +26,8 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from kanade_watchdog.events import MESSAGE_IDS, Event
-from kanade_watchdog.notify import Notifier, watchdog_period
+from kanade_watchdog.model.events import MESSAGE_IDS, Event
+from kanade_watchdog.report.systemd import Notifier, watchdog_period
 from tests.conftest import config_for
 from tests.helpers_streams import ALL_STREAMS
 from tests.natsserver import NatsServer, free_port

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kanade_watchdog.printable import escape, key, quote
+from kanade_watchdog.model.printable import escape, key, quote
 
 FORGED = "ops\n2026-01-01 INFO    created stream FORGED"
 

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kanade_watchdog import render
-from kanade_watchdog.cluster import ClusterFacts
-from kanade_watchdog.config import Kind, Resource
-from kanade_watchdog.plan import Action, Change, Decision, Observed, Stake, decide
-from kanade_watchdog.printable import quote
+from kanade_watchdog.config.load import Kind, Resource
+from kanade_watchdog.core.cluster import ClusterFacts
+from kanade_watchdog.core.plan import Action, Change, Decision, Observed, Stake, decide
+from kanade_watchdog.model.printable import quote
+from kanade_watchdog.report import render
 
 NOW = datetime(2026, 1, 1, 12, 0, 0)
 SEC = 10**9

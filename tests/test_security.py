@@ -35,8 +35,8 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from kanade_watchdog.config import ENV_TOKEN, load
-from kanade_watchdog.errors import ConfigError
+from kanade_watchdog.config.load import ENV_TOKEN, load
+from kanade_watchdog.model.errors import ConfigError
 from tests.audit import ApiAudit
 from tests.certs import Ca, Cert, make_ca
 from tests.conftest import REPO

@@ -27,10 +27,10 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from kanade_watchdog.broker import Broker
-from kanade_watchdog.config import parse
-from kanade_watchdog.errors import ApiError
-from kanade_watchdog.plan import Action, decide
+from kanade_watchdog.broker.api import Broker
+from kanade_watchdog.config.load import parse
+from kanade_watchdog.core.plan import Action, decide
+from kanade_watchdog.model.errors import ApiError
 from tests.natsserver import NatsServer
 
 LEAVES = ("a", "b", "c")

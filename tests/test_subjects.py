@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kanade_watchdog.subjects import (
+from kanade_watchdog.model.subjects import (
     MAX_NAME_LEN,
     SubjectIndex,
     bucket_name_problem,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from kanade_watchdog.config import parse
-from kanade_watchdog.errors import ConfigError
+from kanade_watchdog.config.load import parse
+from kanade_watchdog.model.errors import ConfigError
 from tests.helpers_streams import run_cli, watchdog_audit, write_config
 from tests.natsserver import NatsServer
 

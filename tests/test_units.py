@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kanade_watchdog.units import (
+from kanade_watchdog.model.units import (
     INT64_MAX,
     format_duration_ns,
     format_size,

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kanade_watchdog import cli
-from kanade_watchdog.config import load
-from kanade_watchdog.errors import ConfigError
+from kanade_watchdog.config.load import load
+from kanade_watchdog.model.errors import ConfigError
 from tests.chaos import figures
 from tests.chaos.harness import Scene
 from tests.chaos.invariants import Invariants

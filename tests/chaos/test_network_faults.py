@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from kanade_watchdog import broker as broker_module
+from kanade_watchdog.broker import api as broker_module
 from tests.chaos import figures
 from tests.chaos.harness import CHAOS_NATS, CHAOS_WATCHDOG, LEDGER, Scene
 from tests.chaos.invariants import Invariants

@@ -18,7 +18,7 @@ from collections import defaultdict
 
 import pytest
 
-from kanade_watchdog.guard import WRITES_PER_WINDOW
+from kanade_watchdog.daemon.guard import WRITES_PER_WINDOW
 from tests.chaos import figures
 from tests.chaos.harness import (
     BULK,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from kanade_watchdog.events import MESSAGE_IDS, Event
+from kanade_watchdog.model.events import MESSAGE_IDS, Event
 from tests.e2e.conftest import CONFIG_PATH, TIMINGS, e2e_config
 from tests.e2e.machine import INSTALL_PATH, Machine
 from tests.helpers_streams import ALL_STREAMS

@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .events import MESSAGE_IDS
+from kanade_watchdog.model.events import MESSAGE_IDS
 
 try:  # systemd-python is a Linux-only dependency
     from systemd import _journal as _native  # the C sender behind journal.sendv

@@ -20,33 +20,34 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from . import configfile, values
-from .configfile import read_config, resolve_secrets
-from .errors import ConfigError
-from .problems import Parser, Problems, unknown_key
-from .problems import key as _key
-from .secret import Secret
-from .subjects import SubjectIndex, bucket_name_problem, stream_name_problem
-from .units import format_duration_ns
-from .values import age as _age
-from .values import boolean as _bool
-from .values import count as _count
-from .values import description as _description
-from .values import domain as _domain
-from .values import enum as _enum
-from .values import file_path as _path
-from .values import int_range as _int_range
-from .values import metadata as _metadata
-from .values import placement as _placement
-from .values import positive_seconds as _positive_seconds
-from .values import seconds as _seconds
-from .values import secret as _secret
-from .values import servers as _servers
-from .values import size as _size
-from .values import subjects as _subjects
-from .values import table as _parse_table
-from .values import text as _text
-from .values import window as _window
+from kanade_watchdog.config import files as configfile
+from kanade_watchdog.config import values
+from kanade_watchdog.config.files import read_config, resolve_secrets
+from kanade_watchdog.config.problems import Parser, Problems, unknown_key
+from kanade_watchdog.config.problems import key as _key
+from kanade_watchdog.config.values import age as _age
+from kanade_watchdog.config.values import boolean as _bool
+from kanade_watchdog.config.values import count as _count
+from kanade_watchdog.config.values import description as _description
+from kanade_watchdog.config.values import domain as _domain
+from kanade_watchdog.config.values import enum as _enum
+from kanade_watchdog.config.values import file_path as _path
+from kanade_watchdog.config.values import int_range as _int_range
+from kanade_watchdog.config.values import metadata as _metadata
+from kanade_watchdog.config.values import placement as _placement
+from kanade_watchdog.config.values import positive_seconds as _positive_seconds
+from kanade_watchdog.config.values import seconds as _seconds
+from kanade_watchdog.config.values import secret as _secret
+from kanade_watchdog.config.values import servers as _servers
+from kanade_watchdog.config.values import size as _size
+from kanade_watchdog.config.values import subjects as _subjects
+from kanade_watchdog.config.values import table as _parse_table
+from kanade_watchdog.config.values import text as _text
+from kanade_watchdog.config.values import window as _window
+from kanade_watchdog.model.errors import ConfigError
+from kanade_watchdog.model.secret import Secret
+from kanade_watchdog.model.subjects import SubjectIndex, bucket_name_problem, stream_name_problem
+from kanade_watchdog.model.units import format_duration_ns
 
 DEFAULT_PATH = "/etc/kanade/watchdog.toml"
 ENV_PATH = "KANADE_WATCHDOG_CONFIG"

@@ -15,8 +15,8 @@ import sys
 import time
 from typing import Any
 
-from .journal import journal_handler, message_id
-from .printable import escape
+from kanade_watchdog.model.printable import escape
+from kanade_watchdog.report.journal import journal_handler, message_id
 
 FIELDS_ATTR = "kanade"
 

@@ -28,10 +28,10 @@ import nats.errors
 from nats.aio.client import Client, Server
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from .aio import bounded, in_background
-from .config import NatsSettings
-from .errors import BrokerUnavailable
-from .security import auth_options
+from kanade_watchdog.broker.aio import bounded, in_background
+from kanade_watchdog.broker.security import auth_options
+from kanade_watchdog.config.load import NatsSettings
+from kanade_watchdog.model.errors import BrokerUnavailable
 
 log = logging.getLogger("kanade_watchdog.connection")
 

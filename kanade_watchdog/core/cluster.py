@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .config import Resource
-from .plan import Observed
+from kanade_watchdog.config.load import Resource
+from kanade_watchdog.core.plan import Observed
 
 
 @dataclass(frozen=True)

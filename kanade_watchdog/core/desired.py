@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Kind, Resource
-from .units import NS_PER_SECOND
+from kanade_watchdog.config.load import Kind, Resource
+from kanade_watchdog.model.units import NS_PER_SECOND
 
 TWO_MINUTES_NS = 120 * NS_PER_SECOND
 

@@ -26,18 +26,19 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from . import advisories, exitcodes
-from .aio import bounded, in_thread
-from .broker import Broker
-from .config import Config, load
-from .connection import connect_forever
-from .errors import ConfigError
-from .events import Event, Trigger
-from .logs import fields
-from .notify import Notifier, watchdog_period
-from .resync import ResyncTimer
-from .status import StatusBoard
-from .worker import Worker
+from kanade_watchdog.broker.aio import bounded, in_thread
+from kanade_watchdog.broker.api import Broker
+from kanade_watchdog.broker.connect import connect_forever
+from kanade_watchdog.config.load import Config, load
+from kanade_watchdog.daemon import advisories
+from kanade_watchdog.daemon.resync import ResyncTimer
+from kanade_watchdog.daemon.worker import Worker
+from kanade_watchdog.model import exitcodes
+from kanade_watchdog.model.errors import ConfigError
+from kanade_watchdog.model.events import Event, Trigger
+from kanade_watchdog.report.logs import fields
+from kanade_watchdog.report.status import StatusBoard
+from kanade_watchdog.report.systemd import Notifier, watchdog_period
 
 log = logging.getLogger("kanade_watchdog")
 

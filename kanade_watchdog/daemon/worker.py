@@ -26,19 +26,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from . import causes, desired, plan
-from .apply import Outcome, Result, execute
-from .backoff import Backoff
-from .broker import Broker
-from .cluster import cluster_facts
-from .config import Config, Resource
-from .errors import BrokerError, BrokerUnavailable
-from .events import Trigger
-from .guard import WriteGuard
-from .outcome_log import EVERYTHING, OutcomeLog, present_after
-from .outcome_log import TRANSIENT_QUIET as TRANSIENT_QUIET  # noqa: PLC0414 - re-exported
-from .plan import Action, Decision, Observed
-from .status import StatusBoard
+from kanade_watchdog.broker.api import Broker
+from kanade_watchdog.broker.apply import Outcome, Result, execute
+from kanade_watchdog.config.load import Config, Resource
+from kanade_watchdog.core import desired, plan
+from kanade_watchdog.core.cluster import cluster_facts
+from kanade_watchdog.core.plan import Action, Decision, Observed
+from kanade_watchdog.daemon import causes
+from kanade_watchdog.daemon.backoff import Backoff
+from kanade_watchdog.daemon.guard import WriteGuard
+from kanade_watchdog.model.errors import BrokerError, BrokerUnavailable
+from kanade_watchdog.model.events import Trigger
+from kanade_watchdog.report.outcomes import EVERYTHING, OutcomeLog, present_after
+from kanade_watchdog.report.outcomes import TRANSIENT_QUIET as TRANSIENT_QUIET  # noqa: PLC0414 - re-exported
+from kanade_watchdog.report.status import StatusBoard
 
 log = logging.getLogger("kanade_watchdog.worker")
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from . import desired
-from .config import FIELDS, REQUIRED, STREAM_PREFIX, Kind, Resource
-from .subjects import bucket_name_problem, stream_name_problem
-from .units import format_duration_ns, format_size
+from kanade_watchdog.config.load import FIELDS, REQUIRED, STREAM_PREFIX, Kind, Resource
+from kanade_watchdog.core import desired
+from kanade_watchdog.model.subjects import bucket_name_problem, stream_name_problem
+from kanade_watchdog.model.units import format_duration_ns, format_size
 
 # Keys the broker owns (`_nats.*`) and the watchdog's own marker (`kanade.*`):
 # never part of a declaration.

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .apply import Result
-from .cluster import ClusterFacts
-from .config import Resource
+from kanade_watchdog.broker.apply import Result
+from kanade_watchdog.config.load import Resource
+from kanade_watchdog.core.cluster import ClusterFacts
 
 
 @dataclass

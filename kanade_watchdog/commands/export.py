@@ -22,13 +22,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from . import exitcodes
-from .broker import LIST_WAIT, Broker
-from .config import ENV_TOKEN, MAX_FILE_BYTES, SECRET_KEYS, Kind, NatsSettings, load, parse
-from .connection import connect_once
-from .errors import ConfigError
-from .export import Export, Held, collect
-from .secret import Secret
+from kanade_watchdog.broker.api import LIST_WAIT, Broker
+from kanade_watchdog.broker.connect import connect_once
+from kanade_watchdog.config.load import (
+    ENV_TOKEN,
+    MAX_FILE_BYTES,
+    SECRET_KEYS,
+    Kind,
+    NatsSettings,
+    load,
+    parse,
+)
+from kanade_watchdog.core.export import Export, Held, collect
+from kanade_watchdog.model import exitcodes
+from kanade_watchdog.model.errors import ConfigError
+from kanade_watchdog.model.secret import Secret
 
 KINDS = {"stream": Kind.STREAM, "kv": Kind.KV, "object": Kind.OBJECT_STORE}
 NEW_FILE_MODE = 0o644
@@ -145,7 +153,7 @@ def _read_merge_source(path: str) -> MergeSource:
         raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax: {exc}"]) from None
-    from .export_doc import declared_streams  # noqa: PLC0415 - see export_command
+    from kanade_watchdog.report.declaration import declared_streams  # noqa: PLC0415 - see export_command
 
     nats = document.get("nats")
     inline = isinstance(nats, dict) and bool(SECRET_KEYS & set(nats))
@@ -218,7 +226,7 @@ def export_command(config_path: str, args: argparse.Namespace) -> int:
     """`kanade-watchdog export`: 0 written, 1 broker or output error, 78 bad
     config or merge source (raised as ConfigError for `cli` to print)."""
     # tomlkit is loaded only when exporting: `check` starts every few minutes.
-    from .export_doc import MergeError, merge, render  # noqa: PLC0415
+    from kanade_watchdog.report.declaration import MergeError, merge, render  # noqa: PLC0415
 
     settings = settings_for(config_path, args.server)
     source = _read_merge_source(args.merge) if args.merge else None

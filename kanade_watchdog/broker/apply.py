@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from .broker import Broker
-from .causes import overlapping
-from .config import Kind, Resource
-from .errors import (
+from kanade_watchdog.broker.api import Broker
+from kanade_watchdog.config.load import Kind, Resource
+from kanade_watchdog.core.plan import Action, Decision, Observed, decide, show
+from kanade_watchdog.daemon.causes import overlapping
+from kanade_watchdog.model.errors import (
     ERR_IMMUTABLE_FIELD,
     ERR_INSUFFICIENT_MEMORY,
     ERR_INSUFFICIENT_STORAGE,
@@ -28,8 +29,7 @@ from .errors import (
     BrokerError,
     ResourceError,
 )
-from .plan import Action, Decision, Observed, decide, show
-from .units import format_size
+from kanade_watchdog.model.units import format_size
 
 
 class Result(StrEnum):

@@ -12,12 +12,17 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from .problems import HIDDEN, Invalid, Parser, Part, unknown_key
-from .problems import key as _key
-from .problems import show as _show
-from .secret import Secret
-from .subjects import stream_name_problem, subject_problem, subjects_overlap
-from .units import INT64_MAX, NS_PER_SECOND, parse_duration_ns, parse_size_bytes
+from kanade_watchdog.config.problems import HIDDEN, Invalid, Parser, Part, unknown_key
+from kanade_watchdog.config.problems import key as _key
+from kanade_watchdog.config.problems import show as _show
+from kanade_watchdog.model.secret import Secret
+from kanade_watchdog.model.subjects import stream_name_problem, subject_problem, subjects_overlap
+from kanade_watchdog.model.units import (
+    INT64_MAX,
+    NS_PER_SECOND,
+    parse_duration_ns,
+    parse_size_bytes,
+)
 
 
 def _is_int(value: Any) -> bool:

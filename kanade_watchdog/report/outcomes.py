@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from .apply import Outcome, Result, kind_word
-from .config import Resource
-from .errors import BrokerError
-from .events import Event, Trigger
-from .logs import fields
-from .plan import Action, Decision
-from .status import StatusBoard
+from kanade_watchdog.broker.apply import Outcome, Result, kind_word
+from kanade_watchdog.config.load import Resource
+from kanade_watchdog.core.plan import Action, Decision
+from kanade_watchdog.model.errors import BrokerError
+from kanade_watchdog.model.events import Event, Trigger
+from kanade_watchdog.report.logs import fields
+from kanade_watchdog.report.status import StatusBoard
 
 log = logging.getLogger("kanade_watchdog.worker")
 

@@ -20,8 +20,14 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 
-from .errors import ERR_STREAM_NOT_FOUND, ApiError, BrokerError, BrokerUnavailable, PermissionDenied
-from .plan import Observed
+from kanade_watchdog.core.plan import Observed
+from kanade_watchdog.model.errors import (
+    ERR_STREAM_NOT_FOUND,
+    ApiError,
+    BrokerError,
+    BrokerUnavailable,
+    PermissionDenied,
+)
 
 PAGE_SIZE = 256  # the broker's fixed page for STREAM.LIST
 LIST_WAIT = 6.0  # a clustered broker waits ~4 s for unresponsive stream leaders

@@ -17,12 +17,12 @@ import stat
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
-from .problems import Problems
-from .secret import Secret
+from kanade_watchdog.config.problems import Problems
+from kanade_watchdog.model.errors import ConfigError
+from kanade_watchdog.model.secret import Secret
 
 if TYPE_CHECKING:
-    from .config import Config, TlsSettings
+    from kanade_watchdog.config.load import Config, TlsSettings
 
 MAX_FILE_BYTES = 4 * 1024 * 1024  # the kanade set is ~6 KiB; 25,000 resources fit
 MAX_SECRET_BYTES = 64 * 1024

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .config import Kind
-from .desired import SERVER_DEFAULTS
-from .units import format_duration_ns, format_size
+from kanade_watchdog.config.load import Kind
+from kanade_watchdog.core.desired import SERVER_DEFAULTS
+from kanade_watchdog.model.units import format_duration_ns, format_size
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,15 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import desired
-from .config import Resource
-from .errors import ERR_INSUFFICIENT_MEMORY, ERR_INSUFFICIENT_STORAGE, ERR_SUBJECTS_OVERLAP
-from .plan import Observed
-from .subjects import subjects_overlap
+from kanade_watchdog.config.load import Resource
+from kanade_watchdog.core import desired
+from kanade_watchdog.core.plan import Observed
+from kanade_watchdog.model.errors import (
+    ERR_INSUFFICIENT_MEMORY,
+    ERR_INSUFFICIENT_STORAGE,
+    ERR_SUBJECTS_OVERLAP,
+)
+from kanade_watchdog.model.subjects import subjects_overlap
 
 
 @dataclass(frozen=True)

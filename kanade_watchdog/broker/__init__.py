@@ -1,0 +1,1 @@
+"""The only package that talks NATS: the JetStream API, connections, applying decisions."""

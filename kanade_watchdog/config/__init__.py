@@ -1,0 +1,1 @@
+"""The TOML file -> a validated model.Config: value parsers, checks, secret and TLS files."""

@@ -1,0 +1,1 @@
+"""`kanade-watchdog run`: the supervisor, the work queue and the one reconciler, timers."""

@@ -1,0 +1,1 @@
+"""Pure data and rules, stdlib only: units, names, subjects, errors, events, text."""
