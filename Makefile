@@ -75,6 +75,7 @@ run: setup
 lint: setup
 	$(BIN)/ruff check kanade_watchdog tests bench scripts/portcheck.py
 	$(BIN)/ruff format --check kanade_watchdog tests bench scripts/portcheck.py
+	$(BIN)/lint-imports --no-cache
 
 typecheck: setup
 	$(BIN)/mypy

@@ -35,8 +35,8 @@ import nats
 from nats.aio.client import Client
 
 from kanade_watchdog.commands.export import fetch
-from kanade_watchdog.config.load import NatsSettings
 from kanade_watchdog.core.export import collect
+from kanade_watchdog.model.settings import NatsSettings
 from kanade_watchdog.report.declaration import render
 from tests.audit import ApiAudit
 from tests.natsserver import NatsServer

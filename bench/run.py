@@ -35,6 +35,8 @@ from kanade_watchdog.config import load as cfg
 from kanade_watchdog.core import desired
 from kanade_watchdog.core.plan import Action, Observed, decide, plan
 from kanade_watchdog.daemon.worker import utcnow
+from kanade_watchdog.model.resources import Resource
+from kanade_watchdog.model.settings import Config
 from tests.audit import ApiAudit
 from tests.natsserver import NatsServer
 
@@ -123,7 +125,7 @@ class Row:
     lost_files: int = 0
 
 
-async def _create(nc: Client, res: cfg.Resource) -> None:
+async def _create(nc: Client, res: Resource) -> None:
     body = json.dumps(desired.create_config(res)).encode()
     deadline = time.monotonic() + 10
     while "config" not in await _info(nc, res.stream) and time.monotonic() < deadline:
@@ -135,7 +137,7 @@ def _has_files(files: Path) -> bool:
     return files.is_dir()  # one stat on the local store: not worth a thread
 
 
-async def _restore(nc: Client, res: cfg.Resource, files: Path | None) -> None:
+async def _restore(nc: Client, res: Resource, files: Path | None) -> None:
     """Put the resource back as a working stream, so the next trial or row
     starts from the declared state: missing (a heal that never came) or
     listed without its directory (a re-create the broker's removal of the
@@ -152,7 +154,7 @@ async def _restore(nc: Client, res: cfg.Resource, files: Path | None) -> None:
 
 
 async def _one_trial(
-    nc: Client, queue: asyncio.Queue[str], res: cfg.Resource, fault: str, drift: tuple[str, int]
+    nc: Client, queue: asyncio.Queue[str], res: Resource, fault: str, drift: tuple[str, int]
 ) -> float:
     """One fault, then ms until the resource is back as declared."""
     stream = res.stream
@@ -186,7 +188,7 @@ async def _one_trial(
 
 
 async def heal_trials(
-    url: str, conf: cfg.Config, trials: int, *, store: Path | None = None
+    url: str, conf: Config, trials: int, *, store: Path | None = None
 ) -> list[Row]:
     """From the observer's delete/update returning until the observer sees the
     resource back with its declared config, per (kind, fault). A row whose
@@ -330,7 +332,7 @@ def steady_table() -> list[str]:
 # --- scale ---------------------------------------------------------------------------
 
 
-def scaled_config(n: int, url: str) -> cfg.Config:
+def scaled_config(n: int, url: str) -> Config:
     doc: dict[str, Any] = {"nats": {"servers": [url]}, "streams": {}}
     for i in range(n):
         doc["streams"][f"S{i:05d}"] = {

@@ -19,9 +19,10 @@ from nats.aio.client import Client
 
 from kanade_watchdog.config import load as cfg
 from kanade_watchdog.core import desired
+from kanade_watchdog.model.resources import Resource
 
 
-async def create_or_update(nc: Client, res: cfg.Resource) -> None:
+async def create_or_update(nc: Client, res: Resource) -> None:
     """async-nats create_or_update_*: look, then create or replace the config."""
     info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{res.stream}", b"")).data)
     body = json.dumps(desired.create_config(res)).encode()

@@ -25,17 +25,19 @@ from datetime import UTC, datetime
 
 from kanade_watchdog import __version__
 from kanade_watchdog.broker.api import Broker
-from kanade_watchdog.broker.apply import Outcome, execute
+from kanade_watchdog.broker.apply import execute
 from kanade_watchdog.broker.connect import connect_once
 from kanade_watchdog.commands.export import add_arguments as add_export_arguments
 from kanade_watchdog.commands.export import export_command
-from kanade_watchdog.config.load import DEFAULT_PATH, ENV_PATH, Config, load
+from kanade_watchdog.config.load import load
 from kanade_watchdog.core.cluster import cluster_facts
 from kanade_watchdog.core.export import undeclared
+from kanade_watchdog.core.outcome import Outcome
 from kanade_watchdog.core.plan import Action, Decision, Observed, plan
 from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.errors import BrokerError, ConfigError
 from kanade_watchdog.model.printable import escape
+from kanade_watchdog.model.settings import DEFAULT_PATH, ENV_PATH, Config
 from kanade_watchdog.report import render
 from kanade_watchdog.report.logs import setup_logging
 

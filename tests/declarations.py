@@ -15,7 +15,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from kanade_watchdog.config.load import SECTION, Kind
+from kanade_watchdog.model.resources import SECTION, Kind
 from kanade_watchdog.model.units import NS_PER_SECOND, format_duration_ns, parse_duration_ns
 
 DURATIONS = ["100ms", "1500ms", "1s", "45s", "2m", "90m", "1h30m", "12h", "1d", "90d", "2w"]

@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from bench import floor, floor_configs
 from bench import run as bench_run
 from kanade_watchdog.config import load as cfg
+from kanade_watchdog.model.settings import Config
 from tests.conftest import REPO, config_for
 from tests.natsserver import NatsServer
 
@@ -93,9 +94,7 @@ async def test_floor_retries_a_refused_recreate(client: Client) -> None:
     assert (await _info(client, "KV_jobs"))["config"]["subjects"] == config["subjects"]
 
 
-def _trials(
-    url: str, conf: cfg.Config, trials: int, store: Path | None = None
-) -> list[bench_run.Row]:
+def _trials(url: str, conf: Config, trials: int, store: Path | None = None) -> list[bench_run.Row]:
     async def go() -> list[bench_run.Row]:
         nc = await nats.connect(url)
         await _create_all(nc)

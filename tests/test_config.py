@@ -20,14 +20,13 @@ from kanade_watchdog.config.load import (
     MAX_STOP_TIMEOUT,
     STOP_MARGIN,
     UNIT_TIMEOUT_STOP_SEC,
-    Config,
-    Kind,
-    WatchdogSettings,
     load,
     parse,
 )
 from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.errors import ConfigError
+from kanade_watchdog.model.resources import Kind
+from kanade_watchdog.model.settings import Config, WatchdogSettings
 from kanade_watchdog.model.units import parse_duration_ns
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
@@ -379,8 +378,8 @@ def test_sub_100ms_max_age_is_refused(tmp_path: Path, text: str) -> None:
 def marker_keys() -> list[str]:
     """The keys the marker writes on every write, read from the marker itself, so a
     key added to it later is covered too."""
-    from kanade_watchdog.config.load import Resource
     from kanade_watchdog.core.desired import marker
+    from kanade_watchdog.model.resources import Resource
 
     keys = list(marker(Resource(kind=Kind.STREAM, name="S", declared={"subjects": ("s.>",)})))
     assert keys, "the marker writes at least one key"

@@ -18,8 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kanade_watchdog import cli
-from kanade_watchdog.config.load import FIELDS, SECTION, Config, load, parse
+from kanade_watchdog.config.load import FIELDS, load, parse
 from kanade_watchdog.model.errors import ConfigError
+from kanade_watchdog.model.resources import SECTION
+from kanade_watchdog.model.settings import Config
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 REPO_TEXT = REPO_CONFIG.read_text(encoding="utf-8")

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 
 from kanade_watchdog.broker.api import Broker
-from kanade_watchdog.config.load import Kind, Resource, parse
+from kanade_watchdog.config.load import parse
 from kanade_watchdog.core.desired import (
     MANAGED_BY,
     MANAGED_BY_KEY,
@@ -39,6 +39,7 @@ from kanade_watchdog.core.desired import (
 )
 from kanade_watchdog.core.plan import Action, Observed, decide
 from kanade_watchdog.model.errors import ApiError, ConfigError
+from kanade_watchdog.model.resources import Kind, Resource
 from tests.helpers_streams import (
     new_audit,
     raw_update,

@@ -18,7 +18,7 @@ import tomlkit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kanade_watchdog.config.load import Kind, NatsSettings, Resource, TlsSettings, parse
+from kanade_watchdog.config.load import parse
 from kanade_watchdog.core import desired
 from kanade_watchdog.core.export import (
     Entry,
@@ -31,7 +31,9 @@ from kanade_watchdog.core.export import (
     undeclared,
 )
 from kanade_watchdog.core.plan import Action, Observed, decide
+from kanade_watchdog.model.resources import Kind, Resource
 from kanade_watchdog.model.secret import Secret
+from kanade_watchdog.model.settings import NatsSettings, TlsSettings
 from kanade_watchdog.model.units import parse_size_bytes
 from kanade_watchdog.report.declaration import MergeError, merge, nats_table, render
 from tests.declarations import declarations, is_default

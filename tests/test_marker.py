@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from kanade_watchdog.config.load import Kind, Resource, parse, writer_id
+from kanade_watchdog.config.load import parse, writer_id
 from kanade_watchdog.core import desired
 from kanade_watchdog.core.plan import SPEC_VERSION_MARGIN, Action, Decision, Observed, decide, plan
 from kanade_watchdog.model.errors import ConfigError
+from kanade_watchdog.model.resources import Kind, Resource
 from tests.daemonproc import DaemonProc, daemon_config, is_action
 from tests.helpers_streams import (
     new_audit,

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from kanade_watchdog.config.load import Kind, Resource, load, parse
+from kanade_watchdog.config.load import load, parse
 from kanade_watchdog.core.desired import marker
 from kanade_watchdog.core.plan import Action, Change, Observed, decide, plan
 from kanade_watchdog.model.errors import ConfigError
+from kanade_watchdog.model.resources import Kind, Resource
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kanade_watchdog.config.load import Kind, Resource
 from kanade_watchdog.core.cluster import ClusterFacts
 from kanade_watchdog.core.plan import Action, Change, Decision, Observed, Stake, decide
 from kanade_watchdog.model.printable import quote
+from kanade_watchdog.model.resources import Kind, Resource
 from kanade_watchdog.report import render
 
 NOW = datetime(2026, 1, 1, 12, 0, 0)

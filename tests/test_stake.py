@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from kanade_watchdog.config.load import Kind, Resource
 from kanade_watchdog.core.plan import Action, Decision, Observed, Stake, decide
+from kanade_watchdog.model.resources import Kind, Resource
 from tests.helpers_streams import (
     new_audit,
     raw_create,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from kanade_watchdog.config.load import DEFAULT_PATH, WatchdogSettings
 from kanade_watchdog.model import exitcodes
+from kanade_watchdog.model.settings import DEFAULT_PATH, WatchdogSettings
 from tests.conftest import REPO
 
 PACKAGING = REPO / "packaging" / "systemd"

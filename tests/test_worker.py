@@ -27,13 +27,15 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 
 from kanade_watchdog.broker.api import Broker
-from kanade_watchdog.config.load import Config, Resource, parse
+from kanade_watchdog.config.load import parse
 from kanade_watchdog.core import plan
 from kanade_watchdog.core.plan import Action, Change, Decision, Observed
 from kanade_watchdog.daemon.backoff import Backoff
 from kanade_watchdog.daemon.guard import WRITE_WINDOW, WRITES_PER_WINDOW
 from kanade_watchdog.daemon.worker import REVERIFY_AFTER, Decide, Worker, WorkQueue
 from kanade_watchdog.model.events import Trigger
+from kanade_watchdog.model.resources import Resource
+from kanade_watchdog.model.settings import Config
 from kanade_watchdog.report.status import StatusBoard
 from tests.helpers_streams import stream_names
 from tests.natsserver import NatsServer

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 
 from kanade_watchdog.broker.api import Broker
-from kanade_watchdog.config.load import Kind, Resource
-from kanade_watchdog.core.plan import Action, Decision, Observed, decide, show
-from kanade_watchdog.daemon.causes import overlapping
+from kanade_watchdog.core.causes import overlapping
+from kanade_watchdog.core.outcome import Outcome, Result
+from kanade_watchdog.core.plan import Action, Decision, decide, show
 from kanade_watchdog.model.errors import (
     ERR_IMMUTABLE_FIELD,
     ERR_INSUFFICIENT_MEMORY,
@@ -29,30 +27,8 @@ from kanade_watchdog.model.errors import (
     BrokerError,
     ResourceError,
 )
+from kanade_watchdog.model.resources import Resource
 from kanade_watchdog.model.units import format_size
-
-
-class Result(StrEnum):
-    """What happened to a resource, as logged and shown (KANADE_ACTION)."""
-
-    CREATED = "created"
-    UPDATED = "updated"
-    IN_SYNC = "in_sync"
-    BLOCKED = "blocked"
-    NEWER_SPEC = "newer_spec"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    decision: Decision
-    result: Result
-    error: ResourceError | None = None
-    observed: Observed | None = None  # the broker's answer after a write
-
-    @property
-    def ok(self) -> bool:
-        return self.result in (Result.CREATED, Result.UPDATED, Result.IN_SYNC)
 
 
 def _declared_storage_total(resources: Iterable[Resource], storage: str) -> int:
@@ -216,7 +192,3 @@ async def _reverify(
             again, Result.FAILED, error=ResourceError(resource.label, str(gone), cause=gone)
         )
     return await execute(broker, again, everything, now)
-
-
-def kind_word(kind: Kind) -> str:
-    return {Kind.STREAM: "stream", Kind.KV: "KV bucket", Kind.OBJECT_STORE: "object store"}[kind]

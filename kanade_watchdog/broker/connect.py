@@ -30,8 +30,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from kanade_watchdog.broker.aio import bounded, in_background
 from kanade_watchdog.broker.security import auth_options
-from kanade_watchdog.config.load import NatsSettings
 from kanade_watchdog.model.errors import BrokerUnavailable
+from kanade_watchdog.model.settings import NatsSettings
 
 log = logging.getLogger("kanade_watchdog.connection")
 

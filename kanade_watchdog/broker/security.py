@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from kanade_watchdog.config.load import NatsSettings, TlsSettings
+from kanade_watchdog.model.settings import NatsSettings, TlsSettings
 
 
 def tls_context(tls: TlsSettings) -> ssl.SSLContext:

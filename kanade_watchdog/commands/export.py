@@ -24,19 +24,13 @@ from datetime import UTC, datetime
 
 from kanade_watchdog.broker.api import LIST_WAIT, Broker
 from kanade_watchdog.broker.connect import connect_once
-from kanade_watchdog.config.load import (
-    ENV_TOKEN,
-    MAX_FILE_BYTES,
-    SECRET_KEYS,
-    Kind,
-    NatsSettings,
-    load,
-    parse,
-)
+from kanade_watchdog.config.load import ENV_TOKEN, MAX_FILE_BYTES, SECRET_KEYS, load, parse
 from kanade_watchdog.core.export import Export, Held, collect
 from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.errors import ConfigError
+from kanade_watchdog.model.resources import Kind
 from kanade_watchdog.model.secret import Secret
+from kanade_watchdog.model.settings import NatsSettings
 
 KINDS = {"stream": Kind.STREAM, "kv": Kind.KV, "object": Kind.OBJECT_STORE}
 NEW_FILE_MODE = 0o644

@@ -22,7 +22,7 @@ from kanade_watchdog.model.errors import ConfigError
 from kanade_watchdog.model.secret import Secret
 
 if TYPE_CHECKING:
-    from kanade_watchdog.config.load import Config, TlsSettings
+    from kanade_watchdog.model.settings import Config, TlsSettings
 
 MAX_FILE_BYTES = 4 * 1024 * 1024  # the kanade set is ~6 KiB; 25,000 resources fit
 MAX_SECRET_BYTES = 64 * 1024

@@ -16,8 +16,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from dataclasses import replace
 from typing import Any
 
 from kanade_watchdog.config import files as configfile
@@ -45,109 +44,16 @@ from kanade_watchdog.config.values import table as _parse_table
 from kanade_watchdog.config.values import text as _text
 from kanade_watchdog.config.values import window as _window
 from kanade_watchdog.model.errors import ConfigError
-from kanade_watchdog.model.secret import Secret
+from kanade_watchdog.model.resources import SECTION, Kind, Resource, identity_subjects
+from kanade_watchdog.model.settings import Config, NatsSettings, TlsSettings, WatchdogSettings
 from kanade_watchdog.model.subjects import SubjectIndex, bucket_name_problem, stream_name_problem
 from kanade_watchdog.model.units import format_duration_ns
 
-DEFAULT_PATH = "/etc/kanade/watchdog.toml"
-ENV_PATH = "KANADE_WATCHDOG_CONFIG"
 ENV_TOKEN = configfile.ENV_TOKEN  # where callers have always found these two
 MAX_FILE_BYTES = configfile.MAX_FILE_BYTES
 MAX_DESCRIPTION_BYTES = values.MAX_DESCRIPTION_BYTES
 INT32_MAX = 2**31 - 1
 MAX_REPLICAS = 5
-
-
-class Kind(StrEnum):
-    STREAM = "stream"
-    KV = "kv"
-    OBJECT_STORE = "object_store"
-
-
-# Where each kind lives in the file, and the backing stream's name prefix.
-SECTION = {Kind.STREAM: "streams", Kind.KV: "kv_buckets", Kind.OBJECT_STORE: "object_stores"}
-STREAM_PREFIX = {Kind.STREAM: "", Kind.KV: "KV_", Kind.OBJECT_STORE: "OBJ_"}
-
-
-@dataclass(frozen=True)
-class Resource:
-    """One declared resource. `declared` maps config keys to values already in
-    the broker's units (ns, bytes, -1 for unlimited)."""
-
-    kind: Kind
-    name: str
-    declared: Mapping[str, Any]
-    protect: bool = False
-    spec_version: int = 1  # the file's spec_version, carried for the planner
-    writer: str = ""  # who writes: [watchdog] id or this host + file (see writer_id)
-    force_spec: bool = False  # [watchdog] force_spec: obey no marker on the broker
-
-    @property
-    def stream(self) -> str:
-        """The JetStream stream that is this resource on the broker."""
-        return STREAM_PREFIX[self.kind] + self.name
-
-    @property
-    def label(self) -> str:
-        return self.name if self.kind is Kind.STREAM else f"{self.kind}:{self.name}"
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    server_name: str | None = None  # checked against the certificate; default: URL host
-    verify: bool = True
-
-
-@dataclass(frozen=True)
-class NatsSettings:
-    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
-    name: str = "kanade-watchdog"
-    connect_timeout: float = 2.0
-    request_timeout: float = 2.0
-    reconnect_wait: float = 0.25
-    jetstream_domain: str | None = None
-    # Credentials: at most one way to authenticate. Secrets never print.
-    token: Secret | None = None
-    token_file: str | None = None
-    user: str | None = None
-    password: Secret | None = None
-    password_file: str | None = None
-    nkey_seed_file: str | None = None
-    creds_file: str | None = None
-    tls: TlsSettings | None = None
-
-
-@dataclass(frozen=True)
-class WatchdogSettings:
-    resync_interval: float = 30.0
-    resync_jitter: float = 3.0
-    backoff_initial: float = 0.01
-    backoff_max: float = 300.0
-    permanent_retry: float = 300.0
-    advisories: bool = True
-    stop_timeout: float = 20.0
-    pass_deadline: float = 30.0
-    id: str | None = None  # the writer identity stamped on writes; default: writer_id()
-    force_spec: bool = False
-
-
-@dataclass(frozen=True)
-class Config:
-    path: str
-    spec_version: int = 1
-    writer: str = ""  # the identity stamped on every write (`[watchdog] id` or derived)
-    nats: NatsSettings = field(default_factory=NatsSettings)
-    watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
-    resources: tuple[Resource, ...] = ()
-    # Globs of broker streams (or bucket names) that plan and check do not
-    # report as undeclared: the ones another tool is expected to own.
-    ignore: tuple[str, ...] = ()
-
-    def by_stream(self) -> dict[str, Resource]:
-        return {r.stream: r for r in self.resources}
 
 
 # --- the schema: which keys each table takes, parsed by `values` --------------------
@@ -411,10 +317,8 @@ def _auth_checks(problems: Problems, nats: dict[str, Any]) -> None:
 
 
 def _identity_subjects(resource: Resource) -> tuple[str, ...]:
-    if resource.kind is Kind.KV:
-        return (f"$KV.{resource.name}.>",)
-    if resource.kind is Kind.OBJECT_STORE:
-        return (f"$O.{resource.name}.C.>", f"$O.{resource.name}.M.>")
+    if resource.kind is not Kind.STREAM:
+        return identity_subjects(resource.kind, resource.name)
     # A stream whose subjects are invalid has none here: they are reported already.
     subjects: tuple[str, ...] = resource.declared.get("subjects", ())
     return subjects

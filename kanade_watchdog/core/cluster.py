@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from kanade_watchdog.config.load import Resource
 from kanade_watchdog.core.plan import Observed
+from kanade_watchdog.model.resources import Resource
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kanade_watchdog.config.load import Kind, Resource
+from kanade_watchdog.model.resources import Kind, Resource, identity_subjects
 from kanade_watchdog.model.units import NS_PER_SECOND
 
 TWO_MINUTES_NS = 120 * NS_PER_SECOND
@@ -131,11 +131,9 @@ def wire_field(kind: Kind, key: str) -> str:
 
 def identity(resource: Resource) -> dict[str, Any]:
     """Fields without which the stream is not this kind of resource at all."""
-    if resource.kind is Kind.KV:
-        return {"subjects": (f"$KV.{resource.name}.>",)}
-    if resource.kind is Kind.OBJECT_STORE:
-        return {"subjects": (f"$O.{resource.name}.C.>", f"$O.{resource.name}.M.>")}
-    return {}
+    if resource.kind is Kind.STREAM:
+        return {}
+    return {"subjects": identity_subjects(resource.kind, resource.name)}
 
 
 def compared(resource: Resource) -> dict[str, tuple[str, Any]]:
@@ -186,7 +184,7 @@ def create_config(resource: Resource) -> dict[str, Any]:
         # bucket refuses writes instead of dropping other keys' values.
         config.update(
             {
-                "subjects": [f"$KV.{resource.name}.>"],
+                "subjects": list(identity_subjects(resource.kind, resource.name)),
                 "retention": "limits",
                 "max_msgs_per_subject": 1,
                 "max_msgs": -1,
@@ -208,7 +206,7 @@ def create_config(resource: Resource) -> dict[str, Any]:
         # ADR-20: chunks under C, metadata under M (rolled up per object).
         config.update(
             {
-                "subjects": [f"$O.{resource.name}.C.>", f"$O.{resource.name}.M.>"],
+                "subjects": list(identity_subjects(resource.kind, resource.name)),
                 "retention": "limits",
                 "max_msgs": -1,
                 "max_bytes": -1,

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from kanade_watchdog.config.load import FIELDS, REQUIRED, STREAM_PREFIX, Kind, Resource
+from kanade_watchdog.config.load import FIELDS, REQUIRED
 from kanade_watchdog.core import desired
+from kanade_watchdog.model.resources import STREAM_PREFIX, Kind, Resource, kind_word
 from kanade_watchdog.model.subjects import bucket_name_problem, stream_name_problem
 from kanade_watchdog.model.units import format_duration_ns, format_size
 
@@ -63,8 +64,6 @@ _CLIENT_CHOICES: dict[Kind, frozenset[str]] = {
 }
 # Handled before the field-by-field walk.
 _STRUCTURAL = frozenset({"name", "subjects", "metadata", "mirror", "sources", "sealed"})
-
-KIND_WORD = {Kind.STREAM: "stream", Kind.KV: "KV bucket", Kind.OBJECT_STORE: "object store"}
 
 
 @dataclass(frozen=True)
@@ -129,7 +128,7 @@ class Export:
 
     def summary(self) -> str:
         """'7 streams, 1 KV bucket, 0 object stores'."""
-        counts = ((self.count(kind), KIND_WORD[kind]) for kind in Kind)
+        counts = ((self.count(kind), kind_word(kind)) for kind in Kind)
         return ", ".join(f"{n} {word}{'s' if n != 1 else ''}" for n, word in counts)
 
 
@@ -204,7 +203,7 @@ def shape(stream: str, config: Mapping[str, Any]) -> tuple[Kind, str, str]:
         return (
             Kind.STREAM,
             stream,
-            f"has the subjects of {KIND_WORD[kind]} {bucket} but not rollup headers, "
+            f"has the subjects of {kind_word(kind)} {bucket} but not rollup headers, "
             "so it is declared as a plain stream",
         )
     return Kind.STREAM, stream, ""

@@ -22,9 +22,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from kanade_watchdog.config.load import Kind, Resource
 from kanade_watchdog.core import desired
 from kanade_watchdog.core.stake import Stake, stakes
+from kanade_watchdog.model.resources import Kind, Resource
 from kanade_watchdog.model.units import format_duration_ns, format_size
 
 # Stake is re-exported: callers of `plan` read `Decision.stakes`.

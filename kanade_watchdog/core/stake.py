@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kanade_watchdog.config.load import Kind
 from kanade_watchdog.core.desired import SERVER_DEFAULTS
+from kanade_watchdog.model.resources import Kind
 from kanade_watchdog.model.units import format_duration_ns, format_size
 
 

@@ -29,13 +29,14 @@ from nats.aio.subscription import Subscription
 from kanade_watchdog.broker.aio import bounded, in_thread
 from kanade_watchdog.broker.api import Broker
 from kanade_watchdog.broker.connect import connect_forever
-from kanade_watchdog.config.load import Config, load
+from kanade_watchdog.config.load import load
 from kanade_watchdog.daemon import advisories
 from kanade_watchdog.daemon.resync import ResyncTimer
 from kanade_watchdog.daemon.worker import Worker
 from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.errors import ConfigError
 from kanade_watchdog.model.events import Event, Trigger
+from kanade_watchdog.model.settings import Config
 from kanade_watchdog.report.logs import fields
 from kanade_watchdog.report.status import StatusBoard
 from kanade_watchdog.report.systemd import Notifier, watchdog_period

@@ -27,16 +27,17 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from kanade_watchdog.broker.api import Broker
-from kanade_watchdog.broker.apply import Outcome, Result, execute
-from kanade_watchdog.config.load import Config, Resource
-from kanade_watchdog.core import desired, plan
+from kanade_watchdog.broker.apply import execute
+from kanade_watchdog.core import causes, desired, plan
 from kanade_watchdog.core.cluster import cluster_facts
+from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Decision, Observed
-from kanade_watchdog.daemon import causes
 from kanade_watchdog.daemon.backoff import Backoff
 from kanade_watchdog.daemon.guard import WriteGuard
 from kanade_watchdog.model.errors import BrokerError, BrokerUnavailable
 from kanade_watchdog.model.events import Trigger
+from kanade_watchdog.model.resources import Resource
+from kanade_watchdog.model.settings import Config
 from kanade_watchdog.report.outcomes import EVERYTHING, OutcomeLog, present_after
 from kanade_watchdog.report.outcomes import TRANSIENT_QUIET as TRANSIENT_QUIET  # noqa: PLC0414 - re-exported
 from kanade_watchdog.report.status import StatusBoard

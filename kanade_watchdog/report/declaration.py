@@ -18,8 +18,9 @@ from typing import Any
 import tomlkit
 from tomlkit.items import Table
 
-from kanade_watchdog.config.load import SECTION, STREAM_PREFIX, NatsSettings
 from kanade_watchdog.core.export import Entry, Export
+from kanade_watchdog.model.resources import SECTION, STREAM_PREFIX
+from kanade_watchdog.model.settings import NatsSettings
 from kanade_watchdog.model.units import NS_PER_SECOND, format_duration_ns
 
 _DEFAULT_NATS = NatsSettings()

@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from kanade_watchdog.broker.apply import Outcome, Result, kind_word
-from kanade_watchdog.config.load import Resource
+from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Decision
 from kanade_watchdog.model.errors import BrokerError
 from kanade_watchdog.model.events import Event, Trigger
+from kanade_watchdog.model.resources import Resource, kind_word
 from kanade_watchdog.report.logs import fields
 from kanade_watchdog.report.status import StatusBoard
 

@@ -17,13 +17,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kanade_watchdog.broker.apply import Outcome, Result, kind_word
-from kanade_watchdog.config.load import Kind, Resource
 from kanade_watchdog.core.cluster import ClusterFacts
+from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Change, Decision, Stake, show
 from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.errors import BrokerError, BrokerUnavailable, PermissionDenied
 from kanade_watchdog.model.printable import escape, key, quote
+from kanade_watchdog.model.resources import Kind, Resource, kind_word
 
 JSON_FORMAT = 1
 

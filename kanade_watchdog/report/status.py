@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from kanade_watchdog.broker.apply import Result
-from kanade_watchdog.config.load import Resource
 from kanade_watchdog.core.cluster import ClusterFacts
+from kanade_watchdog.core.outcome import Result
+from kanade_watchdog.model.resources import Resource
 
 
 @dataclass

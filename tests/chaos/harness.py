@@ -22,9 +22,10 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 
-from kanade_watchdog.config.load import Resource, load
+from kanade_watchdog.config.load import load
 from kanade_watchdog.core.plan import Action, Observed, decide
 from kanade_watchdog.daemon.worker import utcnow
+from kanade_watchdog.model.resources import Resource
 from tests.chaos.figures import Figure
 from tests.chaos.ledger import DurableAudit, api, connect
 from tests.daemonproc import WATCHDOG_NAME, DaemonProc, Line, daemon_config, repo_resources

@@ -18,7 +18,6 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kanade_watchdog.config.load import Resource
 from kanade_watchdog.core import desired
 from kanade_watchdog.core.plan import Observed
 from kanade_watchdog.model.errors import (
@@ -26,6 +25,7 @@ from kanade_watchdog.model.errors import (
     ERR_INSUFFICIENT_STORAGE,
     ERR_SUBJECTS_OVERLAP,
 )
+from kanade_watchdog.model.resources import Resource
 from kanade_watchdog.model.subjects import subjects_overlap
 
 
