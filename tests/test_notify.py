@@ -444,6 +444,35 @@ async def test_notify_socket_gone_mid_run_is_logged_once_per_change(
     assert await d.wait_exit(within=5) == 0
 
 
+async def test_a_service_manager_that_stops_reading_does_not_freeze_the_daemon(
+    ready_daemon: NotifiedDaemon, client: Client, server: NatsServer
+) -> None:
+    """The notify socket's queue fills up (the receiver reads nothing; a ping
+    every 150 ms): sending must not block. The daemon heals a delete
+    meanwhile, warns once that notifications cannot be delivered, and says
+    so once they are read again."""
+    d = ready_daemon
+    d.notify.drain()
+    await asyncio.sleep(2.5)  # 16 pings: the kernel's queue (10 datagrams) is full
+    await delete_stream(client, "ORDERS")
+
+    def created() -> list[dict[str, Any]]:
+        return [e for e in d.events() if e.get("action") == "created" and e["trigger"] != "startup"]
+
+    deadline = time.monotonic() + 5
+    while not created():  # watching the log only: the socket stays unread
+        assert time.monotonic() < deadline, d.tail()
+        await asyncio.sleep(0.02)
+    assert "ORDERS" in await streams_on(server.url)
+    [warning] = warned_about_notify(d)
+    assert "BlockingIOError" in warning["message"]
+    await d.datagram("WATCHDOG", since=len(d.notify.drain()))
+    await d.until(
+        "the all-clear", lambda: [e for e in d.events() if "delivered again" in e["message"]]
+    )
+    assert len(warned_about_notify(d)) == 1
+
+
 def test_notifier_failures_are_logged_once_per_change_of_reason(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -266,6 +266,8 @@ class Daemon:
             problems = exc.problems
         except TimeoutError as exc:
             problems = [f"{exc} (a FIFO or a hung file system?)"]
+        except Exception as exc:  # a bug in loading: the running config is still good
+            problems = [f"internal error: {type(exc).__name__}: {exc}"]
         if problems:
             log.error(
                 "reload refused, still running the previous config: %s",

@@ -1,38 +1,69 @@
-"""systemd notifications through systemd-python: READY, STATUS, WATCHDOG,
-RELOADING, STOPPING, EXTEND_TIMEOUT_USEC. A no-op outside systemd.
+"""systemd notifications: READY, STATUS, WATCHDOG, RELOADING, STOPPING,
+EXTEND_TIMEOUT_USEC. A no-op outside systemd.
 
-`daemon` decides when; this module only knows the protocol (sd_notify(3)).
-The watchdog period comes from WATCHDOG_USEC (for our PID), pinged at half
-of it. The sender is injectable; tests also bind a real NOTIFY_SOCKET.
-Notifications are never fatal: a socket that cannot be reached (wrong path,
-systemd restarted, a test harness gone) is logged once per change of
-reason, and the daemon goes on doing its job without it.
+`daemon` decides when; this module only knows the protocol (sd_notify(3)):
+one datagram per message to the AF_UNIX socket named by NOTIFY_SOCKET. It
+is sent here without blocking, not through libsystemd: its sd_notify blocks
+(holding the interpreter lock, so every thread stops) once the receiver has
+ten datagrams queued, and a service manager that stops reading must not
+freeze the daemon. The watchdog period comes from WATCHDOG_USEC (for our
+PID), pinged at half of it. The sender is injectable; tests also bind a
+real NOTIFY_SOCKET. Notifications are never fatal: a socket that cannot be
+reached or takes nothing more (wrong path, systemd restarted or stuck, a
+test harness gone) is logged once per change of reason, and the daemon
+goes on doing its job without it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
+import socket
 import time
 from collections.abc import Callable
-
-try:  # systemd-python is a Linux-only dependency
-    from systemd import daemon as _sd_daemon
-except ImportError:  # pragma: no cover - exercised only off Linux
-    _sd_daemon = None
 
 log = logging.getLogger("kanade_watchdog.notify")
 
 
-def _default_send(text: str) -> bool:
-    if _sd_daemon is None or not os.environ.get("NOTIFY_SOCKET"):
-        return False
-    return bool(_sd_daemon.notify(text))
+FULL_QUEUE_WAIT = 0.05  # how long one message may wait for room in the receiver's queue
+
+
+class DatagramSender:
+    """sd_notify without blocking. A full queue (ten datagrams by default, 512
+    under systemd's sysctl) gets FULL_QUEUE_WAIT to drain; a receiver that
+    has stopped reading gets no wait at all until it reads again."""
+
+    def __init__(self) -> None:
+        self.stuck = False
+
+    def __call__(self, text: str) -> bool:
+        address = os.environ.get("NOTIFY_SOCKET", "")
+        if not address:
+            return False
+        if address.startswith("@"):  # the abstract namespace
+            address = "\0" + address[1:]
+        elif not address.startswith("/"):
+            raise OSError(f"unsupported NOTIFY_SOCKET address {address!r}")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.setblocking(False)
+            sock.connect(address)
+            try:
+                sock.send(text.encode())
+            except BlockingIOError:
+                if self.stuck:
+                    raise
+                # A connected datagram socket polls writable once the peer's queue has room.
+                select.select([], [sock], [], FULL_QUEUE_WAIT)
+                self.stuck = True
+                sock.send(text.encode())
+        self.stuck = False
+        return True
 
 
 class Notifier:
-    def __init__(self, send: Callable[[str], bool] = _default_send) -> None:
-        self._send = send
+    def __init__(self, send: Callable[[str], bool] | None = None) -> None:
+        self._send = send or DatagramSender()
         self._last_status = ""
         self.ready_sent = False
         self.failing = ""  # why the last notification could not be sent ("" when it was)
