@@ -8,12 +8,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kanade_watchdog import causes
-from kanade_watchdog.backoff import Backoff
-from kanade_watchdog.config import parse
-from kanade_watchdog.errors import ApiError, ResourceError
-from kanade_watchdog.guard import WriteGuard
-from kanade_watchdog.plan import Observed
+from kanade_watchdog.config.load import parse
+from kanade_watchdog.core import causes
+from kanade_watchdog.core.plan import Observed
+from kanade_watchdog.daemon.backoff import Backoff
+from kanade_watchdog.daemon.guard import WriteGuard
+from kanade_watchdog.model.errors import ApiError, ResourceError
 
 
 class Clock:
