@@ -22,6 +22,7 @@ from nats.aio.client import Client
 
 from .errors import ERR_STREAM_NOT_FOUND, ApiError, BrokerError, BrokerUnavailable, PermissionDenied
 from .plan import Observed
+from .serverinfo import ServerInfo, from_info
 
 PAGE_SIZE = 256  # the broker's fixed page for STREAM.LIST
 LIST_WAIT = 6.0  # a clustered broker waits ~4 s for unresponsive stream leaders
@@ -148,9 +149,21 @@ class Broker:
             raise
         return self._observed(answer)
 
+    @property
+    def server(self) -> ServerInfo:
+        """The connected server, from its INFO (renewed on every reconnect)."""
+        return from_info(getattr(self.nc, "_server_info", None) or {})
+
+    def _body(self, config: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A create or update request: pedantic where the server takes it, so a
+        value it would adjust (or a field it does not know) is refused instead."""
+        return {**config, "pedantic": True} if self.server.pedantic else config
+
     async def create(self, config: Mapping[str, Any]) -> Observed:
         name = config["name"]
-        answer = await self._request("create", f"{self.prefix}.STREAM.CREATE.{name}", config)
+        answer = await self._request(
+            "create", f"{self.prefix}.STREAM.CREATE.{name}", self._body(config)
+        )
         obs = self._observed(answer)
         # An identical stream already there is answered like a create, but
         # without did_create: someone else (another watchdog) made it. (Every
@@ -160,7 +173,7 @@ class Broker:
     async def update(self, config: Mapping[str, Any]) -> Observed:
         name = config["name"]
         return self._observed(
-            await self._request("update", f"{self.prefix}.STREAM.UPDATE.{name}", config)
+            await self._request("update", f"{self.prefix}.STREAM.UPDATE.{name}", self._body(config))
         )
 
     async def account_info(self) -> dict[str, Any]:

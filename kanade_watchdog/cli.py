@@ -34,6 +34,7 @@ from .export import undeclared
 from .export_cmd import add_arguments as add_export_arguments
 from .export_cmd import export_command
 from .logs import setup_logging
+from .order import execute_in_waves
 from .plan import Action, Decision, Observed, plan
 from .printable import escape
 
@@ -134,7 +135,7 @@ async def _observe_and_plan(
 ) -> tuple[Broker, list[Decision], list[render.Undeclared]]:
     broker, observed = await _observe(config)
     extra = undeclared(set(config.by_stream()), observed, config.ignore)
-    return broker, plan(config.resources, observed, utcnow()), extra
+    return broker, plan(config.resources, observed, utcnow(), server=broker.server), extra
 
 
 async def _plan(config: Config, args: argparse.Namespace, path: str) -> Output:
@@ -167,8 +168,9 @@ async def _apply(config: Config, args: argparse.Namespace, path: str) -> Output:
     broker, decisions, _ = await _observe_and_plan(config)
     try:
         now = utcnow()
-        outcomes: list[Outcome] = await asyncio.gather(
-            *(execute(broker, d, config.resources, now) for d in decisions)
+        # An origin is written before the streams that mirror or source it.
+        outcomes: list[Outcome] = await execute_in_waves(
+            decisions, lambda d: execute(broker, d, config.resources, now)
         )
     finally:
         await broker.nc.close()
@@ -199,8 +201,9 @@ async def _check(config: Config) -> render.CheckReport:
         broker, observed = await _observe(config)
     except BrokerError as exc:
         return render.check_failure("CRITICAL", [render.broker_problem(exc)])
+    server = broker.server
     await broker.nc.close()
-    decisions = plan(config.resources, observed, utcnow())
+    decisions = plan(config.resources, observed, utcnow(), server=server)
     facts = cluster_facts(config.resources, observed)
     extra = undeclared(set(config.by_stream()), observed, config.ignore)
     return render.check_report(

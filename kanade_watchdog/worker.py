@@ -30,6 +30,7 @@ from .config import Config, Resource
 from .errors import BrokerError, BrokerUnavailable
 from .events import Event, Trigger
 from .logs import fields
+from .order import execute_in_waves
 from .plan import Action, Decision, Observed, decide
 from .status import StatusBoard
 
@@ -235,8 +236,9 @@ class Worker:
                     self._record_failure(res, info, trigger)
                 else:
                     decisions.append((self._decide(res, info, now), trigger))
-        outcomes = await asyncio.gather(
-            *(execute(broker, d, config.resources, now) for d, _ in decisions)
+        # An origin is written before the streams that mirror or source it.
+        outcomes = await execute_in_waves(
+            [d for d, _ in decisions], lambda d: execute(broker, d, config.resources, now)
         )
         for (_, trigger), outcome in zip(decisions, outcomes, strict=True):
             self._record(outcome, trigger)
@@ -246,7 +248,13 @@ class Worker:
         )
 
     def _decide(self, res: Resource, observed: Observed | None, now: datetime) -> Decision:
-        return decide(res, observed, now, own_hashes=self.own_hashes.get(res.stream, frozenset()))
+        return decide(
+            res,
+            observed,
+            now,
+            own_hashes=self.own_hashes.get(res.stream, frozenset()),
+            server=self.broker.server if self.broker else None,
+        )
 
     @staticmethod
     async def _info(broker: Broker, res: Resource) -> Observed | BrokerError | None:
