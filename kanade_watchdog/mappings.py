@@ -44,6 +44,28 @@ _INDEX_ARGS: dict[str, slice] = {
 }
 _FUNCTION = re.compile(r"\{\{\s*([A-Za-z]+)\s*\((.*)\)\s*\}\}", re.S)
 _LEGACY = re.compile(r"\$(\d+)")
+_MUSTACHES = re.compile(r"\{\{.*?\}\}", re.S)
+
+
+def _tokens(dest: str) -> list[str]:
+    """`dest` split at its dots, except dots inside a mapping function's braces."""
+    tokens: list[str] = []
+    current, depth, i = "", 0, 0
+    while i < len(dest):
+        pair = dest[i : i + 2]
+        if pair in ("{{", "}}"):
+            depth = depth + 1 if pair == "{{" else max(depth - 1, 0)
+            current += pair
+            i += 2
+            continue
+        if dest[i] == "." and depth == 0:
+            tokens.append(current)
+            current = ""
+        else:
+            current += dest[i]
+        i += 1
+    tokens.append(current)
+    return tokens
 
 
 def _token_problem(token: str, wildcards: int) -> str | None:
@@ -87,10 +109,10 @@ def source_problem(src: str) -> str | None:
 def destination_problem(src: str, dest: str) -> str | None:
     """Why `dest` is not a valid mapping of `src`, or None. An empty `src`
     stands for every subject (`>`)."""
-    if any(ch.isspace() for ch in dest) or not dest.isprintable():
+    if not dest.isprintable() or any(ch.isspace() for ch in _MUSTACHES.sub("", dest)):
         return "must not contain whitespace or control characters"
     source = src or ">"
-    tokens = dest.split(".")
+    tokens = _tokens(dest)
     if any(not t for t in tokens):
         return "has an empty token (leading, trailing or double '.')"
     if "*" in tokens:
