@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kanade_watchdog.config import Resource, load
+from kanade_watchdog.config import FIELDS, SECTION, Kind, Resource, load
 from kanade_watchdog.errors import ConfigError
 from kanade_watchdog.fieldvalues import Items, Table, canon, plain, utc_time
 from kanade_watchdog.mappings import destination_problem
+from kanade_watchdog.streamfields import SINCE, version_text
 
 SEC = 1_000_000_000
 
@@ -423,3 +424,42 @@ def test_values_are_shown_without_python_objects(tmp_path: Path) -> None:
         "streams.M.mirror.opt_start_time",
     )
     assert "datetime" not in line
+
+
+# --- the README's reference ------------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _reference_rows(kind: Kind) -> dict[str, str]:
+    """key -> its row in the README's field reference table for `kind`."""
+    text = README.read_text(encoding="utf-8")
+    table = text.split(f"`[{SECTION[kind]}.*]` | server field | since", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines()[2:] if line.startswith("`")]
+    return {line.split("`")[1]: line for line in rows}
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_readme_reference_lists_every_field_with_the_version_that_brought_it(
+    kind: Kind,
+) -> None:
+    """Every key a declaration takes is in the README's reference, with the
+    nats-server version that brought it, and nothing else is."""
+    rows = _reference_rows(kind)
+    assert set(rows) == set(FIELDS[kind])
+    for key, row in rows.items():
+        assert f"| {version_text(SINCE[kind][key])}" in row, row
+
+
+def test_readme_stream_example_is_a_valid_declaration(tmp_path: Path) -> None:
+    """The README's example of the new stream fields loads as written."""
+    text = README.read_text(encoding="utf-8")
+    example = text.split("```toml\n[streams.ORDERS_EU]", 1)[1].split("```", 1)[0]
+    found = resources(
+        tmp_path,
+        '[streams.ORDERS]\nsubjects = ["orders.>"]\nallow_direct = true\n'
+        + "[streams.ORDERS_EU]"
+        + example,
+    )
+    assert plain(found["ALL_ORDERS"].declared["sources"])[0]["external"] == {"api": "$JS.hub.API"}
+    assert found["ORDERS_EU"].declared["mirror_direct"] is True
