@@ -9,11 +9,11 @@ KV buckets take their mirror and sources in the ADR-8 shape: the origin is a
 bucket name (stream `KV_<name>`), a mirror has no subjects of its own and
 serves direct gets for its origin (`mirror_direct`), and a bucket sourced
 from another gets the transform `$KV.<origin>.> -> $KV.<bucket>.>` that
-clients expect (`bind` adds it, as it depends on the bucket's own name).
-`check` and `topology_problems` report what the broker would refuse, one
-line each; `shape_problem` and `immutable` tell the planner what it cannot
-change in place. `streamfields` lists these parsers; `config`, `desired`
-and `plan` call in here.
+clients expect (`bind_bucket_sources` adds it: it depends on the bucket's
+own name). `shape_problem` and `immutable` tell the planner what it cannot
+change in place; `origins` tells `order` and `fieldchecks` what a stream
+waits for; `readable_origin` writes a held origin back for `export`.
+`streamfields` lists the parsers; `config`, `desired` and `plan` call in.
 """
 
 from __future__ import annotations

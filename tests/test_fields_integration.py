@@ -463,6 +463,9 @@ async def test_writes_are_pedantic_and_a_value_the_server_would_adjust_is_refuse
     await seen.settle()
     await seen.stop()
     assert run.code == 1, run.stdout
+    assert "stream M: failed: M: the broker would adjust the declared config, and refuses " in (
+        run.stdout
+    )
     assert "origin stream has direct get set, mirror has it disabled" in run.stdout
     assert "M" not in set((await js_api(client, "$JS.API.STREAM.NAMES", {}))["streams"])
     bodies = [json.loads(body) for subject, body in seen.requests if ".STREAM.CREATE." in subject]
