@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .streamfields import Version, requirements, version_text
 
@@ -98,3 +98,24 @@ def needs_newer(labels_fields: Iterable[tuple[str, Iterable[str]]], server: Serv
     if not parts:
         return ""
     return f"nats-server {server} too old: " + "; ".join(parts)
+
+
+class _Resource(Protocol):
+    @property
+    def label(self) -> str: ...
+
+
+class _Decision(Protocol):
+    @property
+    def resource(self) -> _Resource: ...
+
+    @property
+    def too_new(self) -> tuple[str, ...]: ...
+
+
+def needs_newer_text(decisions: Iterable[_Decision], server: ServerInfo | None) -> str:
+    """`needs_newer` for a plan's decisions (`plan.Decision.too_new`); "" when
+    every declared field is supported or the server is unknown."""
+    if server is None:
+        return ""
+    return needs_newer(((d.resource.label, d.too_new) for d in decisions if d.too_new), server)

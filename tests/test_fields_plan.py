@@ -24,7 +24,7 @@ from kanade_watchdog.desired import create_config
 from kanade_watchdog.errors import ConfigError
 from kanade_watchdog.fieldvalues import Items, Table
 from kanade_watchdog.plan import Action, Change, Decision, Observed, decide, plan
-from kanade_watchdog.serverinfo import ServerInfo, from_info, needs_newer
+from kanade_watchdog.serverinfo import ServerInfo, from_info, needs_newer, needs_newer_text
 from kanade_watchdog.stake import stakes
 
 NOW = datetime(2025, 6, 1, 12, 0, 0)
@@ -389,6 +389,8 @@ def test_check_and_status_text_names_the_server_version() -> None:
     text = needs_newer([(d.resource.label, d.too_new) for d in decisions if d.too_new], V2_10)
     assert text == "nats-server 2.10.22 too old: S needs allow_msg_counter (nats-server 2.12.0)"
     assert needs_newer([], V2_10) == ""
+    assert needs_newer_text(decisions, V2_10) == text
+    assert needs_newer_text(plan([resource], {}, NOW, server=V2_15), V2_15) == ""
 
 
 # --- dependency order ---------------------------------------------------------------------------
