@@ -376,6 +376,26 @@ def test_mirrors_and_sourced_streams_are_exported(
     assert_in_sync([config])
 
 
+def test_kv_limit_marker_republish_and_metadata_are_exported() -> None:
+    """A bucket's delete-marker TTL reads back as limit_marker_ttl (its message TTLs
+    are the shape's, not a left-out field), with republish and metadata."""
+    config = {
+        **NATS_PY_KV,
+        "subject_delete_marker_ttl": 30 * SEC,
+        "republish": {"src": "$KV.jobs.>", "dest": "seen.>"},
+        "metadata": {"team": "x"},
+    }
+    result = only(exported(config))
+    assert dict(result.values) == {
+        "history": 5,
+        "metadata": {"team": "x"},
+        "republish": {"dest": "seen.>", "src": "$KV.jobs.>"},
+        "limit_marker_ttl": "30s",
+    }
+    assert result.left_out == ()
+    assert_in_sync([config])
+
+
 def test_kv_mirror_and_sourced_bucket_are_exported_in_the_adr8_shape() -> None:
     """A KV mirror (stream KV_copy mirroring KV_jobs, no subjects, mirror_direct) and a
     bucket sourced from another (the ADR-8 transform) are buckets, named by bucket."""
