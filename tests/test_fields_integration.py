@@ -397,7 +397,8 @@ async def test_kv_topologies_and_object_store_metadata_lifecycle(
     """The origin bucket is created first; a key put in it is read by a KV client
     from the sourced bucket (the ADR-8 transform) and by a direct get from the
     mirror; in sync without a write; drift goes back; a deleted sourced bucket comes
-    back with its key; a mirror pointed elsewhere is blocked, data untouched."""
+    back with its key, a deleted object store with its metadata; a mirror pointed
+    elsewhere is blocked, data untouched."""
     config = write_config(tmp_path, server.url, BUCKETS)
     js = client.jetstream()
     await apply(config)
@@ -423,6 +424,7 @@ async def test_kv_topologies_and_object_store_metadata_lifecycle(
     await _buckets_are_declared(js)
 
     await js.delete_stream("KV_all")
+    await js.delete_stream("OBJ_blobs")
     await apply(config)
     await _buckets_are_declared(js)
     await until_messages(js, "KV_all", 1)
