@@ -32,6 +32,7 @@ from kanade_watchdog.commands.export import export_command
 from kanade_watchdog.config.load import load
 from kanade_watchdog.core.cluster import cluster_facts
 from kanade_watchdog.core.export import undeclared
+from kanade_watchdog.core.order import execute_in_waves
 from kanade_watchdog.core.outcome import Outcome
 from kanade_watchdog.core.plan import Action, Decision, Observed, plan
 from kanade_watchdog.model import exitcodes
@@ -138,7 +139,7 @@ async def _observe_and_plan(
 ) -> tuple[Broker, list[Decision], list[render.Undeclared]]:
     broker, observed = await _observe(config)
     extra = undeclared(set(config.by_stream()), observed, config.ignore)
-    return broker, plan(config.resources, observed, utcnow()), extra
+    return broker, plan(config.resources, observed, utcnow(), server=broker.server), extra
 
 
 async def _plan(config: Config, args: argparse.Namespace, path: str) -> Output:
@@ -171,8 +172,9 @@ async def _apply(config: Config, args: argparse.Namespace, path: str) -> Output:
     broker, decisions, _ = await _observe_and_plan(config)
     try:
         now = utcnow()
-        outcomes: list[Outcome] = await asyncio.gather(
-            *(execute(broker, d, config.resources, now) for d in decisions)
+        # An origin is written before the streams that mirror or source it.
+        outcomes: list[Outcome] = await execute_in_waves(
+            decisions, lambda d: execute(broker, d, config.resources, now)
         )
     finally:
         await broker.nc.close()
@@ -203,8 +205,9 @@ async def _check(config: Config) -> render.CheckReport:
         broker, observed = await _observe(config)
     except BrokerError as exc:
         return render.check_failure("CRITICAL", [render.broker_problem(exc)])
+    server = broker.server
     await broker.nc.close()
-    decisions = plan(config.resources, observed, utcnow())
+    decisions = plan(config.resources, observed, utcnow(), server=server)
     facts = cluster_facts(config.resources, observed)
     extra = undeclared(set(config.by_stream()), observed, config.ignore)
     return render.check_report(

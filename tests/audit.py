@@ -28,6 +28,7 @@ class ApiAudit:
         self.client_name = client_name
         self.verbs: Counter[str] = Counter()
         self.subjects: list[str] = []
+        self.requests: list[tuple[str, str]] = []  # (subject, request body), in order
         self._sub: Subscription | None = None
 
     async def start(self) -> ApiAudit:
@@ -45,6 +46,7 @@ class ApiAudit:
             return
         subject = str(doc.get("subject", ""))
         self.subjects.append(subject)
+        self.requests.append((subject, str(doc.get("request", ""))))
         parts = subject.split(".")
         # $JS.API.STREAM.CREATE.<name> (or $JS.<domain>.API...) -> STREAM.CREATE
         if "API" in parts:

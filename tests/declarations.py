@@ -90,12 +90,14 @@ def stream_table(draw: st.DrawFn, index: int, *, single_server: bool = True) -> 
         "deny_purge": st.booleans(),
         "allow_rollup_hdrs": st.booleans(),
         "metadata": metadata(),
+        **_newer_stream_fields(index),
     }
     table = draw(
         st.fixed_dictionaries(
             {"subjects": st.just([f"p{index}.>", f"q{index}.*.x"])}, optional=optional
         )
     )
+    _fit_newer_stream_fields(table, mirror=draw(st.integers(0, 4)) == 0)
     if table.get("allow_rollup_hdrs") and table.get("deny_purge"):
         # The broker refuses this pair ("roll-ups require the purge permission",
         # 10052) although the config accepts it.
@@ -104,6 +106,83 @@ def stream_table(draw: st.DrawFn, index: int, *, single_server: bool = True) -> 
     if window is not None and age and _ns(window) > _ns(age):
         table["duplicate_window"] = format_duration_ns(_ns(age))  # the config requires <=
     return table
+
+
+# Origins nobody declares: the broker takes a mirror or source of a stream that
+# does not exist (it keeps retrying), so any name is safe here.
+_ORIGINS = ["ORIGIN_A", "ORIGIN_B"]
+
+
+def _origin(index: int) -> st.SearchStrategy[dict[str, Any]]:
+    return st.one_of(
+        st.fixed_dictionaries(
+            {"name": st.sampled_from(_ORIGINS)},
+            optional={
+                "opt_start_seq": st.integers(1, 10**6),
+                "opt_start_time": st.sampled_from(
+                    ["2025-01-01T00:00:00Z", "2025-06-01T12:30:00.25+02:00"]
+                ),
+                "filter_subject": st.sampled_from(["o.a.>", "o.*"]),
+                "domain": st.sampled_from(["hub", "leaf"]),
+            },
+        ),
+        st.fixed_dictionaries(
+            {
+                "name": st.sampled_from(_ORIGINS),
+                "subject_transforms": st.just(
+                    [{"src": "o.*", "dest": f"p{index}.o.{{{{wildcard(1)}}}}"}]
+                ),
+            }
+        ),
+    )
+
+
+def _newer_stream_fields(index: int) -> dict[str, st.SearchStrategy[Any]]:
+    """The fields beyond the classic limits (nats-server 2.15.1 takes them all)."""
+    return {
+        "sources": st.lists(
+            _origin(index), max_size=2, unique_by=lambda o: (o["name"], o.get("domain"))
+        ),
+        "republish": st.fixed_dictionaries(
+            {"src": st.just(f"p{index}.>"), "dest": st.just(f"rp{index}.>")},
+            optional={"headers_only": st.booleans()},
+        ),
+        "subject_transform": st.just({"src": f"p{index}.in.>", "dest": f"p{index}.kept.>"}),
+        "consumer_limits": st.fixed_dictionaries(
+            {},
+            optional={"inactive_threshold": durations(), "max_ack_pending": st.integers(1, 10**4)},
+        ),
+        "max_consumers": counts(),
+        "no_ack": st.booleans(),
+        "discard_new_per_subject": st.booleans(),
+        "allow_msg_ttl": st.booleans(),
+        "subject_delete_marker_ttl": st.sampled_from(["1s", "90s", "1h"]),
+        "allow_atomic": st.booleans(),
+        "first_seq": st.integers(1, 10**6),
+    }
+
+
+def _fit_newer_stream_fields(table: dict[str, Any], *, mirror: bool) -> None:
+    """Drop what the broker refuses together (the config refuses it too)."""
+    if table.get("discard_new_per_subject") and (
+        table.get("discard") != "new"
+        or table.get("max_msgs_per_subject", "unlimited") == "unlimited"
+    ):
+        del table["discard_new_per_subject"]
+    if "subject_delete_marker_ttl" in table and not (
+        table.get("allow_msg_ttl") and table.get("allow_rollup_hdrs")
+    ):
+        del table["subject_delete_marker_ttl"]
+    if mirror:  # a mirror has no subjects, sources, first sequence or markers of its own
+        for key in (
+            "subjects",
+            "sources",
+            "first_seq",
+            "subject_delete_marker_ttl",
+            "allow_atomic",
+        ):
+            table.pop(key, None)
+        table["mirror"] = {"name": _ORIGINS[0]}
 
 
 def kv_table(*, single_server: bool = True) -> st.SearchStrategy[dict[str, Any]]:
@@ -116,6 +195,8 @@ def kv_table(*, single_server: bool = True) -> st.SearchStrategy[dict[str, Any]]
             "max_bytes": sizes(),
             "max_value_size": sizes(1024**2),
             "replicas": st.just(1) if single_server else st.integers(1, 5),
+            "metadata": metadata(),
+            "limit_marker_ttl": st.sampled_from(["1s", "30s", "1h"]),
         },
     )
 
@@ -128,6 +209,7 @@ def object_store_table(*, single_server: bool = True) -> st.SearchStrategy[dict[
             "ttl": st.one_of(st.just(0), durations()),
             "max_bytes": sizes(),
             "replicas": st.just(1) if single_server else st.integers(1, 5),
+            "metadata": metadata(),
         },
     )
 
@@ -183,5 +265,12 @@ def is_default(key: str, declared: Mapping[str, Any]) -> bool:
         "allow_rollup_hdrs": False,
         "metadata": (),
         "placement": (("cluster", ""), ("tags", ())),
+        "sources": (),
+        "consumer_limits": {},
+        "max_consumers": -1,
+        "no_ack": False,
+        "discard_new_per_subject": False,
+        "allow_msg_ttl": False,
+        "allow_atomic": False,
     }
     return bool(defaults[key] == value)

@@ -286,30 +286,31 @@ def test_exact_size_picks_the_largest_exact_unit(n: int, text: Any) -> None:
 # --- what cannot be declared -----------------------------------------------------------
 
 
-def test_undeclarable_fields_are_reported_not_dropped() -> None:
+def test_every_declarable_field_is_exported_and_unknown_ones_reported() -> None:
     """allow_msg_ttl, republish, subject_transform, max_consumers and consumer limits
-    are named in comments; the rest of the stream is still exported and in sync."""
+    are written in the config's own shape and units; a field this release does not
+    know is named in a comment; the stream plans in sync against its export."""
     config = stream(
         allow_msg_ttl=True,
-        republish={"src": "s1.>", "dest": "copy.>"},
+        allow_rollup_hdrs=True,
+        subject_delete_marker_ttl=90 * SEC,
+        republish={"src": "s1.>", "dest": "copy.>", "headers_only": False},
         subject_transform={"src": "s1.>", "dest": "t.>"},
         max_consumers=10,
         consumer_limits={"inactive_threshold": 1000},
+        no_ack=True,
+        first_seq=42,
         future_field="x",
         max_age=3600 * SEC,
     )
     result = only(exported(config))
-    names = sorted(item.split(" = ")[0] for item in result.left_out)
-    assert names == [
-        "allow_msg_ttl",
-        "consumer_limits",
-        "future_field",
-        "max_consumers",
-        "republish",
-        "subject_transform",
-    ]
+    assert result.left_out == ('future_field = "x"',)
+    assert result.values["republish"] == {"dest": "copy.>", "src": "s1.>"}
+    assert result.values["consumer_limits"] == {"inactive_threshold": "1us"}
+    assert result.values["subject_delete_marker_ttl"] == "90s"
+    assert (result.values["max_consumers"], result.values["first_seq"]) == (10, 42)
     text = render(exported(config), settings=NatsSettings(), now=NOW)
-    assert '# left out (not declarable yet): republish = {"dest": "copy.>", "src": "s1.>"}' in text
+    assert '# left out (not declarable yet): future_field = "x"' in text
     assert_in_sync([config])
 
 
@@ -322,12 +323,106 @@ def test_placement_keys_beyond_cluster_and_tags_are_reported() -> None:
     assert_in_sync([config])
 
 
-def test_bucket_metadata_is_reported_when_buckets_cannot_declare_it() -> None:
-    """Metadata on a bucket is kept out of the values and named as left out."""
+def test_bucket_metadata_is_exported_without_the_servers_keys() -> None:
+    """Metadata on a bucket is written, the server's `_nats.*` keys left out."""
     config = {**NATS_PY_KV, "metadata": {"_nats.req.level": "1", "team": "ops"}}
     result = only(exported(config))
-    assert "metadata" not in result.values
-    assert result.left_out == ('metadata = {"team": "ops"}',)
+    assert result.values["metadata"] == {"team": "ops"}
+    assert result.left_out == ()
+    assert_in_sync([config])
+
+
+@pytest.mark.parametrize(
+    ("fields", "values"),
+    [
+        (
+            {"mirror": {"name": "ORDERS", "opt_start_seq": 5}, "subjects": []},
+            {"mirror": {"name": "ORDERS", "opt_start_seq": 5}},
+        ),
+        (
+            {
+                "mirror": {"name": "ORDERS", "external": {"api": "$JS.hub.API", "deliver": ""}},
+                "mirror_direct": True,
+                "subjects": [],
+            },
+            {"mirror": {"name": "ORDERS", "domain": "hub"}, "mirror_direct": True},
+        ),
+        (
+            {"sources": [{"name": "A"}, {"name": "B", "filter_subject": "b.x"}]},
+            {
+                "subjects": ["s1.>"],
+                "sources": [{"name": "A"}, {"name": "B", "filter_subject": "b.x"}],
+            },
+        ),
+        (
+            {
+                "subjects": [],
+                "sources": [
+                    {"name": "A", "subject_transforms": [{"src": "a.>", "dest": "s1.a.>"}]}
+                ],
+            },
+            {"sources": [{"name": "A", "subject_transforms": [{"src": "a.>", "dest": "s1.a.>"}]}]},
+        ),
+    ],
+    ids=["mirror", "mirror-of-a-domain", "sources", "sources-without-subjects"],
+)
+def test_mirrors_and_sourced_streams_are_exported(
+    fields: dict[str, Any], values: dict[str, Any]
+) -> None:
+    """A mirror (no subjects of its own) and a sourced stream are written in the
+    server's shape, a domain as `domain`, and plan in sync against their export."""
+    config = stream(name="X", **fields)
+    result = only(exported(config))
+    assert dict(result.values) == values
+    assert result.left_out == ()
+    assert_in_sync([config])
+
+
+def test_kv_limit_marker_republish_and_metadata_are_exported() -> None:
+    """A bucket's delete-marker TTL reads back as limit_marker_ttl (its message TTLs
+    are the shape's, not a left-out field), with republish and metadata."""
+    config = {
+        **NATS_PY_KV,
+        "subject_delete_marker_ttl": 30 * SEC,
+        "republish": {"src": "$KV.jobs.>", "dest": "seen.>"},
+        "metadata": {"team": "x"},
+    }
+    result = only(exported(config))
+    assert dict(result.values) == {
+        "history": 5,
+        "metadata": {"team": "x"},
+        "republish": {"dest": "seen.>", "src": "$KV.jobs.>"},
+        "limit_marker_ttl": "30s",
+    }
+    assert result.left_out == ()
+    assert_in_sync([config])
+
+
+def test_kv_mirror_and_sourced_bucket_are_exported_in_the_adr8_shape() -> None:
+    """A KV mirror (stream KV_copy mirroring KV_jobs, no subjects, mirror_direct) and a
+    bucket sourced from another (the ADR-8 transform) are buckets, named by bucket."""
+    mirror = {
+        **NATS_PY_KV,
+        "name": "KV_copy",
+        "subjects": [],
+        "mirror": {"name": "KV_jobs"},
+        "mirror_direct": True,
+    }
+    merged = {
+        **NATS_PY_KV,
+        "name": "KV_all",
+        "subjects": ["$KV.all.>"],
+        "sources": [
+            {"name": "KV_jobs", "subject_transforms": [{"src": "$KV.jobs.>", "dest": "$KV.all.>"}]}
+        ],
+    }
+    export = exported(mirror, merged)
+    by_name = {e.name: e for e in export.entries}
+    assert by_name["copy"].kind is Kind.KV
+    assert by_name["copy"].values["mirror"] == {"name": "jobs"}
+    assert by_name["all"].values["sources"] == [{"name": "jobs"}]
+    assert all(not e.left_out for e in export.entries), export
+    assert_in_sync([mirror, merged])
 
 
 def test_value_the_config_refuses_is_left_out_with_a_reason() -> None:
@@ -342,15 +437,10 @@ def test_value_the_config_refuses_is_left_out_with_a_reason() -> None:
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
-        ({"mirror": {"name": "ORDERS"}, "subjects": []}, "mirror of ORDERS (not yet declarable)"),
-        (
-            {"sources": [{"name": "A"}, {"name": "B"}]},
-            "sources A, B (not yet declarable)",
-        ),
         ({"sealed": True}, "sealed (it can no longer be changed, so it is not managed)"),
         ({"subjects": ["$JS.API.>"]}, 'subjects ["$JS.API.>"] cannot be declared'),
     ],
-    ids=["mirror", "sources", "sealed", "reserved-subjects"],
+    ids=["sealed", "reserved-subjects"],
 )
 def test_undeclarable_streams_are_skipped_with_the_reason(
     fields: dict[str, Any], reason: str
@@ -394,7 +484,7 @@ def test_match_and_kind_filters() -> None:
             stream(name="OTHER", subjects=["x.>"]),
             copy.deepcopy(NATS_PY_KV),
             copy.deepcopy(NATS_PY_OBJ),
-            stream(name="M", mirror={"name": "ORDERS"}),
+            stream(name="M", mirror={"name": "ORDERS"}, sealed=True),
         )
     }
     streams = {e.stream for e in collect(configs, match=["ORD*"]).entries}

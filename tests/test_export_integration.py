@@ -1,8 +1,8 @@
 """`kanade-watchdog export` against a real broker: the round trip is the contract.
 
 A broker populated by nats-py (streams, KV buckets, object stores) and by raw
-JetStream API requests (another client's bucket shape, streams with fields
-the config cannot declare yet, a mirror, a sourcing and a sealed stream) is
+JetStream API requests (another client's bucket shape, streams with newer
+fields, a mirror, a sourcing and a sealed stream) is
 exported; the file must then validate, plan in sync (exit 0) and apply with
 zero writes, counted on the broker's own API audit. Also: `--merge` keeps a
 file byte for byte, no secret reaches an export, output is written
@@ -162,8 +162,8 @@ async def test_export_of_a_populated_broker_validates_plans_in_sync_and_applies_
     tagged_server: NatsServer, tagged_client: Client, tmp_path: Path
 ) -> None:
     """The round trip: export, validate (0), plan (0, all in sync), apply with zero
-    writes; mirrors, sourcing and sealed streams are skipped with the reason,
-    fields the config cannot declare are named, no server or marker metadata."""
+    writes; a mirror and a sourcing stream are exported, a sealed one is skipped
+    with the reason, no server or marker metadata."""
     await populate(tagged_client)
     await stamp_with_spec_version(tagged_server.url, tmp_path)
     out = tmp_path / "adopted.toml"
@@ -177,12 +177,7 @@ async def test_export_of_a_populated_broker_validates_plans_in_sync_and_applies_
     text = out.read_text()
     lines = text.splitlines()
     for line in (
-        "# stream ORDERS_COPY: not exported: mirror of ORDERS (not yet declarable)",
-        "# stream ALL_ORDERS: not exported: sources ORDERS (not yet declarable)",
         "# stream FROZEN: not exported: sealed (it can no longer be changed, so it is not managed)",
-        "# left out (not declarable yet): allow_msg_ttl = true",
-        '# left out (not declarable yet): republish = {"dest": "copy.raw.>", "src": "raw.>"}',
-        "# left out (not declarable yet): max_consumers = 5",
         "spec_version = 2",
     ):
         assert line in lines, line
@@ -222,7 +217,24 @@ async def test_export_of_a_populated_broker_validates_plans_in_sync_and_applies_
         "retention": "workqueue",
         "deny_purge": True,
     }
-    assert document["streams"]["RAW"] == {"subjects": ["raw.>"], "metadata": {"team": "data"}}
+    assert document["streams"]["RAW"] == {
+        "subjects": ["raw.>"],
+        "metadata": {"team": "data"},
+        "republish": {"src": "raw.>", "dest": "copy.raw.>"},
+        "max_consumers": 5,
+    }
+    assert document["streams"]["TTL"] == {
+        "subjects": ["ttl.>"],
+        "max_msgs": 50,
+        "allow_msg_ttl": True,
+    }
+    # ORDERS serves direct gets, so the server gave its mirror mirror_direct.
+    assert document["streams"]["ORDERS_COPY"] == {
+        "mirror": {"name": "ORDERS"},
+        "mirror_direct": True,
+    }
+    assert document["streams"]["ALL_ORDERS"] == {"sources": [{"name": "ORDERS"}]}
+    assert "left out" not in text
     assert document["streams"]["KV_fake"] == {"subjects": ["$KV.fake.>"]}
     assert document["kv_buckets"] == {
         "jobs": {
@@ -248,15 +260,17 @@ async def test_export_of_a_populated_broker_validates_plans_in_sync_and_applies_
         "RAW",
         "KV_fake",
         "STAMPED",
+        "ORDERS_COPY",
+        "ALL_ORDERS",
     }
 
     validate = await run_cli("validate", config=out)
     assert validate.code == 0, validate.stderr
-    assert "OK (13 resources)" in validate.stdout
+    assert "OK (15 resources)" in validate.stdout
     plan = await run_cli("plan", "--json", config=out)
     assert plan.code == 0, plan.stdout + plan.stderr
     assert {r["action"] for r in plan.json()["resources"]} == {"in_sync"}
-    assert len(plan.json()["resources"]) == 13
+    assert len(plan.json()["resources"]) == 15
     async with watchdog_audit(tagged_client) as audit:
         applied = await run_cli("apply", config=out)
     assert applied.code == 0, applied.stdout + applied.stderr

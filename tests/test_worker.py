@@ -30,6 +30,7 @@ from kanade_watchdog.broker.api import Broker
 from kanade_watchdog.config.load import parse
 from kanade_watchdog.core import plan
 from kanade_watchdog.core.plan import Action, Change, Decision, Observed
+from kanade_watchdog.core.serverinfo import ServerInfo
 from kanade_watchdog.daemon.backoff import Backoff
 from kanade_watchdog.daemon.guard import WRITE_WINDOW, WRITES_PER_WINDOW
 from kanade_watchdog.daemon.worker import REVERIFY_AFTER, Decide, Worker, WorkQueue
@@ -621,9 +622,10 @@ def looping_on(stream: str) -> tuple[Decide, list[int]]:
         now: datetime,
         *,
         own_hashes: frozenset[str] = frozenset(),
+        server: ServerInfo | None = None,
     ) -> Decision:
         if resource.stream != stream or observed is None:
-            return plan.decide(resource, observed, now, own_hashes=own_hashes)
+            return plan.decide(resource, observed, now, own_hashes=own_hashes, server=server)
         made.append(1)
         current = observed.config.get("description", "")
         wanted = f"pass {len(made)}"

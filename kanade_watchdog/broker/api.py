@@ -21,6 +21,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from kanade_watchdog.core.plan import Observed
+from kanade_watchdog.core.serverinfo import ServerInfo, from_info
 from kanade_watchdog.model.errors import (
     ERR_STREAM_NOT_FOUND,
     ApiError,
@@ -154,9 +155,21 @@ class Broker:
             raise
         return self._observed(answer)
 
+    @property
+    def server(self) -> ServerInfo:
+        """The connected server, from its INFO (renewed on every reconnect)."""
+        return from_info(getattr(self.nc, "_server_info", None) or {})
+
+    def _body(self, config: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A create or update request: pedantic where the server takes it, so a
+        value it would adjust (or a field it does not know) is refused instead."""
+        return {**config, "pedantic": True} if self.server.pedantic else config
+
     async def create(self, config: Mapping[str, Any]) -> Observed:
         name = config["name"]
-        answer = await self._request("create", f"{self.prefix}.STREAM.CREATE.{name}", config)
+        answer = await self._request(
+            "create", f"{self.prefix}.STREAM.CREATE.{name}", self._body(config)
+        )
         obs = self._observed(answer)
         # An identical stream already there is answered like a create, but
         # without did_create: someone else (another watchdog) made it. (Every
@@ -166,7 +179,7 @@ class Broker:
     async def update(self, config: Mapping[str, Any]) -> Observed:
         name = config["name"]
         return self._observed(
-            await self._request("update", f"{self.prefix}.STREAM.UPDATE.{name}", config)
+            await self._request("update", f"{self.prefix}.STREAM.UPDATE.{name}", self._body(config))
         )
 
     async def account_info(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from kanade_watchdog.model.errors import (
     ERR_INSUFFICIENT_MEMORY,
     ERR_INSUFFICIENT_STORAGE,
     ERR_NAME_IN_USE,
+    ERR_PEDANTIC,
     ERR_REPLICAS_NOT_SUPPORTED,
     ERR_SUBJECTS_OVERLAP,
     ApiError,
@@ -81,6 +82,13 @@ async def explain(
             "or a combination it does not allow)"
         )
         return ResourceError(resource.label, f"{text}: {error.description}", cause=error)
+    if code == ERR_PEDANTIC:
+        return ResourceError(
+            resource.label,
+            "the broker would adjust the declared config, and refuses instead (pedantic "
+            f"request): {error.description}; declare the value it would set",
+            cause=error,
+        )
     if code == ERR_SUBJECTS_OVERLAP:
         return await _overlap(broker, resource, error, everything)
     if code == ERR_REPLICAS_NOT_SUPPORTED:

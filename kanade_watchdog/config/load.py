@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from kanade_watchdog.config import fieldchecks, streamfields, values
 from kanade_watchdog.config import files as configfile
-from kanade_watchdog.config import values
 from kanade_watchdog.config.files import read_config, resolve_secrets
 from kanade_watchdog.config.problems import Parser, Problems, unknown_key
 from kanade_watchdog.config.problems import key as _key
@@ -44,7 +44,13 @@ from kanade_watchdog.config.values import table as _parse_table
 from kanade_watchdog.config.values import text as _text
 from kanade_watchdog.config.values import window as _window
 from kanade_watchdog.model.errors import ConfigError
-from kanade_watchdog.model.resources import SECTION, Kind, Resource, identity_subjects
+from kanade_watchdog.model.resources import (
+    SECTION,
+    STREAM_PREFIX,
+    Kind,
+    Resource,
+    identity_subjects,
+)
 from kanade_watchdog.model.settings import Config, NatsSettings, TlsSettings, WatchdogSettings
 from kanade_watchdog.model.subjects import SubjectIndex, bucket_name_problem, stream_name_problem
 from kanade_watchdog.model.units import format_duration_ns
@@ -106,6 +112,8 @@ FIELDS: dict[Kind, dict[str, Parser]] = {
         "description": _description,
     },
 }
+for _kind, _parsers in streamfields.PARSERS.items():
+    FIELDS[Kind(_kind)].update(_parsers)
 REQUIRED: dict[Kind, tuple[str, ...]] = {
     Kind.STREAM: ("subjects",),
     Kind.KV: (),
@@ -283,7 +291,8 @@ def _resource(problems: Problems, kind: Kind, name: str, raw: Any) -> Resource |
         if parsed is not None:
             declared[key] = parsed
     for key in REQUIRED[kind]:
-        if key not in raw:
+        # A mirror has no subjects, and a stream fed by sources needs none.
+        if key not in raw and not (key == "subjects" and ("mirror" in raw or "sources" in raw)):
             problems.add(f"{where}.{key}", "is required", kind=f"{section}.*.{key}")
     if declared.get("allow_rollup_hdrs") and declared.get("deny_purge"):
         problems.bad(
@@ -301,6 +310,12 @@ def _resource(problems: Problems, kind: Kind, name: str, raw: Any) -> Resource |
             raw["duplicate_window"],
             kind=f"{section}.*.duplicate_window",
         )
+    for key, reason in fieldchecks.check(STREAM_PREFIX[kind] + name, declared, raw):
+        if key in raw:
+            problems.bad(f"{where}.{key}", reason, raw[key], kind=f"{section}.*.{key}")
+        else:
+            problems.add(f"{where}.{key}", reason, kind=f"{section}.*.{key}")
+    declared = streamfields.bind(kind, name, declared)
     return Resource(kind=kind, name=name, declared=declared, protect=protect)
 
 
@@ -317,11 +332,18 @@ def _auth_checks(problems: Problems, nats: dict[str, Any]) -> None:
 
 
 def _identity_subjects(resource: Resource) -> tuple[str, ...]:
+    if "mirror" in resource.declared:  # a mirror listens on no subjects
+        return ()
     if resource.kind is not Kind.STREAM:
         return identity_subjects(resource.kind, resource.name)
     # A stream whose subjects are invalid has none here: they are reported already.
     subjects: tuple[str, ...] = resource.declared.get("subjects", ())
     return subjects
+
+
+def _serves_direct(resource: Resource) -> bool:
+    """A declared origin answers direct gets: buckets always (ADR-8, ADR-20)."""
+    return resource.kind is not Kind.STREAM or bool(resource.declared.get("allow_direct"))
 
 
 def _cross_checks(problems: Problems, resources: list[Resource]) -> None:
@@ -337,6 +359,12 @@ def _cross_checks(problems: Problems, resources: list[Resource]) -> None:
                 kind=f"{SECTION[res.kind]}.*",
             )
         owner[res.stream] = res
+    for stream, key, reason in fieldchecks.topology_problems(
+        {r.stream: streamfields.with_implied(r.kind, r.declared) for r in resources},
+        lambda s: _serves_direct(owner[s]),
+    ):
+        res = owner[stream]
+        problems.add(f"{SECTION[res.kind]}.{_key(res.name)}.{key}", reason, kind="topology")
     index = SubjectIndex()
     claimed_by: dict[str, Resource] = {}
     for res in resources:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kanade_watchdog.config import streamfields
 from kanade_watchdog.model.resources import Kind, Resource, identity_subjects
 from kanade_watchdog.model.units import NS_PER_SECOND
 
@@ -35,6 +36,8 @@ _RENAMED: dict[Kind, dict[str, str]] = {
     },
     Kind.OBJECT_STORE: {"ttl": "max_age", "replicas": "num_replicas"},
 }
+for _kind, _renamed in streamfields.RENAMED.items():
+    _RENAMED[Kind(_kind)].update(_renamed)
 
 # What the broker reports when a field is absent (older servers omit some).
 # Comparisons read observed configs through these, so "absent" == "default".
@@ -56,6 +59,7 @@ SERVER_DEFAULTS: dict[str, Any] = {
     "deny_purge": False,
     "allow_rollup_hdrs": False,
     "sealed": False,
+    **streamfields.DEFAULTS,
 }
 
 
@@ -131,6 +135,8 @@ def wire_field(kind: Kind, key: str) -> str:
 
 def identity(resource: Resource) -> dict[str, Any]:
     """Fields without which the stream is not this kind of resource at all."""
+    if "mirror" in resource.declared:  # a KV mirror has no subjects of its own
+        return {}
     if resource.kind is Kind.STREAM:
         return {}
     return {"subjects": identity_subjects(resource.kind, resource.name)}
@@ -146,7 +152,9 @@ def compared(resource: Resource) -> dict[str, tuple[str, Any]]:
     if resource.kind is not Kind.STREAM:
         out["allow_rollup_hdrs"] = ("allow_rollup_hdrs", True)
     for key, value in resource.declared.items():
-        out[wire_field(resource.kind, key)] = (key, value)
+        if key not in streamfields.CREATE_ONLY:
+            out[wire_field(resource.kind, key)] = (key, value)
+    out.update(streamfields.implied(resource.kind, resource.declared))
     return out
 
 
@@ -221,6 +229,7 @@ def create_config(resource: Resource) -> dict[str, Any]:
     for key, value in resource.declared.items():
         field = wire_field(resource.kind, key)
         config[field] = _to_wire(field, value)
+    streamfields.finish_create(resource.kind, resource.declared, config)
     config["metadata"] = _stamp(config.get("metadata", {}), resource)
     _fix_duplicate_window(config)
     return config
@@ -239,6 +248,10 @@ def overlay(resource: Resource, observed: Mapping[str, Any]) -> dict[str, Any]:
             merged = dict(config.get("metadata") or {})
             merged.update(dict(value))
             config["metadata"] = merged
+        elif field in streamfields.NESTED and same(field, observed_value(observed, field), value):
+            # Kept as the broker spells it: a mirror's config must not change
+            # by a byte (a start time in another zone is another config to it).
+            continue
         else:
             config[field] = _to_wire(field, value)
     config["metadata"] = _stamp(config.get("metadata") or {}, resource)
@@ -249,6 +262,8 @@ def overlay(resource: Resource, observed: Mapping[str, Any]) -> dict[str, Any]:
 def observed_value(config: Mapping[str, Any], field: str) -> Any:
     """A field as the broker holds it, in the same normalized form as
     config values, so equal means equal."""
+    if field in streamfields.NESTED:
+        return streamfields.observed(field, config.get(field))
     value = config.get(field, SERVER_DEFAULTS.get(field))
     if field == "subjects":
         return tuple(value or ())

@@ -6,8 +6,10 @@ per resource: buckets are recognised by their shape (ADR-8 `KV_<b>`, ADR-20
 `streams`. Only fields that differ from the server's (or the bucket shape's)
 defaults are written, in readable units, and every written value is read
 back through `config.FIELDS` so that `plan` on the result finds nothing to
-change. What the declaration language cannot say yet (mirrors, sources,
-`allow_msg_ttl`, `republish`...) is never dropped silently: a stream is
+change. Mirrors and sourced streams are written too (a KV mirror or a bucket
+sourced from buckets in the ADR-8 shape). What the declaration language
+cannot say (a sealed stream, a value outside what the config accepts, a
+field newer than this release) is never dropped silently: a stream is
 skipped with a comment saying why, or its declarable part is written with a
 comment naming what was left out. `desired` supplies the defaults and the
 marker keys; `export_doc` writes the TOML; `export_cmd` does the I/O.
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
+from kanade_watchdog.config import streamfields
 from kanade_watchdog.config.load import FIELDS, REQUIRED
 from kanade_watchdog.core import desired
 from kanade_watchdog.model.resources import STREAM_PREFIX, Kind, Resource, kind_word
@@ -31,9 +34,9 @@ from kanade_watchdog.model.units import format_duration_ns, format_size
 # never part of a declaration.
 _FOREIGN_METADATA_PREFIXES = ("_nats", "kanade.")
 
-_DURATIONS = frozenset({"max_age", "ttl", "duplicate_window"})
+_DURATIONS = frozenset({"max_age", "ttl", "duplicate_window", *streamfields.DURATIONS})
 _SIZES = frozenset({"max_bytes", "max_msg_size", "max_value_size"})
-_COUNTS = frozenset({"max_msgs", "max_msgs_per_subject"})
+_COUNTS = frozenset({"max_msgs", "max_msgs_per_subject", *streamfields.COUNTS})
 
 # Wire fields outside every declaration kind, with the value that means "not
 # used". A field not listed here counts as unused when it is empty/false/0.
@@ -196,7 +199,14 @@ def shape(stream: str, config: Mapping[str, Any]) -> tuple[Kind, str, str]:
         if not stream.startswith(prefix) or bucket_name_problem(bucket):
             continue
         wanted = sorted(desired.identity(Resource(kind=kind, name=bucket, declared={}))["subjects"])
-        if subjects != wanted:
+        mirror = config.get("mirror")
+        kv_mirror = (
+            kind is Kind.KV
+            and not subjects
+            and isinstance(mirror, Mapping)
+            and str(mirror.get("name", "")).startswith(prefix)
+        )
+        if subjects != wanted and not kv_mirror:  # an ADR-8 mirror has no subjects
             continue
         if rollup:
             return kind, bucket, ""
@@ -255,16 +265,6 @@ def _not_declarable(stream: str, config: Mapping[str, Any]) -> str | None:
     problem = stream_name_problem(stream)
     if problem:
         return f"name {problem}"
-    mirror = config.get("mirror")
-    if mirror:
-        origin = mirror.get("name", "?") if isinstance(mirror, Mapping) else "?"
-        return f"mirror of {origin} (not yet declarable)"
-    sources = config.get("sources")
-    if sources:
-        names = ", ".join(
-            str(s.get("name", "?")) if isinstance(s, Mapping) else "?" for s in sources
-        )
-        return f"sources {names} (not yet declarable)"
     if config.get("sealed"):
         return "sealed (it can no longer be changed, so it is not managed)"
     return None
@@ -293,11 +293,18 @@ def entry(stream: str, held: Held) -> Entry | Skipped:
         if wire == "subjects" and kind is not Kind.STREAM:
             continue  # a bucket's subjects are its shape
         current = desired.observed_value(config, wire)
+        if wire == "subjects" and not current and (config.get("mirror") or config.get("sources")):
+            continue  # a mirror has none, a stream fed by sources may have none
         if key not in REQUIRED[kind] and current == desired.observed_value(defaults, wire):
             continue
-        value = readable(key, config.get(wire, desired.SERVER_DEFAULTS.get(wire)))
+        held_value = config.get(wire, desired.SERVER_DEFAULTS.get(wire))
+        value = (
+            streamfields.readable(kind, name, key, held_value)
+            if wire in streamfields.NESTED
+            else readable(key, held_value)
+        )
         try:
-            ok = parser(value) == current
+            ok = streamfields.bind(kind, name, {key: parser(value)})[key] == current
         except (ValueError, TypeError, OverflowError):
             ok = False
         if ok:
@@ -306,6 +313,7 @@ def entry(stream: str, held: Held) -> Entry | Skipped:
             return Skipped(stream, f"{key} {_show(value)} cannot be declared")
         else:
             left_out.append(f"{key} = {_show(value)} (outside what the config accepts)")
+    owned |= set(streamfields.implied(kind, values))  # a KV mirror's mirror_direct...
     if "metadata" not in FIELDS[kind] and config["metadata"]:
         left_out.append(f"metadata = {_show(config['metadata'])}")
     placement = config.get("placement")

@@ -22,8 +22,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from kanade_watchdog.config import sources, streamfields
 from kanade_watchdog.core import desired
+from kanade_watchdog.core.serverinfo import ServerInfo, blocked_reason, unsupported
 from kanade_watchdog.core.stake import Stake, stakes
+from kanade_watchdog.model import fieldvalues
 from kanade_watchdog.model.resources import Kind, Resource
 from kanade_watchdog.model.units import format_duration_ns, format_size
 
@@ -48,6 +51,8 @@ class Change:
     desired: Any
 
     def __str__(self) -> str:
+        if isinstance(self.desired, fieldvalues.Items):  # a list owned as a whole
+            return f"{self.field}: {fieldvalues.list_change(self.current, self.desired)}"
         return f"{self.field}: {show(self.field, self.current)} -> {show(self.field, self.desired)}"
 
 
@@ -77,6 +82,7 @@ class Decision:
     stakes: tuple[Stake, ...] = ()  # what the update does to stored data
     warnings: tuple[str, ...] = ()  # worth an operator's eye whatever the action
     suspicious_marker: bool = False  # a marker too far ahead to believe was not obeyed
+    too_new: tuple[str, ...] = ()  # declared fields the connected server lacks
 
     def __post_init__(self) -> None:
         # `at_stake` predates `stakes`; it is kept for the callers that print it.
@@ -93,7 +99,7 @@ class Decision:
         return any(s.loses_data for s in self.stakes)
 
 
-_DURATION_FIELDS = {"max_age", "ttl", "duplicate_window"}
+_DURATION_FIELDS = {"max_age", "ttl", "duplicate_window", *streamfields.DURATIONS}
 _SIZE_FIELDS = {"max_bytes", "max_msg_size", "max_value_size"}
 
 
@@ -121,8 +127,9 @@ def show(key: str, value: Any) -> str:
 
 def _wrong_shape(resource: Resource, config: Mapping[str, Any]) -> str | None:
     """Why the stream holding our name is not something we may manage."""
-    if config.get("mirror"):
-        return f"stream {resource.stream} is a mirror; it is not managed here"
+    mirror = sources.shape_problem(resource.stream, resource.declared, config)
+    if mirror:
+        return mirror
     if config.get("sealed"):
         return f"stream {resource.stream} is sealed and can no longer be changed"
     for field_name, value in desired.identity(resource).items():
@@ -188,7 +195,21 @@ def _immutable(field_name: str, current: Any, wanted: Any) -> str | None:
         return f"retention cannot change from {current} to {wanted} in place"
     if field_name in ("deny_delete", "deny_purge") and current and not wanted:
         return f"{field_name} cannot be turned off once set"
-    return None
+    return sources.immutable(field_name, current, wanted)
+
+
+def _create_only(resource: Resource, config: Mapping[str, Any]) -> list[str]:
+    """Declared values that apply at create only and differ on the broker: said,
+    never written (the stream keeps the sequence it was created with)."""
+    out = []
+    for key in streamfields.CREATE_ONLY & set(resource.declared):
+        current = desired.observed_value(config, key)
+        if current != resource.declared[key]:
+            out.append(
+                f"{key} {resource.declared[key]} applies when the stream is created; this one "
+                f"was created with {current or 'none'} and keeps its sequence"
+            )
+    return out
 
 
 def _newer_spec(resource: Resource, owner: desired.Marker) -> str:
@@ -235,10 +256,22 @@ def decide(
     *,
     own_hashes: frozenset[str] = frozenset(),
     force_spec: bool = False,
+    server: ServerInfo | None = None,
 ) -> Decision:
     """The one decision for one resource. `now` (naive UTC) dates max_age risks;
     `own_hashes` are specs this process wrote before a reload (its own edits);
-    `force_spec` (or the resource's `[watchdog] force_spec`) obeys no marker."""
+    `force_spec` (or the resource's `[watchdog] force_spec`) obeys no marker;
+    `server` (the connected one, when known) must support every declared field."""
+    lacking = unsupported(resource.kind, resource.declared, server) if server else []
+    if lacking and not (observed is not None and observed.leaderless):
+        assert server is not None
+        return Decision(
+            resource,
+            Action.BLOCKED,
+            reason=blocked_reason(lacking, server),
+            present=observed is not None,
+            too_new=tuple(lacking),
+        )
     if observed is None:
         return Decision(resource, Action.CREATE, send=desired.create_config(resource))
     if observed.leaderless:
@@ -276,7 +309,7 @@ def decide(
             return Decision(resource, Action.NEWER_SPEC, reason=_newer_spec(resource, owner))
     send = desired.overlay(resource, config)
     changes, notes = _diff(resource, config, send)
-    warnings += notes
+    warnings += [*notes, *_create_only(resource, config)]
     if not changes:
         return Decision(
             resource, Action.IN_SYNC, warnings=tuple(warnings), suspicious_marker=suspicious
@@ -343,6 +376,10 @@ def plan(
     now: datetime,
     *,
     force_spec: bool = False,
+    server: ServerInfo | None = None,
 ) -> list[Decision]:
     """One decision per declared resource, in declaration order."""
-    return [decide(r, observed.get(r.stream), now, force_spec=force_spec) for r in resources]
+    return [
+        decide(r, observed.get(r.stream), now, force_spec=force_spec, server=server)
+        for r in resources
+    ]

@@ -148,6 +148,23 @@ def _per_subject(
     )
 
 
+def _full_subject(
+    before: Mapping[str, Any], after: Mapping[str, Any], messages: int, state: Mapping[str, Any]
+) -> Stake | None:
+    """discard_new_per_subject turned on where some subject must hold the limit
+    already: more messages than subjects x (limit - 1) leaves one full at least."""
+    if not after.get("discard_new_per_subject") or before.get("discard_new_per_subject"):
+        return None
+    per, subjects = _limit(after, "max_msgs_per_subject"), int(state.get("num_subjects", 0) or 0)
+    if per <= 0 or subjects <= 0 or messages <= subjects * (per - 1):
+        return None
+    return Stake(
+        f"at least one subject already holds max_msgs_per_subject {per} ({messages} messages "
+        f"under {subjects} subjects); nothing is lost (discard new): new writes would be refused",
+        False,
+    )
+
+
 def _age(
     before: Mapping[str, Any], after: Mapping[str, Any], state: Mapping[str, Any], now: datetime
 ) -> Stake | None:
@@ -181,6 +198,7 @@ def stakes(
         _retention(before, after, messages, state),
         *_caps(before, after, messages, stored),
         _per_subject(kind, before, after, messages, state),
+        _full_subject(before, after, messages, state),
         _age(before, after, state, now),
     ]
     return tuple(s for s in found if s is not None)

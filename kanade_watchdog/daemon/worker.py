@@ -30,8 +30,10 @@ from kanade_watchdog.broker.api import Broker
 from kanade_watchdog.broker.apply import execute
 from kanade_watchdog.core import causes, desired, plan
 from kanade_watchdog.core.cluster import cluster_facts
+from kanade_watchdog.core.order import execute_in_waves
 from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Decision, Observed
+from kanade_watchdog.core.serverinfo import ServerInfo
 from kanade_watchdog.daemon.backoff import Backoff
 from kanade_watchdog.daemon.guard import WriteGuard
 from kanade_watchdog.model.errors import BrokerError, BrokerUnavailable
@@ -61,6 +63,7 @@ class Decide(Protocol):
         now: datetime,
         *,
         own_hashes: frozenset[str] = ...,
+        server: ServerInfo | None = ...,
     ) -> Decision: ...
 
 
@@ -285,8 +288,9 @@ class Worker:
         decisions = [(d, t) for d, t in decisions if self._may_write(d)]
         for decision, trigger in held:
             self._not_converging(decision, trigger)
-        outcomes = await asyncio.gather(
-            *(execute(broker, d, config.resources, now) for d, _ in decisions)
+        # An origin is written before the streams that mirror or source it.
+        outcomes = await execute_in_waves(
+            [d for d, _ in decisions], lambda d: execute(broker, d, config.resources, now)
         )
         for (_, trigger), outcome in zip(decisions, outcomes, strict=True):
             self._record(outcome, trigger)
@@ -300,7 +304,11 @@ class Worker:
 
     def _decide(self, res: Resource, observed: Observed | None, now: datetime) -> Decision:
         return self.decide(
-            res, observed, now, own_hashes=self.own_hashes.get(res.stream, frozenset())
+            res,
+            observed,
+            now,
+            own_hashes=self.own_hashes.get(res.stream, frozenset()),
+            server=self.broker.server if self.broker else None,
         )
 
     def _saw(self, stream: str, observed: Observed | None) -> None:

@@ -22,6 +22,7 @@ ERR_SUBJECTS_OVERLAP = 10065
 ERR_REPLICAS_NOT_SUPPORTED = 10074
 
 ERR_STORE_CREATE_FAILED = 10049
+ERR_PEDANTIC = 10157  # pedantic mode: the broker would have adjusted the config
 
 # Answers that restate a fact about the request or the broker's capacity:
 # repeating the request soon cannot change them. Everything else the broker

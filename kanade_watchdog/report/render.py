@@ -22,6 +22,7 @@ from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Change, Decision, Stake, show
 from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.errors import BrokerError, BrokerUnavailable, PermissionDenied
+from kanade_watchdog.model.fieldvalues import Items, list_change, list_diff
 from kanade_watchdog.model.printable import escape, key, quote
 from kanade_watchdog.model.resources import Kind, Resource, kind_word
 
@@ -50,6 +51,10 @@ def value_text(field_name: str, value: Any) -> str:
 
 
 def change_text(change: Change) -> str:
+    if isinstance(change.desired, Items):  # a list owned as a whole: what it gains and loses
+        return f"{change.field}: " + list_change(
+            change.current, change.desired, lambda v: value_text(change.field, v)
+        )
     current = value_text(change.field, change.current)
     desired = value_text(change.field, change.desired)
     return f"{change.field}: {current} -> {desired}"
@@ -61,13 +66,17 @@ def _change_json(change: Change) -> dict[str, Any]:
             return [plain(v) for v in value]
         return value
 
-    return {
+    out = {
         "field": change.field,
         "current": plain(change.current),
         "desired": plain(change.desired),
         "current_text": value_text(change.field, change.current),
         "desired_text": value_text(change.field, change.desired),
     }
+    if isinstance(change.desired, Items):
+        added, removed = list_diff(change.current, change.desired)
+        out.update(added=[plain(v) for v in added], removed=[plain(v) for v in removed])
+    return out
 
 
 # --- data at stake, before and after -----------------------------------------------------
