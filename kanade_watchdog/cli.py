@@ -33,6 +33,7 @@ from kanade_watchdog.config.load import load
 from kanade_watchdog.core.cluster import cluster_facts
 from kanade_watchdog.core.export import undeclared
 from kanade_watchdog.core.order import execute_in_waves
+from kanade_watchdog.core.serverinfo import needs_newer_text
 from kanade_watchdog.core.outcome import Outcome
 from kanade_watchdog.core.plan import Action, Decision, Observed, plan
 from kanade_watchdog.model import exitcodes
@@ -211,7 +212,11 @@ async def _check(config: Config) -> render.CheckReport:
     facts = cluster_facts(config.resources, observed)
     extra = undeclared(set(config.by_stream()), observed, config.ignore)
     return render.check_report(
-        decisions, facts, seconds=time.perf_counter() - started, undeclared=extra
+        decisions,
+        facts,
+        seconds=time.perf_counter() - started,
+        undeclared=extra,
+        needs_newer=needs_newer_text(decisions, server),
     )
 
 

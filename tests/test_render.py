@@ -213,3 +213,19 @@ def test_warning_and_ok_check_lines() -> None:
     ok = render.check_report(_decisions(A=Action.IN_SYNC), ClusterFacts(), seconds=0)
     assert ok.line().startswith("JETSTREAM OK - 1/1 in sync | resources=1 ")
     assert ok.code == 0
+
+
+def test_check_names_the_server_version_a_declared_field_needs() -> None:
+    """A resource blocked because the server is too old: check's text says which
+    server and which field, next to the blocked resource."""
+    decisions = _decisions(C=Action.BLOCKED)
+    report = render.check_report(
+        decisions,
+        ClusterFacts(),
+        seconds=0.001,
+        needs_newer="nats-server 2.10.22 too old: C needs allow_msg_ttl (nats-server 2.11.0)",
+    )
+    assert report.status == "WARNING"
+    assert report.text == (
+        "blocked: C; nats-server 2.10.22 too old: C needs allow_msg_ttl (nats-server 2.11.0)"
+    )

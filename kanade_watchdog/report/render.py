@@ -414,6 +414,7 @@ def check_report(
     *,
     seconds: float,
     undeclared: Sequence[Undeclared] = (),
+    needs_newer: str = "",
 ) -> CheckReport:
     """Every fact at once, worst status first: a CRITICAL still names what
     drifted or is blocked."""
@@ -444,6 +445,8 @@ def check_report(
     parts = [
         f"{words}: {', '.join(groups[name])}" for name, words, _ in _CHECK_GROUPS if groups[name]
     ]
+    if needs_newer:  # which declared fields the connected server is too old for
+        parts.append(needs_newer)
     text = "; ".join(parts) if parts else f"{total}/{total} in sync"
     return CheckReport(
         status,
