@@ -33,9 +33,9 @@ from kanade_watchdog.config.load import load
 from kanade_watchdog.core.cluster import cluster_facts
 from kanade_watchdog.core.export import undeclared
 from kanade_watchdog.core.order import execute_in_waves
-from kanade_watchdog.core.serverinfo import needs_newer_text
 from kanade_watchdog.core.outcome import Outcome
 from kanade_watchdog.core.plan import Action, Decision, Observed, plan
+from kanade_watchdog.core.serverinfo import needs_newer_text
 from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.errors import BrokerError, ConfigError
 from kanade_watchdog.model.printable import escape
