@@ -25,14 +25,13 @@ from datetime import UTC, datetime
 
 from kanade_watchdog import __version__
 from kanade_watchdog.broker.api import Broker
-from kanade_watchdog.broker.apply import execute
+from kanade_watchdog.broker.apply import execute_all
 from kanade_watchdog.broker.connect import connect_once
 from kanade_watchdog.commands.export import add_arguments as add_export_arguments
 from kanade_watchdog.commands.export import export_command
 from kanade_watchdog.config.load import load
 from kanade_watchdog.core.cluster import cluster_facts
 from kanade_watchdog.core.export import undeclared
-from kanade_watchdog.core.outcome import Outcome
 from kanade_watchdog.core.plan import Action, Decision, Observed, plan
 from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.errors import BrokerError, ConfigError
@@ -170,10 +169,7 @@ async def _apply(config: Config, args: argparse.Namespace, path: str) -> Output:
     started = time.perf_counter()
     broker, decisions, _ = await _observe_and_plan(config)
     try:
-        now = utcnow()
-        outcomes: list[Outcome] = await asyncio.gather(
-            *(execute(broker, d, config.resources, now) for d in decisions)
-        )
+        outcomes = await execute_all(broker, decisions, config.resources, utcnow())
     finally:
         await broker.nc.close()
     elapsed = time.perf_counter() - started
