@@ -191,11 +191,14 @@ def main() -> None:
         imports = statistics.median(sum(p.values()) / 1000 for p in profiles[name])
         print(_row(name, runs, cpus[name], bare_median, imports))
     ratio = statistics.median(walls[PLAN_NAME]) / bare_median
+    min_ratio = min(walls[PLAN_NAME]) / min(walls[BARE_NAME])
     cpu_ratio = statistics.median(cpus[PLAN_NAME]) / statistics.median(cpus[BARE_NAME])
     verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
+    # On a busy machine the wall medians of both grow alike and their ratio
+    # shrinks: the fastest runs and the CPU time show the cost itself.
     print(
         f"\ntarget: plan <= {TARGET_RATIO}x the bare script (wall median): {verdict} "
-        f"({ratio:.2f}x; CPU {cpu_ratio:.2f}x)\n"
+        f"({ratio:.2f}x; fastest runs {min_ratio:.2f}x; CPU median {cpu_ratio:.2f}x)\n"
     )
 
     plan_packages = _by_package(profiles[PLAN_NAME])
