@@ -25,15 +25,11 @@ from datetime import UTC, datetime
 
 from kanade_watchdog import __version__
 from kanade_watchdog.broker.api import Broker
-from kanade_watchdog.broker.apply import execute
 from kanade_watchdog.broker.connect import connect_once
-from kanade_watchdog.commands.export import add_arguments as add_export_arguments
-from kanade_watchdog.commands.export import export_command
+from kanade_watchdog.commands.export_args import add_arguments as add_export_arguments
 from kanade_watchdog.config.load import load
 from kanade_watchdog.core.cluster import cluster_facts
 from kanade_watchdog.core.export import undeclared
-from kanade_watchdog.core.order import execute_in_waves
-from kanade_watchdog.core.outcome import Outcome
 from kanade_watchdog.core.plan import Action, Decision, Observed, plan
 from kanade_watchdog.core.serverinfo import needs_newer_text
 from kanade_watchdog.model import exitcodes
@@ -41,7 +37,12 @@ from kanade_watchdog.model.errors import BrokerError, ConfigError
 from kanade_watchdog.model.printable import escape
 from kanade_watchdog.model.settings import DEFAULT_PATH, ENV_PATH, Config
 from kanade_watchdog.report import render
-from kanade_watchdog.report.logs import setup_logging
+
+# `plan` and `check` start often (a monitoring plugin runs `check` every few
+# minutes), so their import path holds only what they use: applying, export
+# (tomlkit), the daemon (scheduler, metrics, systemd) and the daemon's log
+# handlers (systemd's journal) are imported by the commands that need them
+# (tests/test_cli_imports.py).
 
 log = logging.getLogger("kanade_watchdog")
 
@@ -169,14 +170,12 @@ async def _plan(config: Config, args: argparse.Namespace, path: str) -> Output:
 
 
 async def _apply(config: Config, args: argparse.Namespace, path: str) -> Output:
+    from kanade_watchdog.broker.apply import execute_all  # noqa: PLC0415 - see the imports
+
     started = time.perf_counter()
     broker, decisions, _ = await _observe_and_plan(config)
     try:
-        now = utcnow()
-        # An origin is written before the streams that mirror or source it.
-        outcomes: list[Outcome] = await execute_in_waves(
-            decisions, lambda d: execute(broker, d, config.resources, now)
-        )
+        outcomes = await execute_all(broker, decisions, config.resources, utcnow())
     finally:
         await broker.nc.close()
     elapsed = time.perf_counter() - started
@@ -250,8 +249,32 @@ def _failure(args: argparse.Namespace, path: str, *, code: int, problems: list[s
     return Output(code, [doc], err=problems, raw=True)
 
 
+class _LineFormatter(logging.Formatter):
+    """One record, one escaped line: a message may carry names read from the
+    broker, and a newline in them must not forge a line of its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {escape(record.getMessage())}"
+
+
+def _quiet_logging() -> None:
+    """A one-shot command's logging: warnings and errors, one line each, on
+    stderr. (The daemon's handlers, `report.logs`, load systemd's journal.)"""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    # nats-py logs its own reconnect chatter at ERROR; the command's error says it once.
+    logging.getLogger("nats").setLevel(logging.CRITICAL)
+    # asyncio warns on every TLS connection nats-py closes: nothing an operator can act on.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
+
+
 def _dispatch(args: argparse.Namespace, path: str) -> Output:
-    setup_logging("text", "warning")
+    _quiet_logging()
     config = load(path)
     as_json = bool(getattr(args, "json", False))
     if args.command == "validate":
@@ -339,6 +362,7 @@ def _write(result: Output) -> int:
 def _run(args: argparse.Namespace, path: str) -> int:
     # The scheduler and systemd stay out of the one-shot commands' start-up.
     from kanade_watchdog.daemon.main import run_daemon  # noqa: PLC0415
+    from kanade_watchdog.report.logs import setup_logging  # noqa: PLC0415
 
     def run() -> int:
         setup_logging(args.log_format, args.log_level)
@@ -370,5 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args, path)
     if args.command == "export":  # needs [nats] only: the file may declare nothing yet
+        from kanade_watchdog.commands.export import export_command  # noqa: PLC0415
+
         return _guarded(lambda: export_command(path, args))
     return _write(_one_shot(args, path))

@@ -35,6 +35,12 @@ LIST_WAIT = 6.0  # a clustered broker waits ~4 s for unresponsive stream leaders
 _VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "?([^"\s]+)"?', re.I)
 
 
+class NoAnswer(BrokerUnavailable):
+    """A request went out and no answer came within its timeout. The broker
+    may still carry it out: an answer that arrives late is dropped, so a
+    write that ends this way is looked at again before it is called failed."""
+
+
 def api_prefix(domain: str | None) -> str:
     """`$JS.API`, or `$JS.<domain>.API` to reach a leafnode/hub domain."""
     return f"$JS.{domain}.API" if domain else "$JS.API"
@@ -92,9 +98,7 @@ class Broker:
                     f"publish permissions)",
                     subject=subject,
                 ) from None
-            raise BrokerUnavailable(
-                f"no answer on {subject} within {timeout:g}s", subject=subject
-            ) from None
+            raise NoAnswer(f"no answer on {subject} within {timeout:g}s", subject=subject) from None
         except nats.errors.Error as exc:  # closed, reconnecting, draining...
             raise BrokerUnavailable(
                 f"{str(exc) or type(exc).__name__} ({subject})", subject=subject

@@ -4,7 +4,7 @@ The I/O around the pure `export` / `export_doc`: the connection settings come
 from the config file's `[nats]` (defaults when there is no file yet), with
 `--server` on top; streams are read through `broker.Broker`, one STREAM.LIST
 request per 256; the result goes to standard output or, atomically, to a
-file. `cli` adds the arguments (`add_arguments`) and calls `export_command`.
+file. `cli` adds the arguments (`export_args`) and calls `export_command`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 from kanade_watchdog.broker.api import LIST_WAIT, Broker
 from kanade_watchdog.broker.connect import connect_once
+from kanade_watchdog.commands.export_args import KIND_CHOICES
 from kanade_watchdog.config.load import ENV_TOKEN, MAX_FILE_BYTES, SECRET_KEYS, load, parse
 from kanade_watchdog.core.export import Export, Held, collect
 from kanade_watchdog.model import exitcodes
@@ -32,40 +33,8 @@ from kanade_watchdog.model.resources import Kind
 from kanade_watchdog.model.secret import Secret
 from kanade_watchdog.model.settings import NatsSettings
 
-KINDS = {"stream": Kind.STREAM, "kv": Kind.KV, "object": Kind.OBJECT_STORE}
+KINDS = dict(zip(KIND_CHOICES, (Kind.STREAM, Kind.KV, Kind.OBJECT_STORE), strict=True))
 NEW_FILE_MODE = 0o644
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--match",
-        metavar="GLOB",
-        action="append",
-        default=[],
-        help="only resources whose name or stream name matches (repeatable)",
-    )
-    parser.add_argument(
-        "--kind",
-        action="append",
-        choices=tuple(KINDS),
-        default=[],
-        help="only this kind (repeatable)",
-    )
-    parser.add_argument(
-        "-o", "--output", metavar="FILE", help="write FILE (atomically) instead of standard output"
-    )
-    parser.add_argument(
-        "--merge",
-        metavar="FILE",
-        help="FILE's text unchanged plus what the broker holds that FILE does not declare",
-    )
-    parser.add_argument(
-        "--server",
-        metavar="URL",
-        action="append",
-        default=[],
-        help="connect here instead of the config's [nats] servers (repeatable)",
-    )
 
 
 class _Lister(Broker):

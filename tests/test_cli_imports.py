@@ -1,0 +1,88 @@
+"""What the one-shot commands import: `plan` and `check` start often (a
+monitoring plugin runs `check` every few minutes), so they must not load
+what only the daemon or `export` uses. Each case runs the real command in a
+fresh interpreter against a real nats-server, then lists `sys.modules`.
+Speed itself is measured by bench/oneshot_startup.py, never asserted here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, config_for
+from tests.natsserver import NatsServer
+
+# Loaded by the daemon (scheduler, metrics, systemd's journal and notify) or
+# by `export` (tomlkit); none of them may reach a one-shot's import path.
+DAEMON_OR_EXPORT = ("tomlkit", "prometheus_client", "apscheduler", "systemd")
+# Our own modules a plan or a check does not use.
+UNUSED_OURS = (
+    "kanade_watchdog.daemon",
+    "kanade_watchdog.commands.export",
+    "kanade_watchdog.report.logs",
+    "kanade_watchdog.report.declaration",
+    "kanade_watchdog.report.metrics",
+)
+
+PROBE = """\
+import contextlib, io, json, sys
+from kanade_watchdog import cli
+with contextlib.redirect_stdout(io.StringIO()):
+    code = cli.main(sys.argv[1:])
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def loaded_by(*argv: str) -> tuple[int, set[str]]:
+    """Run the command line in a fresh interpreter: its exit code and every
+    module it had imported by the end."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    return doc["code"], set(doc["modules"])
+
+
+def _packages(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{name}." for name in names)
+
+
+def _top(modules: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules}
+
+
+@pytest.mark.parametrize(("command", "code"), [("plan", 2), ("check", 2), ("validate", 0)])
+async def test_one_shot_commands_do_not_import_daemon_or_export_modules(
+    server: NatsServer, tmp_path: Path, command: str, code: int
+) -> None:
+    """plan, check and validate (here on an empty broker: plan and check exit 2)
+    run their whole path without importing tomlkit, prometheus_client,
+    apscheduler, systemd, the daemon or the export command."""
+    config = config_for(server.url, tmp_path)
+    exit_code, modules = await asyncio.to_thread(loaded_by, command, "--config", str(config))
+    assert exit_code == code
+    assert "kanade_watchdog.core.plan" in modules  # the probe did see the command's path
+    assert _top(modules) & set(DAEMON_OR_EXPORT) == set()
+    assert {m for m in modules if m in UNUSED_OURS or m.startswith(_packages(UNUSED_OURS))} == set()
+
+
+async def test_the_probe_sees_what_export_imports(server: NatsServer, tmp_path: Path) -> None:
+    """The same probe on `export`, which does load tomlkit: the check above
+    can fail."""
+    config = config_for(server.url, tmp_path)
+    exit_code, modules = await asyncio.to_thread(loaded_by, "export", "--config", str(config))
+    assert exit_code == 0
+    assert "tomlkit" in modules
+    assert "kanade_watchdog.commands.export" in modules
