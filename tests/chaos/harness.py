@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +249,17 @@ class Scene:
         if self.admin is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.admin.close(), timeout=5)
+
+
+@contextlib.asynccontextmanager
+async def scene_for(
+    tmp: Path, server: NatsServer, test_name: str, *, admin_options: Mapping[str, Any] | None = None
+) -> AsyncIterator[Scene]:
+    """A scene around a running broker, its figure named after the test;
+    every daemon it started is killed on the way out."""
+    figure = Figure(scenario=test_name.removeprefix("test_"))
+    world = await Scene(tmp, server, figure).open(admin_options=admin_options)
+    try:
+        yield world
+    finally:
+        await world.close()

@@ -25,9 +25,9 @@ from tests.chaos.harness import (
 )
 from tests.chaos.invariants import Invariants, cpu_seconds
 from tests.chaos.ledger import Producer, api
-from tests.chaos.proxy import StallProxy
 from tests.chaos.scale import pick, timeout
 from tests.daemonproc import is_action
+from tests.proxy import StallProxy
 
 KILL_CYCLES = pick(6, 60)
 WARM_UP = pick(2, 5)  # cycles before the memory baseline: first reconnect paths

@@ -23,10 +23,11 @@ import pytest
 
 from tests.certs import make_ca
 from tests.chaos import figures
-from tests.chaos.harness import Scene, list_streams, out_of_sync
+from tests.chaos.harness import Scene, list_streams, out_of_sync, scene_for
 from tests.chaos.invariants import Invariants
 from tests.chaos.ledger import api_ok, connect
 from tests.chaos.scale import pick, timeout
+from tests.conftest import StartServer
 from tests.daemonproc import DaemonProc, Line, Predicate, has_message, is_action
 from tests.natsserver import NatsServer
 from tests.sdnotify import NotifySocket
@@ -60,7 +61,9 @@ async def delete_and_heal(scene: Scene, daemon: DaemonProc, rng: random.Random) 
 
 
 @pytest.fixture
-async def tls_scene(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Scene]:
+async def tls_scene(
+    tmp_path: Path, start_server: StartServer, request: pytest.FixtureRequest
+) -> AsyncIterator[Scene]:
     """A broker that requires TLS with a certificate of a CA made here; the
     test's own clients trust that CA. `tls_scene.tmp / "pki"` holds the rest."""
     pki = tmp_path / "pki"
@@ -72,15 +75,11 @@ async def tls_scene(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIter
         shutil.copy(cert.key, pki / f"{name}.key")
     shutil.copy(ca.cert, pki / "ca.pem")
     shutil.copy(make_ca(pki / "other", "other-ca").cert, pki / "other-ca.pem")
-    server = NatsServer(tmp_path / "tls", extra_conf=tls_conf(pki, "good"))
-    server.workdir.mkdir()
-    server.start()
-    figure = figures.Figure(scenario=request.node.name.removeprefix("test_"))
+    server = start_server(NatsServer(tmp_path / "tls", extra_conf=tls_conf(pki, "good")))
     client_tls = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-    world = await Scene(tmp_path, server, figure).open(admin_options={"tls": client_tls})
-    yield world
-    await world.close()
-    server.kill()
+    options = {"tls": client_tls}
+    async with scene_for(tmp_path, server, request.node.name, admin_options=options) as world:
+        yield world
 
 
 def tls_conf(pki: Path, cert: str) -> str:
@@ -216,14 +215,14 @@ async def test_sighup_on_a_fifo_config_keeps_healing_and_stopping(scene: Scene) 
 
 
 @pytest.mark.timeout(timeout(60, 300))
-async def test_reloads_to_another_broker_and_back_converge_each_one(scene: Scene) -> None:
+async def test_reloads_to_another_broker_and_back_converge_each_one(
+    scene: Scene, start_server: StartServer
+) -> None:
     """A reload pointing [nats].servers at a second broker makes the daemon
     name that broker when connecting and create everything there; a reload
     back converges the first one again (nothing deleted on either)."""
     figure = scene.figure
-    other = NatsServer(scene.tmp / "other", name="other")
-    other.workdir.mkdir()
-    other.start()
+    other = start_server(NatsServer(scene.tmp / "other", name="other"))
     admin = await connect(other.url, "chaos-other")
     try:
         config = scene.config()
@@ -255,5 +254,4 @@ async def test_reloads_to_another_broker_and_back_converge_each_one(scene: Scene
         await inv.stops_cleanly()
     finally:
         await admin.close()
-        other.kill()
     figures.publish(figure)

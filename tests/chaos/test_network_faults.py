@@ -1,5 +1,5 @@
 """A stalled network path between the daemon and its broker: a TCP relay
-(`proxy.StallProxy`) that stops forwarding without closing anything.
+(`tests.proxy.StallProxy`) that stops forwarding without closing anything.
 Requests must time out instead of hanging, and the daemon must recover by
 itself once the path resumes, whether its connection survived the stall
 (short) or was given up as stale by the client's pings (long)."""
@@ -17,9 +17,9 @@ from tests.chaos import figures
 from tests.chaos.harness import CHAOS_NATS, CHAOS_WATCHDOG, LEDGER, Scene
 from tests.chaos.invariants import Invariants
 from tests.chaos.ledger import api
-from tests.chaos.proxy import StallProxy
 from tests.chaos.scale import pick, timeout
 from tests.daemonproc import Line, has_message, is_action
+from tests.proxy import StallProxy
 
 REQUEST_TIMEOUT = 0.5  # CHAOS_NATS request_timeout
 RESYNC = 1.0  # CHAOS_WATCHDOG resync_interval

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.chaos import figures
-from tests.chaos.harness import Scene
+from tests.chaos.harness import Scene, scene_for
 from tests.chaos.invariants import Invariants
 from tests.chaos.ledger import api_ok
-from tests.chaos.proxy import StallProxy
 from tests.chaos.scale import pick, timeout
+from tests.conftest import StartServer
 from tests.daemonproc import DaemonProc, has_message, is_action
 from tests.natsserver import NatsServer
+from tests.proxy import StallProxy
 
 DELETES = pick(6, 40)  # out-of-band deletes of the healthy ones while one is refused
 
@@ -160,18 +161,14 @@ authorization {{
 
 
 @pytest.fixture
-async def auth_scene(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Scene]:
+async def auth_scene(
+    tmp_path: Path, start_server: StartServer, request: pytest.FixtureRequest
+) -> AsyncIterator[Scene]:
     """A broker where the watchdog user may do everything but update RESULTS."""
-    server = NatsServer(tmp_path / "auth", extra_conf=AUTH_CONF)
-    server.workdir.mkdir()
-    server.start()
-    figure = figures.Figure(scenario=request.node.name.removeprefix("test_"))
-    world = await Scene(tmp_path, server, figure).open(
-        admin_options={"user": "admin", "password": ADMIN_PASSWORD}
-    )
-    yield world
-    await world.close()
-    server.kill()
+    server = start_server(NatsServer(tmp_path / "auth", extra_conf=AUTH_CONF))
+    options = {"user": "admin", "password": ADMIN_PASSWORD}
+    async with scene_for(tmp_path, server, request.node.name, admin_options=options) as world:
+        yield world
 
 
 async def drift_results(scene: Scene) -> None:

@@ -31,9 +31,9 @@ from tests.chaos.harness import (
 )
 from tests.chaos.invariants import Invariants
 from tests.chaos.ledger import Producer, api, api_ok
-from tests.chaos.proxy import StallProxy
 from tests.chaos.scale import pick, timeout
 from tests.daemonproc import DaemonProc, is_action
+from tests.proxy import StallProxy
 
 STORM_SECONDS = pick(5.0, 60.0)
 STORM_PAUSE = 0.005
