@@ -1,19 +1,22 @@
 """A loopback TCP relay that can stall, drop, resume, cut and refuse, in the test's loop.
 
 `stall()` stops forwarding in both directions without closing anything: the
-bytes already sent wait in the relay, in order, exactly what a
-wedged switch or a frozen peer looks like from either end (`stall(upstream
-=True)` holds only what clients send). `resume()` lets them through in
-order, so a connection that was not given up on carries on. `cut()` closes
-every relayed connection, dropping whatever it still held (both ends see a
-reset path). `drop()` forwards what the broker sends but throws away what clients send
-(requests vanish, the connection stays up) until `resume()` or `cut()`.
-`refuse(True)` closes new connections as soon as they are accepted (a port
-that answers and hangs up). The daemon is pointed at `url`; the test's own
-clients talk to the broker directly. `accepted` counts connections (reconnect
-attempts show there) and `last_upstream` is when a client last sent bytes
-(wall clock, as the daemon's log stamps its lines), held or not.
-Shared by the fault suite, the daemon tests and the soak.
+bytes already sent wait in the relay, in order, exactly what a wedged
+switch or a frozen peer looks like from either end (`stall(upstream=True)`
+holds only what clients send). `resume()` lets them through in order, so a
+connection that was not given up on carries on. `cut()` closes every
+relayed connection, dropping whatever it still held (both ends see a reset
+path). `drop()` forwards what the broker sends but throws away what clients
+send (requests vanish, the connection stays up) until `resume()` or `cut()`.
+`hold_replies_after(marker)` lets requests through but holds every answer
+from the moment a client sends `marker`: requests delivered and carried out
+whose outcome the client never learns. `refuse(True)` closes new
+connections as soon as they are accepted (a port that answers and hangs
+up). The daemon is pointed at `url`; the test's own clients talk to the
+broker directly. `accepted` counts connections (reconnect attempts show
+there) and `last_upstream` is when a client last sent bytes (wall clock, as
+the daemon stamps its log lines), held or not. Shared by the fault suite,
+the daemon tests and the soak.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class StallProxy:
         self._down.set()
         self._refusing = False
         self._dropping = False
+        self._reply_trigger = b""  # hold replies once a client sends this
         self.last_upstream = 0.0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -59,12 +63,20 @@ class StallProxy:
         if not upstream:
             self._down.clear()
 
+    def hold_replies_after(self, marker: bytes) -> None:
+        """Once a client sends `marker` (a request subject, say), stop forwarding
+        what the broker sends, before it can answer: that request and those
+        after it are delivered and carried out, their answers held until
+        `resume()`. `stalled` tells when it happened."""
+        self._reply_trigger = marker
+
     def drop(self) -> None:
         """Throw away what clients send from now on (the broker's side flows)."""
         self._dropping = True
 
     def resume(self) -> None:
         self._dropping = False
+        self._reply_trigger = b""
         self._up.set()
         self._down.set()
 
@@ -121,12 +133,18 @@ class StallProxy:
     ) -> None:
         """Read as bytes arrive, stalled or not: a held chunk waits in `chunks`,
         in order, and its arrival is seen (`last_upstream`)."""
+        tail = b""  # a marker may straddle two reads
         try:
             while data := await reader.read(65536):
                 if upstream:
                     self.last_upstream = time.time()
                     if self._dropping:
                         continue
+                    trigger = self._reply_trigger
+                    if trigger and trigger in tail + data:
+                        self._reply_trigger = b""
+                        self._down.clear()  # before this chunk can reach the broker
+                    tail = data[-len(trigger) :] if trigger else b""
                 chunks.put_nowait(data)
         except (OSError, ConnectionError):
             pass
