@@ -54,6 +54,17 @@ def full_in_sync_pass(total: int) -> Predicate:
     return check
 
 
+async def no_destructive(scene: Scene) -> None:
+    """No DELETE or PURGE by the watchdog (the daemon or a command) on the
+    broker's audit, which must have seen it at work."""
+    audit = await scene.ledger.collect()
+    # An audit that saw nothing of the watchdog would prove nothing.
+    assert any(c.verb == "STREAM.LIST" for c in audit.calls), "audit saw no watchdog call"
+    bad = audit.destructive()
+    scene.figure.destructive = len(bad)
+    assert not bad, [c.subject for c in bad]
+
+
 class Invariants:
     def __init__(self, scene: Scene, daemon: DaemonProc) -> None:
         self.scene = scene
@@ -82,12 +93,7 @@ class Invariants:
         )
 
     async def no_destructive(self) -> None:
-        audit = await self.scene.ledger.collect()
-        # An audit that saw nothing of the daemon would prove nothing.
-        assert any(c.verb == "STREAM.LIST" for c in audit.calls), "audit saw no daemon call"
-        bad = audit.destructive()
-        self.scene.figure.destructive = len(bad)
-        assert not bad, [c.subject for c in bad]
+        await no_destructive(self.scene)
 
     async def quiet_when_in_sync(
         self, *, passes: int = 1, within: float = 15.0, skip: Iterable[str] = ()

@@ -23,9 +23,9 @@ import pytest
 
 from tests.certs import make_ca
 from tests.chaos import figures
-from tests.chaos.harness import Scene, list_streams, out_of_sync, scene_for
+from tests.chaos.harness import Scene, delete_and_heal, list_streams, out_of_sync, scene_for
 from tests.chaos.invariants import Invariants
-from tests.chaos.ledger import api_ok, connect
+from tests.chaos.ledger import connect
 from tests.chaos.scale import pick, timeout
 from tests.conftest import StartServer
 from tests.daemonproc import DaemonProc, Line, Predicate, has_message, is_action
@@ -45,16 +45,6 @@ def message_is(text: str) -> Predicate:
         return line.get("message") == text
 
     return check
-
-
-async def delete_and_heal(scene: Scene, daemon: DaemonProc, rng: random.Random) -> None:
-    """One out-of-band delete of a random declared resource, healed again."""
-    mark = daemon.mark()
-    await api_ok(scene.nc, f"$JS.API.STREAM.DELETE.{rng.choice(scene.resources).stream}")
-    scene.figure.faults += 1
-    took = await scene.converge(daemon, t0=time.monotonic(), after=mark, reconnect=False)
-    scene.figure.converged(took)
-    scene.figure.heals += 1
 
 
 # --- TLS the daemon cannot verify -----------------------------------------------------------
