@@ -136,6 +136,12 @@ async def test_garbage_on_the_advisory_subjects_is_ignored(scene: Scene) -> None
     await inv.quiet_when_in_sync()
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "malformed and deeply nested JSON, binary, wrong types, unknown actions, undeclared "
+        "names, 100-900 KB payloads on `$JS.EVENT.ADVISORY.STREAM.*.*`",
+        "each malformed one dropped with a debug line saying why; no request about undeclared "
+        "names, no write; memory flat; a real delete afterwards healed from its advisory",
+    )
     figures.publish(figure)
 
 
@@ -209,6 +215,12 @@ async def test_protect_holds_against_reloads_that_would_drop_stored_messages(
     figure.survived = figure.faults
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "reloads of protected streams holding data: retention limits -> interest (spec_version "
+        "2); discard new -> old on a stream held past a lowered cap",
+        "both blocked, never sent (the cap lowering, which drops nothing, applied); every "
+        "acknowledged message kept, the capped stream keeps all it held",
+    )
     figures.publish(figure)
 
 
@@ -266,6 +278,12 @@ async def test_marker_keys_in_declared_metadata_are_refused_at_start_and_on_relo
     figure.survived = figure.faults
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "`kanade.spec_version`, `kanade.managed_by`, `kanade.spec_hash` declared in metadata, at "
+        "start and by SIGHUP",
+        "`run` exits 78 with one line naming the key; the reload refused, the running config "
+        "kept; no write, deletes still healed",
+    )
     figures.publish(figure)
 
 
@@ -298,6 +316,12 @@ async def test_a_foreign_max_age_under_the_declared_dedupe_window_is_written_onc
     figure.survived = figure.faults
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "another client sets max_age 1h (window 2m) under a declared "
+        '`duplicate_window = "2h"` with no max_age',
+        "one update (duplicate_window 2m -> 1h), then in sync pass after pass; never reported as "
+        "not converging",
+    )
     figures.publish(figure)
 
 
@@ -359,6 +383,12 @@ async def test_a_forged_spec_version_marker_is_not_obeyed(scene: Scene) -> None:
     figure.survived = figure.faults
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "another client stamps `kanade.spec_version = 2147483647` with max_age 1h on a stream "
+        "holding messages, then the marker alone",
+        "not obeyed: max_age put back at once and the marker restamped, no message lost; the "
+        "marker alone causes no write, `check` warns `suspicious marker not obeyed`",
+    )
     figures.publish(figure)
 
 
@@ -395,6 +425,12 @@ async def test_control_characters_in_broker_metadata_forge_no_output_line(
     assert info["config"]["metadata"]["owner"] == "ops"
     figure.survived = figure.faults
     await no_destructive(scene)
+    figure.hostile(
+        "broker metadata with newlines, a whole forged log record, terminal escapes, NUL, "
+        "U+2028, in a declared value and in a key",
+        "`plan` and the daemon's text log escape it all: no forged line, no raw control "
+        "character; the value put back",
+    )
     figures.publish(figure)
 
 
@@ -434,6 +470,12 @@ async def test_a_reload_to_a_server_url_with_credentials_is_refused_unprinted(
         assert part not in seen, "a part of the password was printed"
     figure.survived = figure.faults
     await inv.no_destructive()
+    figure.hostile(
+        "SIGHUP to a config whose server URL carries a password holding `/`; plan, apply and "
+        "check on that file",
+        "reload refused, the running config kept, deletes healed; the commands exit 78 (`check` "
+        "3); no part of the password in any output",
+    )
     figures.publish(figure)
 
 
@@ -462,4 +504,10 @@ async def test_output_nobody_can_read_ends_commands_quietly_with_their_work_done
     assert await scene.out_of_sync() == []
     figure.survived = figure.faults
     await no_destructive(scene)
+    figure.hostile(
+        "plan and check into a pipe whose reader is gone, apply into `/dev/full` and into the "
+        "closed pipe",
+        "exit 141 with nothing printed, 74 with one line; the apply's work done anyway; never an "
+        "internal error",
+    )
     figures.publish(figure)

@@ -127,6 +127,12 @@ async def test_tls_the_daemon_cannot_verify_is_explained_and_recovered_from(
     await inv.quiet_when_in_sync()
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "first connection with a CA that cannot verify the broker; then restarts of the broker "
+        "presenting a certificate for another name",
+        "one warning with the TLS reason, retried; connected once the CA file is fixed and "
+        "SIGHUP sent; after each restart, reconnected and converged",
+    )
     figures.publish(figure)
 
 
@@ -167,6 +173,11 @@ async def test_notify_socket_that_comes_and_goes_never_stops_the_daemon(scene: S
     finally:
         reader.cancel()
         notify.close()
+    figure.hostile(
+        "the systemd notify socket refusing, then back, with a watchdog ping every 100 ms",
+        "one warning when it goes, one line when it is back; deletes healed in both states; "
+        "never exits",
+    )
     figures.publish(figure)
 
 
@@ -198,6 +209,10 @@ async def test_sighup_on_a_fifo_config_keeps_healing_and_stopping(scene: Scene) 
     assert daemon.count(is_action("reloaded")) == 0
     await inv.no_destructive()
     await inv.stops_cleanly(within=5)
+    figure.hostile(
+        "the config path swapped for a FIFO nobody writes, then SIGHUP",
+        "no reload, deletes healed meanwhile, SIGTERM exits 0",
+    )
     figures.publish(figure)
 
 

@@ -132,6 +132,11 @@ async def test_insufficient_storage_on_one_stream_while_the_others_converge(
     await inv.quiet_when_in_sync()
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "a 1 GiB stream declared on a 200 MB file store (10047)",
+        "failed once as permanent with what to change, retried only after permanent_retry; the "
+        "others healed; created once the store is enlarged",
+    )
     figures.publish(figure)
 
 
@@ -167,6 +172,10 @@ async def test_immutable_difference_is_reported_never_forced(scene: Scene) -> No
     figure.survived += 1  # the refusal itself: reported, never forced, the daemon up
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "RESULTS held in memory storage by another client, declared file, 20 messages in it",
+        "blocked once; never written, deleted or re-created; its 20 messages intact",
+    )
     figures.publish(figure)
 
 
@@ -239,6 +248,11 @@ async def test_permission_denied_on_one_update_while_the_others_heal(auth_scene:
     figure.survived += 1  # the refusal itself: reported, never forced, the daemon up
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "the watchdog user denied `$JS.API.STREAM.UPDATE.RESULTS`, RESULTS drifted",
+        "failed once as permanent naming the subject; nothing forced; the others healed, the "
+        "connection kept",
+    )
     figures.publish(figure)
 
 
@@ -308,4 +322,9 @@ async def test_overlap_with_a_declared_stream_heals_once_that_stream_is_reverted
         await inv.stops_cleanly()
     finally:
         await proxy.close()
+    figure.hostile(
+        "INVENTORY deleted and NOTIFICATIONS widened over `inventory.>` by another client",
+        "the refused re-create names NOTIFICATIONS as declared; NOTIFICATIONS reverted, then "
+        "INVENTORY created, without waiting for permanent_retry (1 h)",
+    )
     figures.publish(figure)

@@ -99,6 +99,11 @@ async def test_delete_storm_every_delete_is_healed_once(scene: Scene) -> None:
     assert not lost, lost[:10]
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "declared resources deleted as fast as one client can, a producer publishing",
+        "exactly one re-create per delete, each after its own delete; no acknowledged message "
+        "lost; nothing written once it ends",
+    )
     figures.publish(figure)
 
 
@@ -285,6 +290,11 @@ async def test_deletes_right_after_creates_heal_without_any_advisory(scene: Scen
     assert daemon.count(is_action("created", stream=target), after=mark) == CHAIN
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "advisories off, resync 1 h, a stream deleted right after each re-create (the broker "
+        "drops some such advisories)",
+        "re-created each time by the second look after the write, once per delete",
+    )
     figures.publish(figure)
 
 
@@ -345,4 +355,9 @@ async def test_a_writer_undoing_every_update_is_fought_a_few_times_then_reported
     await inv.quiet_when_in_sync(skip=["RESULTS"])
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "another client undoing every update of RESULTS at once",
+        f"updated {WRITES_PER_WINDOW} times, then one ERROR `not converging` and no "
+        "more writes of it; deletes of the others healed meanwhile",
+    )
     figures.publish(figure)
