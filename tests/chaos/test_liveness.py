@@ -16,7 +16,7 @@ import shutil
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -157,13 +157,16 @@ async def test_notify_socket_that_comes_and_goes_never_stops_the_daemon(scene: S
         await daemon.wait_for(is_action("ready"))
         for _ in range(ROUNDS):
             notify.refuse()
+            said = daemon.mark()
             await delete_and_heal(scene, daemon, rng)
-            await asyncio.sleep(0.3)  # several pings fail meanwhile
+            await daemon.wait_for(has_message("cannot notify systemd"), after=said)
+            await asyncio.sleep(0.3)  # more pings fail meanwhile, still one warning
             mark = len(notify.drain())
             notify.rebind()
+            said = daemon.mark()
             await delete_and_heal(scene, daemon, rng)
-            await asyncio.sleep(0.3)
-            assert notify.having("WATCHDOG", since=mark), "pings did not resume"
+            await daemon.wait_for(has_message("delivered again"), after=said)
+            await until(pinged_since(notify, mark), "pings resume")
         gone = daemon.count(has_message("cannot notify systemd"))
         back = daemon.count(has_message("systemd notifications are delivered again"))
         assert (gone, back) == (ROUNDS, ROUNDS), daemon.tail()
@@ -179,6 +182,17 @@ async def test_notify_socket_that_comes_and_goes_never_stops_the_daemon(scene: S
         "never exits",
     )
     figures.publish(figure)
+
+
+async def until(check: Callable[[], bool], what: str, *, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {within}s"
+        await asyncio.sleep(0.01)
+
+
+def pinged_since(notify: NotifySocket, mark: int) -> Callable[[], bool]:
+    return lambda: bool(notify.having("WATCHDOG", since=mark))
 
 
 async def keep_reading(notify: NotifySocket) -> None:
