@@ -3,10 +3,11 @@ from a meta-leader kill -9 to every declared resource verified again.
 
 A real 3-node cluster on loopback (`tests.cluster.Cluster`), real
 `kanade-watchdog run` subprocesses with the production timers (resync 30 s,
-backoff 10 ms doubling), and a small R3 declaration: 3 streams, 2 KV
-buckets, 1 object store. Two deployments are measured: one watchdog given
-all three node URLs, and one watchdog per broker host (each pointed at its
-own node, the same config), the layout docs/CLUSTER.md recommends.
+backoff 10 ms doubling), and the small R3 declaration the cluster tests use
+(`tests.cluster.R3_RESOURCES`): 3 streams, 2 KV buckets, 1 object store.
+Two deployments are measured: one watchdog given all three node URLs, and
+one watchdog per broker host (each pointed at its own node, the same
+config), the layout docs/CLUSTER.md recommends.
 
 - Heal latency: an observer deletes a resource; from the delete call
   returning until the observer sees it back with its declared replicas and
@@ -43,43 +44,12 @@ from nats.aio.msg import Msg
 
 from kanade_watchdog.config import load as cfg
 from kanade_watchdog.core import desired
-from tests.cluster import Cluster, Node, run_sync
+from tests import jsapi
+from tests.cluster import R3_RESOURCES, R3_STREAMS, Cluster, Node, run_sync
 from tests.daemonproc import DaemonProc
 
-RESOURCES = """
-[streams.ORDERS]
-subjects = ["orders.>"]
-storage = "file"
-num_replicas = 3
-max_bytes = "1MiB"
-
-[streams.EVENTS]
-subjects = ["events.>"]
-storage = "file"
-num_replicas = 3
-max_bytes = "1MiB"
-
-[streams.AUDIT]
-subjects = ["audit.>"]
-storage = "memory"
-num_replicas = 3
-max_bytes = "1MiB"
-
-[kv_buckets.config]
-history = 5
-replicas = 3
-max_bytes = "1MiB"
-
-[kv_buckets.state]
-replicas = 3
-storage = "memory"
-max_bytes = "1MiB"
-
-[object_stores.blobs]
-replicas = 3
-max_bytes = "4MiB"
-"""
-DECLARED = ("ORDERS", "EVENTS", "AUDIT", "KV_config", "KV_state", "OBJ_blobs")
+RESOURCES = R3_RESOURCES
+DECLARED = R3_STREAMS
 PICKS = {"stream": "ORDERS", "kv": "KV_config", "object_store": "OBJ_blobs"}
 FIELDS = {  # what "back as declared" means, besides R3
     "ORDERS": {"max_bytes": 1024**2},
@@ -128,11 +98,6 @@ async def _ready(procs: list[DaemonProc]) -> None:
         await proc.wait_for(lambda line: line.get("action") == "ready", within=60)
 
 
-async def _request(nc: Client, subject: str, body: bytes = b"", wait: float = 2.0) -> Any:
-    msg = await nc.request(subject, body, timeout=wait)
-    return json.loads(msg.data)
-
-
 def _back(doc: dict[str, Any], stream: str) -> bool:
     config = doc.get("config")
     if not isinstance(config, dict) or config.get("num_replicas") != 3:
@@ -162,7 +127,7 @@ async def heal_trials(cluster: Cluster, trials: int) -> dict[str, list[float]]:
                 await asyncio.sleep(0.02)  # let the watchdogs settle their own echo
                 while not created.empty():
                     created.get_nowait()
-                answer = await _request(nc, f"$JS.API.STREAM.DELETE.{stream}", wait=5)
+                answer = await jsapi.request(nc, f"$JS.API.STREAM.DELETE.{stream}", wait=5)
                 if "error" in answer:
                     raise RuntimeError(f"delete {stream}: {answer['error']}")
                 t0 = time.perf_counter()
@@ -186,7 +151,7 @@ async def _wait_back(nc: Client, stream: str) -> None:
     STREAM.INFO with the declared replicas and fields."""
     while True:
         try:
-            doc = await _request(nc, f"$JS.API.STREAM.INFO.{stream}", wait=0.5)
+            doc = await jsapi.request(nc, f"$JS.API.STREAM.INFO.{stream}", wait=0.5)
         except TimeoutError:
             continue
         if _back(doc, stream):
@@ -206,11 +171,11 @@ async def floor_trials(cluster: Cluster, conf_path: Path, trials: int) -> dict[s
             samples: list[float] = []
             for _ in range(trials):
                 await asyncio.sleep(0.02)
-                answer = await _request(nc, f"$JS.API.STREAM.DELETE.{stream}", wait=5)
+                answer = await jsapi.request(nc, f"$JS.API.STREAM.DELETE.{stream}", wait=5)
                 if "error" in answer:
                     raise RuntimeError(f"delete {stream}: {answer['error']}")
                 t0 = time.perf_counter()
-                answer = await _request(nc, f"$JS.API.STREAM.CREATE.{stream}", body, wait=5)
+                answer = await jsapi.request(nc, f"$JS.API.STREAM.CREATE.{stream}", body, wait=5)
                 if "error" in answer:
                     raise RuntimeError(f"create {stream}: {answer['error']}")
                 await _wait_back(nc, stream)
@@ -229,7 +194,7 @@ async def _all_answer(nc: Client) -> None:
     while True:
         try:
             docs = await asyncio.gather(
-                *(_request(nc, f"$JS.API.STREAM.INFO.{s}", wait=0.5) for s in DECLARED)
+                *(jsapi.request(nc, f"$JS.API.STREAM.INFO.{s}", wait=0.5) for s in DECLARED)
             )
         except TimeoutError:
             continue

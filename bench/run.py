@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ from kanade_watchdog.core.plan import Action, Observed, decide, plan
 from kanade_watchdog.daemon.worker import utcnow
 from kanade_watchdog.model.resources import Resource
 from kanade_watchdog.model.settings import Config
+from tests import jsapi
 from tests.audit import ApiAudit
 from tests.natsserver import NatsServer
 
@@ -107,9 +107,7 @@ def daemon(conf: Path) -> list[str]:
 
 
 async def _info(nc: Client, stream: str) -> dict[str, Any]:
-    msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=2)
-    doc: dict[str, Any] = json.loads(msg.data)
-    return doc
+    return await jsapi.stream_info(nc, stream, wait=2)
 
 
 @dataclass
@@ -126,10 +124,10 @@ class Row:
 
 
 async def _create(nc: Client, res: Resource) -> None:
-    body = json.dumps(desired.create_config(res)).encode()
+    body = desired.create_config(res)
     deadline = time.monotonic() + 10
     while "config" not in await _info(nc, res.stream) and time.monotonic() < deadline:
-        await nc.request(f"$JS.API.STREAM.CREATE.{res.stream}", body, timeout=2)
+        await jsapi.request(nc, f"$JS.API.STREAM.CREATE.{res.stream}", body, wait=2)
         await asyncio.sleep(0.01)
 
 
@@ -147,7 +145,7 @@ async def _restore(nc: Client, res: Resource, files: Path | None) -> None:
     while files is not None and not _has_files(files):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{res.stream} still has no files after 10s of repairs")
-        await nc.request(f"$JS.API.STREAM.DELETE.{res.stream}", b"", timeout=2)
+        await jsapi.request(nc, f"$JS.API.STREAM.DELETE.{res.stream}", wait=2)
         await asyncio.sleep(0.2)  # the healer re-creates it meanwhile, or we do
         await _create(nc, res)
         await asyncio.sleep(0.2)
@@ -162,15 +160,13 @@ async def _one_trial(
     while not queue.empty():
         queue.get_nowait()
     if fault == "delete":
-        await nc.request(f"$JS.API.STREAM.DELETE.{stream}", b"", timeout=2)
+        await jsapi.request(nc, f"$JS.API.STREAM.DELETE.{stream}", wait=2)
     else:
         config = dict((await _info(nc, stream))["config"])
         config[drift[0]] = drift[1]
-        answer = await nc.request(
-            f"$JS.API.STREAM.UPDATE.{stream}", json.dumps(config).encode(), timeout=2
-        )
-        if b'"error"' in answer.data:
-            raise RuntimeError(f"the drift update was refused: {answer.data.decode()}")
+        answer = await jsapi.request(nc, f"$JS.API.STREAM.UPDATE.{stream}", config, wait=2)
+        if "error" in answer:
+            raise RuntimeError(f"the drift update was refused: {answer['error']}")
     t0 = time.perf_counter()
     while True:
         try:

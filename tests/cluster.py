@@ -10,6 +10,7 @@ on and for the JetStream API to answer.
 
 `close()` kills every node (kill -9) whatever state a test left it in; use
 the `Cluster` as a context manager or from a fixture with a finalizer.
+`R3_RESOURCES` is the declaration both users run.
 Used by `test_cluster` and `bench.cluster_bench`.
 """
 
@@ -17,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
-import urllib.request
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,11 +28,51 @@ from typing import Any, TypeVar
 import nats
 from nats.aio.client import Client
 
+from tests import jsapi
 from tests.natsserver import NatsServer, free_port
 
 T = TypeVar("T")
 CLUSTER_NAME = "kanade"
 POLL = 0.05
+
+# The declaration the cluster tests and the cluster benchmark run: 3 R3
+# streams, 2 R3 KV buckets, 1 R3 object store, MiB caps (ORDERS placed on
+# this cluster by name).
+R3_RESOURCES = f"""
+[streams.ORDERS]
+subjects = ["orders.>"]
+storage = "file"
+num_replicas = 3
+max_bytes = "1MiB"
+placement = {{ cluster = "{CLUSTER_NAME}" }}
+
+[streams.EVENTS]
+subjects = ["events.>"]
+storage = "file"
+num_replicas = 3
+max_bytes = "1MiB"
+
+[streams.AUDIT]
+subjects = ["audit.>"]
+storage = "memory"
+num_replicas = 3
+max_bytes = "1MiB"
+
+[kv_buckets.config]
+history = 5
+replicas = 3
+max_bytes = "1MiB"
+
+[kv_buckets.state]
+replicas = 3
+storage = "memory"
+max_bytes = "1MiB"
+
+[object_stores.blobs]
+replicas = 3
+max_bytes = "4MiB"
+"""
+R3_STREAMS = ("ORDERS", "EVENTS", "AUDIT", "KV_config", "KV_state", "OBJ_blobs")
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -43,34 +82,12 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-async def _quiet(_exc: Exception) -> None:
-    """Client error callback: a node going away is expected in these runs."""
-
-
 class Node(NatsServer):
     """One cluster member: a NatsServer plus its route and monitoring ports."""
 
     def __init__(self, workdir: Path, *, name: str, cluster_port: int, http_port: int) -> None:
-        super().__init__(workdir, name=name)
+        super().__init__(workdir, name=name, http_port=http_port)
         self.cluster_port = cluster_port
-        self.http_port = http_port
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def monitor(self, path: str, timeout: float = 1.0) -> dict[str, Any] | None:
-        """GET http://127.0.0.1:<http_port><path> as JSON; None if the node does
-        not answer (down, starting, or the endpoint reports unhealthy)."""
-        if not self.alive:
-            return None
-        url = f"http://127.0.0.1:{self.http_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as answer:
-                doc = json.loads(answer.read())
-        except (OSError, ValueError):  # URLError and HTTPError (unhealthy) are OSErrors
-            return None
-        return doc if isinstance(doc, dict) else None
 
     def meta_leader_seen(self) -> str:
         """The meta leader's server name as this node sees it ('' for none)."""
@@ -102,7 +119,6 @@ class Cluster:
             node.jetstream_conf = jetstream_conf
             node.extra_conf = (
                 f'server_tags: ["node:{node.name}"]\n'
-                f"http: 127.0.0.1:{node.http_port}\n"
                 "cluster {\n"
                 f"  name: {CLUSTER_NAME}\n"
                 f"  listen: 127.0.0.1:{node.cluster_port}\n"
@@ -167,7 +183,7 @@ class Cluster:
             "reconnect_time_wait": 0.1,
             "max_reconnect_attempts": -1,
             "connect_timeout": 2,
-            "error_cb": _quiet,  # nodes are killed on purpose here
+            "error_cb": jsapi.quiet_error,  # nodes are killed on purpose here
         }
         settings.update(options)
         return await nats.connect(**settings)
@@ -208,8 +224,7 @@ class Cluster:
             deadline = time.monotonic() + within
             while True:
                 try:
-                    msg = await nc.request("$JS.API.INFO", b"", timeout=1)
-                    if b'"error"' not in msg.data:
+                    if "error" not in await jsapi.request(nc, "$JS.API.INFO", wait=1):
                         return
                 except (TimeoutError, nats.errors.Error):
                     pass
@@ -222,10 +237,9 @@ class Cluster:
     async def stream_leader(self, nc: Client, stream: str) -> Node | None:
         """The node leading `stream` (from `STREAM.INFO`'s cluster.leader)."""
         try:
-            msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=2)
+            doc = await jsapi.stream_info(nc, stream, wait=2)
         except (TimeoutError, nats.errors.Error):
             return None
-        doc = json.loads(msg.data)
         name = str((doc.get("cluster") or {}).get("leader") or "")
         return self.node(name) if name else None
 

@@ -1,8 +1,13 @@
-"""Shared fixtures: a real nats-server per test, the repo's config, a client."""
+"""Shared fixtures: a real nats-server per test, more on demand, the repo's config, a client.
+
+`server` is the one broker most tests need; `start_server` starts others
+(authorization, TLS, a JetStream domain, a second broker to move to) and
+stops every one of them at teardown, whatever the test left them in.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import nats
@@ -14,13 +19,29 @@ from tests.natsserver import NatsServer
 REPO = Path(__file__).resolve().parent.parent
 REPO_CONFIG = REPO / "config.toml"
 
+StartServer = Callable[[NatsServer], NatsServer]
+
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
+def start_server() -> Iterator[StartServer]:
+    """Start the brokers a test builds; each is stopped at teardown (a frozen
+    or already killed one too)."""
+    started: list[NatsServer] = []
+
+    def run(srv: NatsServer) -> NatsServer:
+        started.append(srv)
+        srv.workdir.mkdir(parents=True, exist_ok=True)
+        return srv.start()
+
+    yield run
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def server(tmp_path: Path, start_server: StartServer) -> NatsServer:
     """A fresh single-node JetStream broker on loopback."""
-    srv = NatsServer(tmp_path).start()
-    yield srv
-    srv.stop()
+    return start_server(NatsServer(tmp_path))
 
 
 @pytest.fixture

@@ -14,19 +14,20 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
 
-from tests.audit import ApiAudit
+from tests import jsapi
+from tests.audit import WATCHDOG_NAME as WATCHDOG_NAME  # noqa: PLC0414 - re-exported
+from tests.audit import ApiAudit, audited
 from tests.conftest import REPO
 from tests.natsserver import NatsServer
 
-WATCHDOG_NAME = "kanade-watchdog"  # [nats] name in config.toml: the audit filter
 CONFIG_ENV = "KANADE_WATCHDOG_CONFIG"
 
 NS_PER_DAY = 86_400 * 10**9
@@ -148,12 +149,7 @@ async def run_cli(
 
 async def js_api(nc: Client, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     """A raw JetStream API request; an error answer fails the test."""
-    payload = json.dumps(body).encode() if body is not None else b""
-    msg = await nc.request(subject, payload, timeout=5)
-    answer = json.loads(msg.data)
-    assert isinstance(answer, dict)
-    assert "error" not in answer, answer
-    return answer
+    return await jsapi.ok(nc, subject, body)
 
 
 async def stream_info(nc: Client, name: str) -> dict[str, Any]:
@@ -185,17 +181,10 @@ def write_config(tmp_path: Path, server_url: str, body: str, name: str = "custom
     return path
 
 
-@asynccontextmanager
-async def watchdog_audit(nc: Client) -> AsyncIterator[ApiAudit]:
+def watchdog_audit(nc: Client) -> AbstractAsyncContextManager[ApiAudit]:
     """An audit of the watchdog's own API calls that fails the test on any
     delete or purge it saw: the watchdog never destroys data."""
-    audit = await ApiAudit(nc, client_name=WATCHDOG_NAME).start()
-    try:
-        yield audit
-    finally:
-        await audit.settle()
-        await audit.stop()
-    assert audit.destructive == 0, audit.verbs
+    return audited(nc, WATCHDOG_NAME)
 
 
 async def new_audit(nc: Client) -> ApiAudit:

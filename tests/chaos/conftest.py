@@ -1,4 +1,8 @@
-"""Fixtures of the fault suite: a broker, a `Scene` around it, and the report.
+"""Fixtures of the fault suite: a `Scene` around the test's broker, and the report.
+
+The broker is the shared `server` fixture (tests/conftest.py); scenarios
+that need another kind of broker start it with `start_server` and build
+their scene with `harness.scene_for`.
 
 At the end of the session the figures of every scenario that passed are
 written to $KANADE_CHAOS_REPORT (Markdown, plus a .json twin) when it is set.
@@ -9,33 +13,23 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from tests.chaos import figures, scale
-from tests.chaos.harness import Scene
+from tests.chaos.harness import Scene, scene_for
 from tests.natsserver import NatsServer
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[NatsServer]:
-    """A fresh single-node JetStream broker on loopback, killed at teardown."""
-    srv = NatsServer(tmp_path).start()
-    yield srv
-    srv.kill()
-
-
-@pytest.fixture
 async def scene(
-    tmp_path: Path, broker: NatsServer, request: pytest.FixtureRequest
+    tmp_path: Path, server: NatsServer, request: pytest.FixtureRequest
 ) -> AsyncIterator[Scene]:
     """The broker with an admin client and the durable API audit in place."""
-    figure = figures.Figure(scenario=request.node.name.removeprefix("test_"))
-    world = await Scene(tmp_path, broker, figure).open()
-    yield world
-    await world.close()
+    async with scene_for(tmp_path, server, request.node.name) as world:
+        yield world
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,8 +1,11 @@
-"""Each scenario's numbers, and the Markdown table docs/RELIABILITY.md shows.
+"""Each scenario's numbers, and the Markdown tables docs/RELIABILITY.md shows.
 
 A scenario fills one `Figure` as it goes and `publish`es it once its checks
-passed; at the end of the session `tests/chaos/conftest.py` writes the table
-to $KANADE_CHAOS_REPORT when that is set (`make chaos` sets it).
+passed; at the end of the session `tests/chaos/conftest.py` writes the
+tables to $KANADE_CHAOS_REPORT when that is set (`make chaos` sets it). A
+hostile-input scenario also says what was attempted and what came of it
+(`hostile`), written only after its checks proved it; those make the
+"hostile input" table.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ class Figure:
     rss_end: int = 0
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
+    attempt: str = ""  # hostile input: what was tried
+    result: str = ""  # and what came of it, as the checks proved it
+
+    def hostile(self, attempt: str, result: str) -> None:
+        self.attempt, self.result = attempt, result
 
     def converged(self, seconds: float) -> None:
         self.survived += 1
@@ -78,7 +86,24 @@ def table(figures: list[Figure]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def hostile_table(figures: list[Figure]) -> str:
+    head = (
+        "| scenario | attempt | result | attempts | deletes/purges | acked msgs lost |\n"
+        "|---|---|---|---:|---:|---:|\n"
+    )
+    rows = [
+        f"| {f.scenario} | {f.attempt} | {f.result} | {f.faults} | {f.destructive} | "
+        f"{f'{f.lost} of {f.acked}' if f.acked else '-'} |"
+        for f in figures
+        if f.attempt
+    ]
+    return head + "\n".join(rows) + "\n"
+
+
 def write_report(path: Path, figures: list[Figure], *, header: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{header}\n\n{table(figures)}")
+    hostile = hostile_table(figures) if any(f.attempt for f in figures) else ""
+    path.write_text(
+        f"{header}\n\n{table(figures)}" + (f"\n## Hostile input\n\n{hostile}" if hostile else "")
+    )
     path.with_suffix(".json").write_text(json.dumps([asdict(f) for f in figures]))

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +162,7 @@ class Scene:
         watchdog: Mapping[str, str | bool] | None = None,
         nats: Mapping[str, str] | None = None,
         name: str = "watchdog.toml",
+        spec_version: int | None = None,
     ) -> Path:
         path = daemon_config(
             self.tmp / name,
@@ -167,10 +170,24 @@ class Scene:
             resources=resources if resources is not None else chaos_resources(),
             watchdog={**CHAOS_WATCHDOG, **(watchdog or {})},
             nats={**CHAOS_NATS, **(nats or {})},
+            spec_version=spec_version,
         )
         path.chmod(0o600)  # an inline password is only accepted in a private file
         self.resources = load(str(path)).resources
         return path
+
+    async def reload(self, daemon: DaemonProc, config: Path, text: str) -> Line:
+        """Rewrite the daemon's config and SIGHUP it; its `reloaded` or
+        `reload_failed` line. A refused config leaves `resources` as they were."""
+        await asyncio.to_thread(config.write_text, text)
+        mark = daemon.mark()
+        daemon.send(signal.SIGHUP)
+        [line] = await daemon.wait_for(
+            lambda line: line.get("action") in ("reloaded", "reload_failed"), after=mark
+        )
+        if line["action"] == "reloaded":
+            self.resources = load(str(config)).resources
+        return line
 
     def start(self, config: Path) -> DaemonProc:
         daemon = DaemonProc(config).start()
@@ -249,3 +266,29 @@ class Scene:
         if self.admin is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.admin.close(), timeout=5)
+
+
+async def delete_and_heal(scene: Scene, daemon: DaemonProc, rng: random.Random) -> None:
+    """One out-of-band delete of a random declared resource (a fault), healed again."""
+    mark = daemon.mark()
+    stream = rng.choice(scene.resources).stream
+    answer = await api(scene.nc, f"$JS.API.STREAM.DELETE.{stream}")
+    assert "error" not in answer, answer
+    scene.figure.faults += 1
+    took = await scene.converge(daemon, t0=time.monotonic(), after=mark, reconnect=False)
+    scene.figure.converged(took)
+    scene.figure.heals += 1
+
+
+@contextlib.asynccontextmanager
+async def scene_for(
+    tmp: Path, server: NatsServer, test_name: str, *, admin_options: Mapping[str, Any] | None = None
+) -> AsyncIterator[Scene]:
+    """A scene around a running broker, its figure named after the test;
+    every daemon it started is killed on the way out."""
+    figure = Figure(scenario=test_name.removeprefix("test_"))
+    world = await Scene(tmp, server, figure).open(admin_options=admin_options)
+    try:
+        yield world
+    finally:
+        await world.close()

@@ -4,7 +4,7 @@
 - once in sync it writes nothing: a full resync pass later, zero CREATE or
   UPDATE requests from it;
 - it is still running (it never exits on its own), and SIGTERM stops it
-  with exit 0 within its stop timeout;
+  with exit 0 and no error logged, so within its own stop timeout;
 - its resident memory did not grow across the fault cycles beyond a small
   allowance for warm-up (caches, the first reconnect's imports).
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -55,6 +54,17 @@ def full_in_sync_pass(total: int) -> Predicate:
     return check
 
 
+async def no_destructive(scene: Scene) -> None:
+    """No DELETE or PURGE by the watchdog (the daemon or a command) on the
+    broker's audit, which must have seen it at work."""
+    audit = await scene.ledger.collect()
+    # An audit that saw nothing of the watchdog would prove nothing.
+    assert any(c.verb == "STREAM.LIST" for c in audit.calls), "audit saw no watchdog call"
+    bad = audit.destructive()
+    scene.figure.destructive = len(bad)
+    assert not bad, [c.subject for c in bad]
+
+
 class Invariants:
     def __init__(self, scene: Scene, daemon: DaemonProc) -> None:
         self.scene = scene
@@ -83,12 +93,7 @@ class Invariants:
         )
 
     async def no_destructive(self) -> None:
-        audit = await self.scene.ledger.collect()
-        # An audit that saw nothing of the daemon would prove nothing.
-        assert any(c.verb == "STREAM.LIST" for c in audit.calls), "audit saw no daemon call"
-        bad = audit.destructive()
-        self.scene.figure.destructive = len(bad)
-        assert not bad, [c.subject for c in bad]
+        await no_destructive(self.scene)
 
     async def quiet_when_in_sync(
         self, *, passes: int = 1, within: float = 15.0, skip: Iterable[str] = ()
@@ -121,11 +126,17 @@ class Invariants:
         self.alive()
 
     async def stops_cleanly(self, *, within: float = 15.0) -> None:
-        """SIGTERM: exit code 0, promptly, and no traceback on the way."""
+        """SIGTERM: the daemon says it is stopping and exits 0 with no error
+        logged on the way (a stop that misses its own `stop_timeout` logs the
+        tasks still running as an error) and no traceback. `within` only
+        bounds the wait for a daemon that would not exit at all."""
         self.alive()
-        started = time.monotonic()
+        mark = self.daemon.mark()
         self.daemon.send(signal.SIGTERM)
         code = await self.daemon.wait_exit(within)
         assert code == 0, self.daemon.tail()
-        assert time.monotonic() - started < within
+        after = self.daemon.find(lambda _line: True, after=mark)
+        assert any(line.get("action") == "stopping" for line in after), self.daemon.tail()
+        errors = [line for line in after if line.get("level") in ("error", "critical")]
+        assert not errors, errors
         assert not [r for r in self.daemon.raw if "Traceback" in r], self.daemon.raw[-20:]

