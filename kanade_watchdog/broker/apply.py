@@ -12,10 +12,10 @@ import contextlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from kanade_watchdog.broker.api import Broker
 from kanade_watchdog.core.causes import overlapping
 from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Decision, decide, show
+from kanade_watchdog.core.ports import Broker
 from kanade_watchdog.model.errors import (
     ERR_IMMUTABLE_FIELD,
     ERR_INSUFFICIENT_MEMORY,

@@ -14,7 +14,6 @@ import logging
 
 log = logging.getLogger("kanade_watchdog.advisories")
 
-SUBJECT = "$JS.EVENT.ADVISORY.STREAM.*.*"
 _PREFIX = "$JS.EVENT.ADVISORY.STREAM."
 _ACTIONS = {"CREATED": "create", "DELETED": "delete", "UPDATED": "modify"}
 _TYPE = "io.nats.jetstream.advisory.v1.stream_action"

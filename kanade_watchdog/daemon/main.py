@@ -19,16 +19,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine
-from typing import Any
-
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from kanade_watchdog.broker.aio import bounded, in_thread
-from kanade_watchdog.broker.api import Broker
-from kanade_watchdog.broker.connect import connect_forever
+from kanade_watchdog.broker.link import Connected, Link
 from kanade_watchdog.config.load import load
 from kanade_watchdog.daemon import advisories
 from kanade_watchdog.daemon.resync import ResyncTimer
@@ -55,17 +48,19 @@ class Daemon:
         self.board = StatusBoard(config.resources)
         self.worker = Worker(config, board=self.board)
         self.stop_requested = asyncio.Event()
-        self.nc: Client | None = None
-        self.broker: Broker | None = None
+        self.link = Link(
+            config.nats,
+            advisories=config.watchdog.advisories,
+            on_connecting=self._on_connecting,
+            on_connected=self._on_connected,
+            on_lost=self._on_lost,
+            on_advisory=self._on_advisory,
+            on_error=self._on_client_error,
+        )
         self._stopping = False
         self._reload_wanted = asyncio.Event()  # set by SIGHUP, served by the reload task
         self._reload_ready_due = False
         self._timer: ResyncTimer | None = None
-        self._advisory_sub: Subscription | None = None
-        self._rebuild = False  # the next close is ours (new connection settings)
-        self._advisories_denied = False
-        self._connecting: asyncio.Future[Client] | None = None
-        self._background: set[asyncio.Task[None]] = set()
         self.board.on_change = self._on_status
 
     # --- systemd status ----------------------------------------------------------------
@@ -96,10 +91,34 @@ class Daemon:
             return
         self.notifier.status(line)
 
-    # --- connection ----------------------------------------------------------------------
+    # --- connection (`link` calls these) ---------------------------------------------------
 
-    async def _on_disconnect(self) -> None:
-        if self._stopping:
+    def _on_connecting(self, servers: str) -> None:
+        self.board.broker_down(f"waiting for broker {servers}")
+        log.info(
+            "connecting to %s",
+            servers,
+            extra=fields(action=Event.WAITING, message_id=Event.WAITING),
+        )
+
+    def _on_connected(self, up: Connected) -> None:
+        if up.resumed:
+            log.info(
+                "broker back (%s); full resync",
+                up.url,
+                extra=fields(action=Event.BROKER_BACK, message_id=Event.BROKER_BACK),
+            )
+        else:
+            log.info(
+                "connected to %s",
+                up.url,
+                extra=fields(action=Event.BROKER_BACK, message_id=Event.BROKER_BACK),
+            )
+        self.board.broker_up()
+        self.worker.attach(up.broker, Trigger.STARTUP if up.first else Trigger.RECONNECT)
+
+    def _on_lost(self) -> None:
+        if self._stopping or not self.worker.connected.is_set():
             return
         self.worker.detach()
         servers = ", ".join(self.config.nats.servers)
@@ -110,98 +129,13 @@ class Daemon:
             extra=fields(action=Event.BROKER_LOST, message_id=Event.BROKER_LOST),
         )
 
-    async def _on_reconnect(self) -> None:
-        assert self.broker is not None
-        url = self.nc.connected_url.netloc if self.nc and self.nc.connected_url else "?"
-        log.info(
-            "broker back (%s); full resync",
-            url,
-            extra=fields(action=Event.BROKER_BACK, message_id=Event.BROKER_BACK),
-        )
-        self.board.broker_up()
-        self.worker.attach(self.broker, Trigger.RECONNECT)
-
-    def _on_client_error(self, text: str) -> None:
-        """The client's asynchronous errors: permission violations matter."""
-        if self.broker is None:
-            return
-        violation = self.broker.note_error(text)
-        if violation is None or violation[0] != "subscription":
-            return
-        if violation[1].lower() == advisories.SUBJECT.lower() and not self._advisories_denied:
-            self._advisories_denied = True
-            log.warning(
-                "permission denied: subscribe to %s; deletes and drift now heal only at the "
-                "next resync (grant it in the user's subscribe permissions)",
-                advisories.SUBJECT,
-                extra=fields(action=Event.FAILED, message_id=Event.FAILED),
-            )
-
-    async def _on_advisory(self, msg: Msg) -> None:
-        stream = advisories.stream_of(msg.subject, msg.data)
+    def _on_advisory(self, subject: str, payload: bytes) -> None:
+        stream = advisories.stream_of(subject, payload)
         if stream is not None:
             self.worker.advisory(stream)
 
-    async def connection_task(self) -> None:
-        """Keep exactly one live client, forever: connect (blocking until a
-        server answers), then rebuild it if nats-py ever closes it for good."""
-        first = True
-        while True:
-            servers = ", ".join(self.config.nats.servers)  # a reload may have changed them
-            self.board.broker_down(f"waiting for broker {servers}")
-            log.info(
-                "connecting to %s",
-                servers,
-                extra=fields(action=Event.WAITING, message_id=Event.WAITING),
-            )
-            closed = asyncio.Event()
-
-            async def on_closed(closed: asyncio.Event = closed) -> None:
-                closed.set()
-
-            self._connecting = asyncio.ensure_future(
-                connect_forever(
-                    self.config.nats,
-                    on_closed=on_closed,
-                    on_disconnect=self._on_disconnect,
-                    on_reconnect=self._on_reconnect,
-                    on_error=self._on_client_error,
-                )
-            )
-            try:
-                nc = await self._connecting
-            except asyncio.CancelledError:
-                if not self._rebuild:  # shutdown
-                    raise
-                self._rebuild = False  # a reload brought new settings: start over
-                continue
-            self.nc = nc
-            self.broker = Broker(
-                nc,
-                timeout=self.config.nats.request_timeout,
-                domain=self.config.nats.jetstream_domain,
-            )
-            self._advisory_sub = None
-            await self._subscribe_advisories(nc)
-            url = nc.connected_url.netloc if nc.connected_url else servers
-            log.info(
-                "connected to %s",
-                url,
-                extra=fields(action=Event.BROKER_BACK, message_id=Event.BROKER_BACK),
-            )
-            self.board.broker_up()
-            self.worker.attach(self.broker, Trigger.STARTUP if first else Trigger.RECONNECT)
-            first = False
-            await closed.wait()
-            self.worker.detach()
-            if self._rebuild:  # a reload asked for it
-                self._rebuild = False
-                continue
-            await asyncio.sleep(1.0)  # never a tight loop, whatever closed it
-            log.warning(
-                "connection closed for good; building a new one",
-                extra=fields(action=Event.BROKER_LOST, message_id=Event.BROKER_LOST),
-            )
+    def _on_client_error(self, text: str) -> None:
+        log.warning(text, extra=fields(action=Event.FAILED, message_id=Event.FAILED))
 
     # --- systemd watchdog -----------------------------------------------------------------
 
@@ -281,8 +215,8 @@ class Daemon:
             if running:
                 self.notifier.ready(self.board.line())
             return
-        old, self.config = self.config, config
-        self._connection_settings_changed(old, config)
+        self.config = config
+        self.link.reconfigure(config.nats, advisories=config.watchdog.advisories)
         if self._timer is not None:
             self._timer.reschedule(
                 interval=config.watchdog.resync_interval, jitter=config.watchdog.resync_jitter
@@ -301,36 +235,6 @@ class Daemon:
         if not self.worker.connected.is_set() and self._reload_ready_due:
             self._reload_ready_due = False
             self.notifier.ready(self.board.line())
-
-    def _connection_settings_changed(self, old: Config, new: Config) -> None:
-        """Apply a reload's [nats] and advisory changes to the live connection."""
-        if new.nats != old.nats and self.nc is not None and not self.nc.is_closed:
-            log.info("connection settings changed; reconnecting with the new ones")
-            self._rebuild = True
-            self._spawn(self.nc.close())
-        elif self._connecting is not None and not self._connecting.done():
-            # Not connected yet: start over at once, even with the same settings,
-            # since the files they name (a replaced CA, a new token) may be what changed.
-            log.info("reloaded while connecting; starting a new connection attempt")
-            self._rebuild = True
-            self._connecting.cancel()
-        elif new.watchdog.advisories != old.watchdog.advisories and self.nc is not None:
-            self._spawn(self._subscribe_advisories(self.nc))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _subscribe_advisories(self, nc: Client) -> None:
-        """Subscribe or unsubscribe to match `[watchdog] advisories`."""
-        want = self.config.watchdog.advisories
-        if want and self._advisory_sub is None:
-            self._advisory_sub = await nc.subscribe(advisories.SUBJECT, cb=self._on_advisory)
-        elif not want and self._advisory_sub is not None:
-            sub, self._advisory_sub = self._advisory_sub, None
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     def wedge(self) -> None:
         log.warning("test hook: wedging the worker")
@@ -353,7 +257,7 @@ class Daemon:
         )
         # These live until shutdown; any of them ending on its own is a bug.
         forever = [
-            asyncio.create_task(self.connection_task(), name="connection"),
+            asyncio.create_task(self.link.run(), name="connection"),
             asyncio.create_task(self.worker.run(), name="worker"),
             asyncio.create_task(self.reload_task(), name="reload"),
         ]
@@ -400,18 +304,7 @@ class Daemon:
             log.error("tasks still running at the stop deadline: %s; exiting anyway", names)
             logging.shutdown()
             os._exit(exitcodes.OK)
-        if self.nc is not None and not self.nc.is_closed:
-            try:
-                await asyncio.wait_for(self.nc.close(), timeout=2)
-            except asyncio.CancelledError:
-                # nats-py's close races a broker going away at the same moment
-                # (Ctrl-C in `make run` stops both) and can surface as a
-                # cancellation; only a cancellation of this task is ours to pass on.
-                me = asyncio.current_task()
-                if me is not None and me.cancelling():
-                    raise
-            except Exception:  # closing is best effort at exit
-                log.debug("closing the connection failed", exc_info=True)
+        await self.link.close()
 
 
 def run_daemon(path: str) -> int:

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from kanade_watchdog.broker.api import Broker
 from kanade_watchdog.broker.apply import execute
 from kanade_watchdog.core import causes, desired, plan
 from kanade_watchdog.core.cluster import cluster_facts
 from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Decision, Observed
+from kanade_watchdog.core.ports import Broker
 from kanade_watchdog.daemon.backoff import Backoff
 from kanade_watchdog.daemon.guard import WriteGuard
 from kanade_watchdog.model.errors import BrokerError, BrokerUnavailable
