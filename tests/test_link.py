@@ -141,19 +141,26 @@ async def test_reconfigure_toggles_the_advisory_subscription(
     running(link)
     await heard.until(lambda: bool(heard.connected()))
     await publish_advisory(client, "A")
+    await asyncio.sleep(0.1)
+    assert "advisory" not in heard.kinds()
 
     link.reconfigure(link.settings, advisories=True)
-    await asyncio.sleep(0.1)  # the subscription is made in a task of its own
-    await publish_advisory(client, "B")
-    await heard.until(lambda: "advisory" in heard.kinds())
+
+    async def published_until_heard() -> None:
+        while "advisory" not in heard.kinds():  # the subscription is made in a task
+            await publish_advisory(client, "B")
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(published_until_heard(), 10)
 
     link.reconfigure(link.settings, advisories=False)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
+    heard_before = len(heard.events)
     await publish_advisory(client, "C")
-    await client.flush()
-    await asyncio.sleep(0.1)
-    streams = [json.loads(v[1])["stream"] for k, v in heard.events if k == "advisory"]
-    assert streams == ["B"]
+    await asyncio.sleep(0.2)
+    assert len(heard.events) == heard_before
+    streams = {json.loads(v[1])["stream"] for k, v in heard.events if k == "advisory"}
+    assert streams == {"B"}
     assert heard.kinds().count("connecting") == 1
 
 

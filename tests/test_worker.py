@@ -298,7 +298,7 @@ class Running:
         while True:
             passes = self.worker.passes
             await asyncio.sleep(0.03)
-            if self.worker.idle.is_set() and self.worker.passes == passes:
+            if not self.worker.busy and self.worker.passes == passes:
                 return
             assert time.monotonic() < deadline, "worker never went idle"
 
@@ -332,7 +332,7 @@ async def test_full_pass_creates_what_is_missing_and_a_second_writes_nothing(
     broker = Broker(nc, timeout=2.0)
     run = running(worker)
     worker.attach(broker)
-    worker.queue.mark_all(Trigger.STARTUP)
+    worker.mark_all(Trigger.STARTUP)
     await run.settle()
     assert await stream_names(nc) == {"ALPHA", "BETA", "GAMMA"}
     assert broker.requests["create"] == 3
@@ -340,7 +340,7 @@ async def test_full_pass_creates_what_is_missing_and_a_second_writes_nothing(
     assert board.line().startswith("3/3 in sync")
 
     before = dict(broker.requests)
-    worker.queue.mark_all(Trigger.RESYNC)
+    worker.mark_all(Trigger.RESYNC)
     await run.settle()
     delta = {k: v - before.get(k, 0) for k, v in broker.requests.items()}
     assert {k: v for k, v in delta.items() if v} == {"list": 1}
@@ -356,13 +356,13 @@ async def test_a_burst_of_marks_during_passes_becomes_few_passes(
     broker = Broker(nc, timeout=2.0)
     run = running(worker)
     worker.attach(broker)
-    worker.queue.mark_all(Trigger.STARTUP)
+    worker.mark_all(Trigger.STARTUP)
     await run.settle()
 
     passes, marks = worker.passes, worker.queue.marks
     infos = broker.requests["info"]
     for i in range(100):
-        worker.queue.mark(("ALPHA", "BETA", "GAMMA")[i % 3], Trigger.ADVISORY)
+        worker.mark(("ALPHA", "BETA", "GAMMA")[i % 3], Trigger.ADVISORY)
         await asyncio.sleep(0)
     await run.settle()
     burst_passes = worker.passes - passes
@@ -380,14 +380,14 @@ async def test_a_detached_worker_runs_no_pass(
     config = make_config(server.url, SMALL)
     worker = Worker(config, board=StatusBoard(config.resources))
     run = running(worker)
-    worker.queue.mark_all(Trigger.STARTUP)
-    worker.queue.mark("ALPHA", Trigger.ADVISORY)
+    worker.mark_all(Trigger.STARTUP)
+    worker.mark("ALPHA", Trigger.ADVISORY)
     await asyncio.sleep(0.05)
     assert worker.passes == 0
     assert await stream_names(nc) == set()
 
     worker.attach(Broker(nc, timeout=2.0))
-    worker.queue.mark_all(Trigger.RECONNECT)
+    worker.mark_all(Trigger.RECONNECT)
     await run.settle()
     assert worker.passes >= 1
     assert await stream_names(nc) == {"ALPHA", "BETA", "GAMMA"}
@@ -416,7 +416,7 @@ async def test_full_passes_skip_a_permanently_failing_resource_until_it_is_due(
         broker = Broker(nc, timeout=2.0)
         run = running(worker)
         worker.attach(broker)
-        worker.queue.mark_all(Trigger.STARTUP)
+        worker.mark_all(Trigger.STARTUP)
         await run.settle()
         assert await stream_names(nc) == {"ALPHA", "BETA", "GAMMA"}
         assert broker.requests["create"] == 4  # three created, BIG refused
@@ -425,19 +425,19 @@ async def test_full_passes_skip_a_permanently_failing_resource_until_it_is_due(
 
         for _ in range(5):  # resyncs within the hour: BIG is not asked again
             clock.advance(60.0)
-            worker.queue.mark_all(Trigger.RESYNC)
+            worker.mark_all(Trigger.RESYNC)
             await run.settle()
         assert broker.requests["create"] == 4
         assert broker.requests["list"] == 6
 
         await nc.request("$JS.API.STREAM.DELETE.BETA", b"")
-        worker.queue.mark("BETA", Trigger.ADVISORY)  # the others still heal at once
+        worker.mark("BETA", Trigger.ADVISORY)  # the others still heal at once
         await run.settle()
         assert "BETA" in await stream_names(nc)
         assert broker.requests["create"] == 5
 
         clock.advance(3600.0 * 1.1)  # past permanent_retry plus its 10% spread
-        worker.queue.mark_all(Trigger.RESYNC)
+        worker.mark_all(Trigger.RESYNC)
         await run.settle()
         assert broker.requests["create"] == 6  # BIG tried again, once
         assert worker.backoff.attempts("BIG") == 2
@@ -530,7 +530,7 @@ async def _overlap_failure(
     await run.settle()
     await nc.request("$JS.API.STREAM.DELETE.INVENTORY", b"")
     await _widen_notifications(nc, "notifications.>", "inventory.>")
-    worker.queue.mark("INVENTORY", Trigger.ADVISORY)
+    worker.mark("INVENTORY", Trigger.ADVISORY)
     await run.settle()
     assert worker.backoff.waiting() == ["INVENTORY"]
     assert "INVENTORY" not in await stream_names(nc)
@@ -595,14 +595,14 @@ async def test_overlap_with_an_undeclared_stream_names_it_and_a_resync_retries_o
 
     creates = broker.requests["create"]
     for _ in range(3):
-        worker.queue.mark_all(Trigger.RESYNC)
+        worker.mark_all(Trigger.RESYNC)
         await run.settle()
     assert broker.requests["create"] == creates
     assert worker.backoff.waiting() == ["INVENTORY"]
 
     body["subjects"] = ["foreign.>"]  # its owner moves it away; no advisory reaches us
     await nc.request("$JS.API.STREAM.UPDATE.FOREIGN", json.dumps(body).encode())
-    worker.queue.mark_all(Trigger.RESYNC)
+    worker.mark_all(Trigger.RESYNC)
     await until(lambda: stream_names_are(nc, {"FOREIGN", "INVENTORY", "NOTIFICATIONS"}))
     assert broker.requests["create"] == creates + 1
 
@@ -665,8 +665,8 @@ async def test_a_planner_that_never_converges_is_held_after_five_updates(
         clock.advance(STEP)
         await until(lambda: _blocked(board))
         for _ in range(20):  # looked at again and again: advisories, resyncs
-            worker.queue.mark("ALPHA", Trigger.ADVISORY)
-            worker.queue.mark_all(Trigger.RESYNC)
+            worker.mark("ALPHA", Trigger.ADVISORY)
+            worker.mark_all(Trigger.RESYNC)
             clock.advance(1.0)
             await run.settle()
     assert broker.requests["update"] == WRITES_PER_WINDOW
@@ -676,7 +676,7 @@ async def test_a_planner_that_never_converges_is_held_after_five_updates(
     assert "1 blocked: ALPHA" in board.line()
 
     clock.advance(WRITE_WINDOW)  # the window has passed: one more write, then held again
-    worker.queue.mark("BETA", Trigger.ADVISORY)  # wakes the worker (it sleeps real seconds)
+    worker.mark("BETA", Trigger.ADVISORY)  # wakes the worker (it sleeps real seconds)
     await until(lambda: _requests_are(broker, "update", WRITES_PER_WINDOW + 1))
     for _ in range(5):
         clock.advance(STEP)

@@ -1,54 +1,97 @@
-"""`kanade-watchdog run`: the supervisor that wires triggers, the worker and systemd.
+"""`kanade-watchdog run`: the supervisor. Start-up, a main loop, shutdown.
 
-One asyncio loop, named tasks: `connection` (connect, reconnect forever,
-rebuild a closed client), `worker` (the only reconciler), `watchdog` (pings
-systemd while the worker makes progress), plus the resync timer and the
-advisory subscription, which only mark work. Signal handlers set flags:
-SIGTERM/SIGINT stop within `stop_timeout`; SIGHUP wakes the `reload` task,
-which reads and validates the file in a thread of its own (the loop keeps
-serving signals and pings however long the read takes) and then swaps the
-config; an invalid or unreadable file keeps the old one running.
+Named tasks run for the daemon's whole life: `connection` (`broker.link`:
+one live client, advisories), `worker` (the only reconciler), `watchdog`
+(`report.systemd` pings while `health()` says the worker makes progress),
+plus `extend-start` until READY and the resync timer, which only marks
+work. Any of them ending on its own is a bug: it is logged at once with its
+traceback and the daemon exits 70, so systemd restarts it.
+
+Signal handlers only set flags; the main loop does the work: SIGHUP reads
+and validates the file in a thread of its own (a FIFO or a hung file
+system cannot freeze the loop) and swaps the config, an invalid file keeps
+the old one; SIGTERM/SIGINT stop within `stop_timeout`, and a stop that
+misses it exits 1 (never a success it was not). `RunState` says where the
+daemon is; the reporters hear of each change.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
-import sys
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from kanade_watchdog.broker.aio import bounded, in_thread
 from kanade_watchdog.broker.link import Connected, Link
 from kanade_watchdog.config.load import load
+from kanade_watchdog.core.reports import RunState
 from kanade_watchdog.daemon import advisories
 from kanade_watchdog.daemon.resync import ResyncTimer
 from kanade_watchdog.daemon.worker import Worker
 from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.errors import ConfigError
 from kanade_watchdog.model.events import Event, Trigger
-from kanade_watchdog.model.settings import Config
+from kanade_watchdog.model.settings import Config, NatsSettings
 from kanade_watchdog.report.logs import fields
 from kanade_watchdog.report.status import StatusBoard
-from kanade_watchdog.report.systemd import Notifier, watchdog_period
+from kanade_watchdog.report.systemd import Health, Notifier, SystemdReporter, watchdog_period
 
 log = logging.getLogger("kanade_watchdog")
 
-TEST_HOOKS_ENV = "KANADE_WATCHDOG_TEST_HOOKS"  # enables SIGUSR2 = wedge the worker
-EXTEND_EVERY = 10.0  # while starting: ask systemd for more time, this often
 RELOAD_READ_TIMEOUT = 10.0  # a config file that takes longer to read is given up on
+STOP_MARGIN = 1.0  # of stop_timeout, kept for cancelling tasks and closing the connection
+
+
+class Connection(Protocol):
+    """What the daemon needs of its connection (`broker.link.Link`)."""
+
+    async def run(self) -> None: ...
+
+    def reconfigure(self, settings: NatsSettings, *, advisories: bool) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class ConnectionFactory(Protocol):
+    def __call__(
+        self,
+        settings: NatsSettings,
+        *,
+        advisories: bool,
+        on_connecting: Callable[[str], None],
+        on_connected: Callable[[Connected], None],
+        on_lost: Callable[[], None],
+        on_advisory: Callable[[str, bytes], None],
+        on_error: Callable[[str], None],
+    ) -> Connection: ...
 
 
 class Daemon:
-    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
+    """`connect` builds the connection (tests hand in one with a fake broker);
+    `clock` is what `health()` measures a stuck pass with; `watchdog` is the
+    ping period (default: from WATCHDOG_USEC, None outside systemd)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        notifier: Notifier | None = None,
+        connect: ConnectionFactory = Link,
+        clock: Callable[[], float] = time.monotonic,
+        watchdog: float | None = None,
+    ) -> None:
         self.config = config
-        self.notifier = notifier or Notifier()
+        self.state = RunState.STARTING
+        self.clock = clock
         self.board = StatusBoard(config.resources)
-        self.worker = Worker(config, board=self.board)
-        self.stop_requested = asyncio.Event()
-        self.link = Link(
+        self.systemd = SystemdReporter(notifier or Notifier(), self.board)
+        self.board.on_change = self.systemd.changed
+        self.worker = Worker(config, board=self.board, clock=clock)
+        self.link = connect(
             config.nats,
             advisories=config.watchdog.advisories,
             on_connecting=self._on_connecting,
@@ -57,39 +100,38 @@ class Daemon:
             on_advisory=self._on_advisory,
             on_error=self._on_client_error,
         )
-        self._stopping = False
-        self._reload_wanted = asyncio.Event()  # set by SIGHUP, served by the reload task
-        self._reload_ready_due = False
+        self.watchdog = watchdog if watchdog is not None else watchdog_period()
+        self.abandoned: list[str] = []  # tasks that ignored their cancellation at stop
         self._timer: ResyncTimer | None = None
-        self.board.on_change = self._on_status
+        self._stop_wanted = False
+        self._reload_wanted = False
+        self._failed: str | None = None  # the task that died
+        self._wake = asyncio.Event()  # any flag, or a task's death
+        self._interrupt = asyncio.Event()  # a stop, or a task's death: cut a reload short
 
-    # --- systemd status ----------------------------------------------------------------
+    # --- flags: all a signal handler does ---------------------------------------------
 
-    # After SIGHUP, READY=1 waits for the first pass on the new config: passes
-    # finished (or in flight) when the signal came do not count.
-    _reload_after_pass = 0
+    def request_stop(self) -> None:
+        self._stop_wanted = True
+        self._interrupt.set()
+        self._wake.set()
 
-    def _on_status(self) -> None:
-        line = self.board.line()
-        if not self.notifier.ready_sent:
-            if self.board.all_present() and self.board.last_pass is not None:
-                self.notifier.ready(line)
-                log.info(
-                    "ready: %s", line, extra=fields(action=Event.READY, message_id=Event.READY)
-                )
-                return
-            if not self.board.broker_text:
-                missing = self.board.missing()
-                shown = ", ".join(missing[:3]) + (
-                    f" +{len(missing) - 3} more" if len(missing) > 3 else ""
-                )
-                after = f" ({line})" if self.board.last_pass is not None else ""
-                line = f"waiting for {len(missing)} resource(s): {shown}{after}"
-        elif self._reload_ready_due and self.worker.passes > self._reload_after_pass:
-            self._reload_ready_due = False
-            self.notifier.ready(line)
-            return
-        self.notifier.status(line)
+    def request_reload(self) -> None:
+        self._reload_wanted = True
+        self._wake.set()
+
+    def _set_state(self, state: RunState) -> None:
+        self.state = state
+        self.systemd.run_state(state)
+
+    # --- health ---------------------------------------------------------------------------
+
+    def health(self) -> Health:
+        """The worker makes progress unless one pass has run past its deadline
+        plus one request's timeout (a request the deadline could not cancel)."""
+        limit = self.config.watchdog.pass_deadline + self.config.nats.request_timeout
+        stuck = self.worker.stuck_for(self.clock())
+        return Health(ok=stuck < limit, stuck_for=stuck, limit=limit)
 
     # --- connection (`link` calls these) ---------------------------------------------------
 
@@ -102,23 +144,16 @@ class Daemon:
         )
 
     def _on_connected(self, up: Connected) -> None:
-        if up.resumed:
-            log.info(
-                "broker back (%s); full resync",
-                up.url,
-                extra=fields(action=Event.BROKER_BACK, message_id=Event.BROKER_BACK),
-            )
-        else:
-            log.info(
-                "connected to %s",
-                up.url,
-                extra=fields(action=Event.BROKER_BACK, message_id=Event.BROKER_BACK),
-            )
+        log.info(
+            "broker back (%s); full resync" if up.resumed else "connected to %s",
+            up.url,
+            extra=fields(action=Event.BROKER_BACK, message_id=Event.BROKER_BACK),
+        )
         self.board.broker_up()
         self.worker.attach(up.broker, Trigger.STARTUP if up.first else Trigger.RECONNECT)
 
     def _on_lost(self) -> None:
-        if self._stopping or not self.worker.connected.is_set():
+        if self.state is RunState.STOPPING or not self.worker.attached:
             return
         self.worker.detach()
         servers = ", ".join(self.config.nats.servers)
@@ -137,55 +172,17 @@ class Daemon:
     def _on_client_error(self, text: str) -> None:
         log.warning(text, extra=fields(action=Event.FAILED, message_id=Event.FAILED))
 
-    # --- systemd watchdog -----------------------------------------------------------------
-
-    async def watchdog_task(self, period: float) -> None:
-        """Ping while the loop runs (this task runs at all) AND the worker is
-        not stuck in one pass past its deadline. A broker that is down is not
-        a wedge: the worker then waits idle, and requests have timeouts."""
-        withheld = False
-        while True:
-            limit = self.config.watchdog.pass_deadline + self.config.nats.request_timeout
-            busy = self.worker.busy_since
-            if busy is None or time.monotonic() - busy < limit:
-                self.notifier.watchdog()
-                withheld = False
-            elif not withheld:
-                withheld = True
-                log.error(
-                    "worker stuck in one pass for %.0fs (limit %.0fs); withholding watchdog "
-                    "pings so systemd restarts the daemon",
-                    time.monotonic() - busy,
-                    limit,
-                )
-            await asyncio.sleep(period)
-
-    async def extend_start_task(self) -> None:
-        """Until READY, keep systemd's start timeout from killing a start that
-        is waiting for the broker (it stays 'activating' with a STATUS line)."""
-        while not self.notifier.ready_sent:
-            self.notifier.extend_timeout(EXTEND_EVERY * 3)
-            await asyncio.sleep(EXTEND_EVERY)
-
-    # --- signals --------------------------------------------------------------------------
-
-    def request_reload(self) -> None:
-        """SIGHUP: only a flag; the reload task does the work."""
-        self._reload_wanted.set()
-
-    async def reload_task(self) -> None:
-        """Serve SIGHUPs one at a time; several before one is served make one reload."""
-        while True:
-            await self._reload_wanted.wait()
-            self._reload_wanted.clear()
-            await self.reload()
+    # --- reload ---------------------------------------------------------------------------
 
     async def reload(self) -> None:
-        # Before the first READY=1 a reload only swaps the config: READY must
-        # keep meaning "every declared resource exists".
-        running = self.notifier.ready_sent
-        if running:
-            self.notifier.reloading()
+        self._set_state(RunState.RELOADING)
+        try:
+            await self._reload()
+        finally:
+            if self.state is RunState.RELOADING:
+                self._set_state(RunState.RUNNING)
+
+    async def _reload(self) -> None:
         path = self.config.path
         problems: list[str] = []
         try:
@@ -212,8 +209,7 @@ class Daemon:
                     trigger=Trigger.RELOAD,
                 ),
             )
-            if running:
-                self.notifier.ready(self.board.line())
+            self.systemd.reload_done(ok=False, generation=self.worker.generation, connected=False)
             return
         self.config = config
         self.link.reconfigure(config.nats, advisories=config.watchdog.advisories)
@@ -221,10 +217,6 @@ class Daemon:
             self._timer.reschedule(
                 interval=config.watchdog.resync_interval, jitter=config.watchdog.resync_jitter
             )
-        self._reload_after_pass = self.worker.passes + (
-            1 if self.worker.busy_since is not None else 0
-        )
-        self._reload_ready_due = running
         self.worker.reload(config)
         log.info(
             "reloaded %s: %d resources",
@@ -232,23 +224,26 @@ class Daemon:
             len(config.resources),
             extra=fields(action=Event.RELOADED, message_id=Event.RELOADED, trigger=Trigger.RELOAD),
         )
-        if not self.worker.connected.is_set() and self._reload_ready_due:
-            self._reload_ready_due = False
-            self.notifier.ready(self.board.line())
-
-    def wedge(self) -> None:
-        log.warning("test hook: wedging the worker")
-        self.worker.wedge = asyncio.Event()
+        self.systemd.reload_done(
+            ok=True, generation=self.worker.generation, connected=self.worker.attached
+        )
 
     # --- the whole life -------------------------------------------------------------------
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stop_requested.set)
-        loop.add_signal_handler(signal.SIGINT, self.stop_requested.set)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        for sig in handled[:2]:
+            loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        if os.environ.get(TEST_HOOKS_ENV) == "1":
-            loop.add_signal_handler(signal.SIGUSR2, self.wedge)
+        try:
+            return await self._life()
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+
+    async def _life(self) -> int:
+        self._set_state(RunState.STARTING)
         log.info(
             "starting: %d resources from %s",
             len(self.config.resources),
@@ -256,55 +251,112 @@ class Daemon:
             extra=fields(action=Event.STARTED, message_id=Event.STARTED),
         )
         # These live until shutdown; any of them ending on its own is a bug.
-        forever = [
-            asyncio.create_task(self.link.run(), name="connection"),
-            asyncio.create_task(self.worker.run(), name="worker"),
-            asyncio.create_task(self.reload_task(), name="reload"),
+        tasks = [
+            self._guarded(self.link.run(), "connection"),
+            self._guarded(self.worker.run(), "worker"),
         ]
-        period = watchdog_period()
-        if period is not None:
-            forever.append(asyncio.create_task(self.watchdog_task(period), name="watchdog"))
+        if self.watchdog is not None:
+            tasks.append(
+                self._guarded(self.systemd.keep_alive(self.watchdog, self.health), "watchdog")
+            )
         # This one ends by itself once READY=1 is sent.
-        starting = asyncio.create_task(self.extend_start_task(), name="extend-start")
+        tasks.append(self._guarded(self.systemd.extend_start(), "extend-start", ends=True))
         w = self.config.watchdog
         self._timer = ResyncTimer(
-            lambda: self.worker.queue.mark_all(Trigger.RESYNC),
+            lambda: self.worker.mark_all(Trigger.RESYNC),
             interval=w.resync_interval,
             jitter=w.resync_jitter,
         )
         self._timer.start()
-        stop = asyncio.create_task(self.stop_requested.wait(), name="stop")
-        done, _ = await asyncio.wait([stop, *forever], return_when=asyncio.FIRST_COMPLETED)
-        code = exitcodes.OK
-        for task in done:
-            if task is not stop:
-                code = exitcodes.INTERNAL
-                exc = task.exception() if not task.cancelled() else None
-                log.error("task %s ended unexpectedly: %r", task.get_name(), exc)
-        await self.shutdown([*forever, starting])
-        return code
+        self._set_state(RunState.RUNNING)
+        code = await self._main_loop()
+        return max(code, await self.shutdown(tasks))
 
-    async def shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
-        self._stopping = True
-        self.notifier.stopping()
+    async def _main_loop(self) -> int:
+        while True:
+            if self._failed is not None:
+                return exitcodes.INTERNAL
+            if self._stop_wanted:
+                return exitcodes.OK
+            if self._reload_wanted:
+                self._reload_wanted = False
+                await self._unless_interrupted(self.reload(), "reload")
+                continue
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _unless_interrupted(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `work` as a guarded task to its end, unless a stop or a task's
+        death comes first (then it is cancelled)."""
+        job = self._guarded(work, name, ends=True)
+        interrupted = asyncio.create_task(self._interrupt.wait())
+        try:
+            await asyncio.wait({job, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            interrupted.cancel()
+        if not job.done():
+            job.cancel()
+            await asyncio.wait({job})
+            log.info("%s cut short by the stop", name)
+
+    def _guarded(
+        self, work: Coroutine[Any, Any, None], name: str, *, ends: bool = False
+    ) -> asyncio.Task[None]:
+        """A named task whose unexpected end is logged at once, with its
+        traceback, and ends the daemon with exit 70."""
+        task = asyncio.create_task(work, name=name)
+
+        def done(task: asyncio.Task[None]) -> None:
+            if task.cancelled() or self.state is RunState.STOPPING:
+                return
+            exc = task.exception()
+            if exc is None and ends:
+                return
+            if exc is not None:
+                log.error(
+                    "task %s failed: %s: %s; exiting so systemd restarts the daemon",
+                    name,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
+            else:
+                log.error(
+                    "task %s ended unexpectedly; exiting so systemd restarts the daemon", name
+                )
+            if self._failed is None:
+                self._failed = name
+            self._interrupt.set()
+            self._wake.set()
+
+        task.add_done_callback(done)
+        return task
+
+    async def shutdown(self, tasks: list[asyncio.Task[None]]) -> int:
+        """Stop within stop_timeout: let the pass in flight finish (its writes
+        are single requests), cancel the tasks, close the connection. Returns
+        OK, or FAILURE when a task would not end in time."""
+        deadline = time.monotonic() + self.config.watchdog.stop_timeout
+        self._set_state(RunState.STOPPING)
         log.info("stopping", extra=fields(action=Event.STOPPING, message_id=Event.STOPPING))
         if self._timer is not None:
             self._timer.stop()
-        deadline = time.monotonic() + self.config.watchdog.stop_timeout
-        # Let a pass in flight finish (its writes are single requests), bounded.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                self.worker.idle.wait(), max(0.0, deadline - time.monotonic() - 1)
-            )
+        await self.worker.wait_idle(within=max(0.0, deadline - time.monotonic() - STOP_MARGIN))
         for task in tasks:
             task.cancel()
-        _, stuck = await asyncio.wait(tasks, timeout=max(0.1, deadline - time.monotonic() - 1))
+        wait = max(0.1, deadline - time.monotonic() - STOP_MARGIN)
+        _, stuck = await asyncio.wait(tasks, timeout=wait)
+        code = exitcodes.OK
         if stuck:
-            names = ", ".join(t.get_name() for t in stuck)
-            log.error("tasks still running at the stop deadline: %s; exiting anyway", names)
-            logging.shutdown()
-            os._exit(exitcodes.OK)
+            self.abandoned = sorted(t.get_name() for t in stuck)
+            log.error(
+                "tasks still running at the stop deadline: %s; exiting with status %d",
+                ", ".join(self.abandoned),
+                exitcodes.FAILURE,
+            )
+            code = exitcodes.FAILURE
         await self.link.close()
+        return code
 
 
 def run_daemon(path: str) -> int:
@@ -315,10 +367,19 @@ def run_daemon(path: str) -> int:
         for line in exc.problems:
             log.error("config error: %s", line)  # noqa: TRY400 - one line each, no traceback
         return exitcodes.CONFIG
-    try:
-        return asyncio.run(Daemon(config).run())
-    except (KeyboardInterrupt, asyncio.CancelledError):  # a second Ctrl-C during shutdown
-        return exitcodes.OK
-    except Exception as exc:
-        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return exitcodes.INTERNAL
+    daemon = Daemon(config)
+    with asyncio.Runner() as runner:
+        try:
+            code = runner.run(daemon.run())
+        except (KeyboardInterrupt, asyncio.CancelledError):  # a second Ctrl-C during shutdown
+            return exitcodes.OK
+        except Exception as exc:
+            log.exception("internal error: %s: %s", type(exc).__name__, exc)  # noqa: TRY401
+            # (the one line names the error; its traceback goes to the journal only)
+            return exitcodes.INTERNAL
+        if daemon.abandoned:
+            # Closing the loop would wait for tasks that ignore cancellation:
+            # leave without it, with the status the stop earned.
+            logging.shutdown()
+            os._exit(code)
+    return code

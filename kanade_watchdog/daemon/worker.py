@@ -109,6 +109,10 @@ class WorkQueue:
 
 
 class Worker:
+    """The one reconciler. The daemon talks to it only through the methods
+    below: marks, the connection (attach/detach), reloads, and the
+    questions the watchdog and a graceful stop ask (stuck_for, wait_idle)."""
+
     def __init__(
         self,
         config: Config,
@@ -127,12 +131,12 @@ class Worker:
         self.now = now
         self.backoff = self._new_backoff()
         self.broker: Broker | None = None
-        self.connected = asyncio.Event()
-        self.passes = 0
-        self.busy_since: float | None = None  # set while a pass runs (watchdog)
-        self.idle = asyncio.Event()  # clear while a pass runs (graceful stop)
-        self.idle.set()
-        self.wedge: asyncio.Event | None = None  # test hook: hold the next pass
+        self.generation = 0  # how many reloads: a pass runs on one config
+        self._passes = 0
+        self._connected = asyncio.Event()
+        self._busy_since: float | None = None  # set while a pass runs (watchdog)
+        self._idle = asyncio.Event()  # clear while a pass runs (graceful stop)
+        self._idle.set()
         self._current: asyncio.Future[None] | None = None  # the pass in flight
         self.told = OutcomeLog(board, clock=clock)
         self.own_hashes: dict[str, frozenset[str]] = {}
@@ -150,14 +154,48 @@ class Worker:
             clock=self.clock,
         )
 
-    # --- connection and config, from the daemon ---------------------------------
+    # --- what the daemon asks -----------------------------------------------------
+
+    @property
+    def passes(self) -> int:
+        """Passes finished (or cut short) so far."""
+        return self._passes
+
+    @property
+    def attached(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def busy(self) -> bool:
+        """A pass is running."""
+        return self._busy_since is not None
+
+    def stuck_for(self, now: float) -> float:
+        """Seconds the pass in flight has been running at `now` (0 when idle)."""
+        return 0.0 if self._busy_since is None else max(0.0, now - self._busy_since)
+
+    async def wait_idle(self, *, within: float) -> bool:
+        """Until no pass runs, for at most `within` seconds; True if idle."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), within)
+        except TimeoutError:
+            return False
+        return True
+
+    # --- marks, connection and config, from the daemon -----------------------------
+
+    def mark_all(self, trigger: Trigger) -> None:
+        self.queue.mark_all(trigger)
+
+    def mark(self, stream: str, trigger: Trigger) -> None:
+        self.queue.mark(stream, trigger)
 
     def attach(self, broker: Broker, trigger: Trigger | None = None) -> None:
         """A (new) connection: requests that died with the old one are retried
         now, not when their backoff says, and `trigger` marks everything."""
         self.broker = broker
         self.backoff.forget_transient()
-        self.connected.set()
+        self._connected.set()
         if trigger is not None:
             self.queue.mark_all(trigger)
 
@@ -165,7 +203,7 @@ class Worker:
         """The connection is lost: requests in flight can only time out now,
         so the pass waiting on them is cut short; the reconnect's full pass
         redoes whatever it had not finished."""
-        self.connected.clear()
+        self._connected.clear()
         if self._current is not None and not self._current.done():
             self._current.cancel()
 
@@ -178,6 +216,7 @@ class Worker:
             mine = self.own_hashes.get(res.stream, frozenset())
             self.own_hashes[res.stream] = mine | {desired.spec_hash(res)}
         self.config = config
+        self.generation += 1
         self.managed = frozenset(config.by_stream())
         self.backoff = self._new_backoff()
         self.guard.reset()
@@ -214,18 +253,17 @@ class Worker:
             batch = self.queue.take()
             if not batch:
                 continue
-            if not self.connected.is_set():
+            if not self._connected.is_set():
                 # Nothing to do until the reconnect callback marks everything.
-                await self.connected.wait()
+                await self._connected.wait()
                 continue
             await self.run_pass(batch)
 
     async def run_pass(self, batch: Batch) -> None:
-        self.busy_since = self.clock()
-        self.idle.clear()
+        self._busy_since = self.clock()
+        self._idle.clear()
+        generation = self.generation
         try:
-            if self.wedge is not None:
-                await _wedged(self.wedge)
             self._current = asyncio.ensure_future(self._reconcile(batch))
             await asyncio.wait_for(self._current, self.config.watchdog.pass_deadline)
         except asyncio.CancelledError:
@@ -240,10 +278,10 @@ class Worker:
             )
             self.backoff.failed(EVERYTHING, transient=True)
         finally:
-            self.busy_since = None
-            self.idle.set()
-            self.passes += 1
-            self.board.pass_done(self.clock())
+            self._busy_since = None
+            self._idle.set()
+            self._passes += 1
+            self.board.pass_done(self.clock(), generation)
 
     async def _reconcile(self, batch: Batch) -> None:
         assert self.broker is not None
@@ -374,13 +412,3 @@ class Worker:
         else:
             self._causes[res.stream] = causes.cause_of(res, error, self.view)
         self.told.failed(res, error, trigger, delay=delay, present=present)
-
-
-async def _wedged(release: asyncio.Event) -> None:
-    """Test hook: a pass stuck in a call that ignores cancellation, the way a
-    hung broker call would look. Only `release` ends it."""
-    while not release.is_set():
-        try:
-            await release.wait()
-        except asyncio.CancelledError:
-            continue

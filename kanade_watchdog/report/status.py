@@ -34,6 +34,7 @@ class StatusBoard:
         self.broker_text = ""  # non-empty while the broker is unreachable
         self.last_heal: tuple[str, float] | None = None  # (label, wall time)
         self.last_pass: float | None = None
+        self.last_pass_generation = -1  # the config generation the last pass ran on
         self.facts = ClusterFacts()
         self.declare(resources)
 
@@ -63,8 +64,9 @@ class StatusBoard:
             self.facts = facts
             self._changed()
 
-    def pass_done(self, monotonic: float) -> None:
+    def pass_done(self, monotonic: float, generation: int = 0) -> None:
         self.last_pass = monotonic
+        self.last_pass_generation = generation
         self._changed()
 
     def broker_down(self, text: str) -> None:
