@@ -98,6 +98,16 @@ def is_action(action: str, **expected: str) -> Predicate:
     return check
 
 
+def is_pass(trigger: str) -> Predicate:
+    """A predicate: the debug summary of a pass, by its trigger ("events" for a
+    pass of events), read from its structured fields."""
+
+    def check(line: Line) -> bool:
+        return line.get("scope") is not None and line.get("trigger") == trigger
+
+    return check
+
+
 def has_message(fragment: str) -> Predicate:
     def check(line: Line) -> bool:
         return fragment in str(line.get("message", ""))

@@ -31,6 +31,7 @@ from kanade_watchdog.model.settings import Config, NatsSettings
 from kanade_watchdog.report.journal import JournalHandler
 from kanade_watchdog.report.logs import record_fields
 from kanade_watchdog.report.systemd import Notifier
+from tests.capture import Capture
 from tests.fakebroker import SERVER_VERSION, FakeBroker, SlowBroker
 
 
@@ -252,16 +253,10 @@ async def test_run_states_follow_start_reload_and_stop(tmp_path: Path) -> None:
         '[nats]\nservers = ["nats://fake:4222"]\n[watchdog]\nresync_interval = "1h"\n'
         '[streams.ORDERS]\nsubjects = ["orders.>"]\n',
     )
-    sent = Sent()
-    seen: list[RunState] = []
-    daemon = Daemon(config, notifier=Notifier(send=sent), connect=links_to(FakeBroker()))
-    observe = daemon.systemd.run_state
-
-    def record(state: RunState) -> None:
-        seen.append(state)
-        observe(state)
-
-    daemon.systemd.run_state = record  # type: ignore[method-assign]
+    sent, seen = Sent(), Capture()
+    daemon = Daemon(
+        config, notifier=Notifier(send=sent), connect=links_to(FakeBroker()), reporters=[seen]
+    )
     run = asyncio.create_task(daemon.run())
     await until(lambda: sent.count("READY=1") == 1)
     daemon.request_reload()
@@ -270,7 +265,7 @@ async def test_run_states_follow_start_reload_and_stop(tmp_path: Path) -> None:
     assert daemon.config.by_stream().keys() == {"ORDERS"}
     daemon.request_stop()
     assert await run == exitcodes.OK
-    assert seen == [
+    assert seen.states == [
         RunState.STARTING,
         RunState.RUNNING,
         RunState.RELOADING,
@@ -278,3 +273,7 @@ async def test_run_states_follow_start_reload_and_stop(tmp_path: Path) -> None:
         RunState.STOPPING,
     ]
     assert sent.count("RELOADING=1") == 1
+    [reload] = seen.reloads
+    assert (reload.ok, reload.resources, reload.generation) == (True, 1, 1)
+    assert seen.declarations == [("ORDERS",)]
+    assert seen.passes[-1].generation == 1

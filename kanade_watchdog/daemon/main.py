@@ -22,13 +22,14 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from kanade_watchdog.broker.aio import bounded, in_thread
 from kanade_watchdog.broker.link import Connected, Link
 from kanade_watchdog.config.load import load
-from kanade_watchdog.core.reports import RunState
+from kanade_watchdog.core.ports import Reporter, Reporters
+from kanade_watchdog.core.reports import BrokerState, LinkState, Reloaded, RunState
 from kanade_watchdog.daemon import advisories
 from kanade_watchdog.daemon.resync import ResyncTimer
 from kanade_watchdog.daemon.worker import Worker
@@ -37,6 +38,7 @@ from kanade_watchdog.model.errors import ConfigError
 from kanade_watchdog.model.events import Event, Trigger
 from kanade_watchdog.model.settings import Config, NatsSettings
 from kanade_watchdog.report.logs import fields
+from kanade_watchdog.report.outcomes import OutcomeLog
 from kanade_watchdog.report.status import StatusBoard
 from kanade_watchdog.report.systemd import Health, Notifier, SystemdReporter, watchdog_period
 
@@ -73,7 +75,8 @@ class ConnectionFactory(Protocol):
 class Daemon:
     """`connect` builds the connection (tests hand in one with a fake broker);
     `clock` is what `health()` measures a stuck pass with; `watchdog` is the
-    ping period (default: from WATCHDOG_USEC, None outside systemd)."""
+    ping period (default: from WATCHDOG_USEC, None outside systemd);
+    `reporters` hear everything after the log, the board and systemd."""
 
     def __init__(
         self,
@@ -83,14 +86,16 @@ class Daemon:
         connect: ConnectionFactory = Link,
         clock: Callable[[], float] = time.monotonic,
         watchdog: float | None = None,
+        reporters: Sequence[Reporter] = (),
     ) -> None:
         self.config = config
         self.state = RunState.STARTING
         self.clock = clock
         self.board = StatusBoard(config.resources)
         self.systemd = SystemdReporter(notifier or Notifier(), self.board)
-        self.board.on_change = self.systemd.changed
-        self.worker = Worker(config, board=self.board, clock=clock)
+        # The board first: the others read it.
+        self.reporters = Reporters(self.board, OutcomeLog(clock=clock), self.systemd, *reporters)
+        self.worker = Worker(config, reporter=self.reporters, clock=clock)
         self.link = connect(
             config.nats,
             advisories=config.watchdog.advisories,
@@ -122,7 +127,7 @@ class Daemon:
 
     def _set_state(self, state: RunState) -> None:
         self.state = state
-        self.systemd.run_state(state)
+        self.reporters.run_state(state)
 
     # --- health ---------------------------------------------------------------------------
 
@@ -136,33 +141,26 @@ class Daemon:
     # --- connection (`link` calls these) ---------------------------------------------------
 
     def _on_connecting(self, servers: str) -> None:
-        self.board.broker_down(f"waiting for broker {servers}")
-        log.info(
-            "connecting to %s",
-            servers,
-            extra=fields(action=Event.WAITING, message_id=Event.WAITING),
-        )
+        self.reporters.broker(BrokerState(LinkState.CONNECTING, servers))
 
     def _on_connected(self, up: Connected) -> None:
-        log.info(
-            "broker back (%s); full resync" if up.resumed else "connected to %s",
-            up.url,
-            extra=fields(action=Event.BROKER_BACK, message_id=Event.BROKER_BACK),
+        servers = ", ".join(self.config.nats.servers)
+        state = BrokerState(
+            LinkState.UP,
+            servers,
+            url=up.url,
+            server_version=up.server_version,
+            first=up.first,
+            resumed=up.resumed,
         )
-        self.board.broker_up()
+        self.reporters.broker(state)
         self.worker.attach(up.broker, Trigger.STARTUP if up.first else Trigger.RECONNECT)
 
     def _on_lost(self) -> None:
         if self.state is RunState.STOPPING or not self.worker.attached:
             return
         self.worker.detach()
-        servers = ", ".join(self.config.nats.servers)
-        self.board.broker_down(f"waiting for broker {servers}")
-        log.warning(
-            "broker lost (%s); reconnecting",
-            servers,
-            extra=fields(action=Event.BROKER_LOST, message_id=Event.BROKER_LOST),
-        )
+        self.reporters.broker(BrokerState(LinkState.LOST, ", ".join(self.config.nats.servers)))
 
     def _on_advisory(self, subject: str, payload: bytes) -> None:
         stream = advisories.stream_of(subject, payload)
@@ -200,16 +198,7 @@ class Daemon:
         except Exception as exc:  # a bug in loading: the running config is still good
             problems = [f"internal error: {type(exc).__name__}: {exc}"]
         if problems:
-            log.error(
-                "reload refused, still running the previous config: %s",
-                " | ".join(problems),
-                extra=fields(
-                    action=Event.RELOAD_FAILED,
-                    message_id=Event.RELOAD_FAILED,
-                    trigger=Trigger.RELOAD,
-                ),
-            )
-            self.systemd.reload_done(ok=False, generation=self.worker.generation, connected=False)
+            self.reporters.reloaded(Reloaded(path, ok=False, problems=tuple(problems)))
             return
         self.config = config
         self.link.reconfigure(config.nats, advisories=config.watchdog.advisories)
@@ -218,14 +207,15 @@ class Daemon:
                 interval=config.watchdog.resync_interval, jitter=config.watchdog.resync_jitter
             )
         self.worker.reload(config)
-        log.info(
-            "reloaded %s: %d resources",
-            config.path,
-            len(config.resources),
-            extra=fields(action=Event.RELOADED, message_id=Event.RELOADED, trigger=Trigger.RELOAD),
-        )
-        self.systemd.reload_done(
-            ok=True, generation=self.worker.generation, connected=self.worker.attached
+        self.reporters.declared(config.resources)
+        self.reporters.reloaded(
+            Reloaded(
+                config.path,
+                ok=True,
+                resources=len(config.resources),
+                generation=self.worker.generation,
+                connected=self.worker.attached,
+            )
         )
 
     # --- the whole life -------------------------------------------------------------------

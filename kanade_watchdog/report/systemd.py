@@ -27,11 +27,13 @@ import os
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from kanade_watchdog.core.reports import RunState
+from kanade_watchdog.core.ports import Quiet
+from kanade_watchdog.core.reports import BrokerState, PassReport, Reloaded, RunState
 from kanade_watchdog.model.events import Event
+from kanade_watchdog.model.resources import Resource
 from kanade_watchdog.report.logs import fields
 from kanade_watchdog.report.status import StatusBoard
 
@@ -184,8 +186,10 @@ class Health:
 EXTEND_EVERY = 10.0  # while starting: ask systemd for more time, this often
 
 
-class SystemdReporter:
-    """The READY policy, STATUS=, the watchdog pings and the start timeout."""
+class SystemdReporter(Quiet):
+    """The READY policy, STATUS=, the watchdog pings and the start timeout. A
+    `ports.Reporter` placed after the `StatusBoard` it reads: STATUS= is
+    rendered once per pass and once per connection change."""
 
     def __init__(self, notifier: Notifier, board: StatusBoard) -> None:
         self.notifier = notifier
@@ -196,8 +200,40 @@ class SystemdReporter:
     def ready_sent(self) -> bool:
         return self.notifier.ready_sent
 
-    def changed(self) -> None:
-        """The board changed: READY=1 when it is time, else STATUS=."""
+    # --- what the reporters' protocol brings --------------------------------------
+
+    def run_state(self, state: RunState) -> None:
+        if state is RunState.STARTING:
+            self.notifier.hello()
+        elif state is RunState.RELOADING and self.notifier.ready_sent:
+            self.notifier.reloading()
+        elif state is RunState.STOPPING:
+            self.notifier.stopping()
+
+    def declared(self, resources: Sequence[Resource]) -> None:
+        if self.board.last_pass is not None:  # at start there is nothing to say yet
+            self._refresh()
+
+    def broker(self, state: BrokerState) -> None:
+        self._refresh()
+
+    def pass_done(self, report: PassReport) -> None:
+        self._refresh()
+
+    def reloaded(self, result: Reloaded) -> None:
+        """Before the first READY=1 nothing is said (READY must keep meaning
+        "every declared resource exists"); after it, READY=1 ends the reload:
+        at once when the file was refused or no pass can run (broker away),
+        else once a pass on the new config ran."""
+        if not self.notifier.ready_sent:
+            return
+        if result.ok and result.connected:
+            self._ready_after = result.generation
+        else:
+            self.notifier.ready(self.board.line())
+
+    def _refresh(self) -> None:
+        """READY=1 when it is time, else STATUS=."""
         line = self.board.line()
         if not self.notifier.ready_sent:
             if self.board.all_present() and self.board.last_pass is not None:
@@ -221,25 +257,7 @@ class SystemdReporter:
             return
         self.notifier.status(line)
 
-    def run_state(self, state: RunState) -> None:
-        if state is RunState.STARTING:
-            self.notifier.hello()
-        elif state is RunState.RELOADING and self.notifier.ready_sent:
-            self.notifier.reloading()
-        elif state is RunState.STOPPING:
-            self.notifier.stopping()
-
-    def reload_done(self, *, ok: bool, generation: int, connected: bool) -> None:
-        """A reload ended. Before the first READY=1 nothing is said (READY must
-        keep meaning "every declared resource exists"); after it, READY=1 ends
-        the reload: at once when the file was refused or no pass can run
-        (broker away), else once a pass on the new config (`generation`) ran."""
-        if not self.notifier.ready_sent:
-            return
-        if ok and connected:
-            self._ready_after = generation
-        else:
-            self.notifier.ready(self.board.line())
+    # --- tasks the daemon runs ----------------------------------------------------
 
     async def keep_alive(self, period: float, health: Callable[[], Health]) -> None:
         """Ping every `period` while `health()` is ok. A broker that is down is
