@@ -275,5 +275,5 @@ async def test_run_states_follow_start_reload_and_stop(tmp_path: Path) -> None:
     assert sent.count("RELOADING=1") == 1
     [reload] = seen.reloads
     assert (reload.ok, reload.resources, reload.generation) == (True, 1, 1)
-    assert seen.declarations == [("ORDERS",)]
+    assert seen.declarations == [("ORDERS", "EVENTS"), ("ORDERS",)]  # at start, at reload
     assert seen.passes[-1].generation == 1

@@ -23,6 +23,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from kanade_watchdog.broker.aio import bounded, in_thread
@@ -32,12 +33,16 @@ from kanade_watchdog.core.ports import Reporter, Reporters
 from kanade_watchdog.core.reports import BrokerState, LinkState, Reloaded, RunState
 from kanade_watchdog.daemon import advisories
 from kanade_watchdog.daemon.resync import ResyncTimer
+from kanade_watchdog.daemon.tasks import Tasks
 from kanade_watchdog.daemon.worker import Worker
 from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.errors import ConfigError
 from kanade_watchdog.model.events import Event, Trigger
 from kanade_watchdog.model.settings import Config, NatsSettings
+from kanade_watchdog.report.http import Endpoint, EndpointError
 from kanade_watchdog.report.logs import fields
+from kanade_watchdog.report.meter import MetricsReporter
+from kanade_watchdog.report.metrics import Metrics
 from kanade_watchdog.report.outcomes import OutcomeLog
 from kanade_watchdog.report.status import StatusBoard
 from kanade_watchdog.report.systemd import Health, Notifier, SystemdReporter, watchdog_period
@@ -46,6 +51,7 @@ log = logging.getLogger("kanade_watchdog")
 
 RELOAD_READ_TIMEOUT = 10.0  # a config file that takes longer to read is given up on
 STOP_MARGIN = 1.0  # of stop_timeout, kept for cancelling tasks and closing the connection
+READY_INTERVALS = 3  # /readyz: a full pass within this many resync intervals (as the alert)
 
 
 class Connection(Protocol):
@@ -76,7 +82,9 @@ class Daemon:
     """`connect` builds the connection (tests hand in one with a fake broker);
     `clock` is what `health()` measures a stuck pass with; `watchdog` is the
     ping period (default: from WATCHDOG_USEC, None outside systemd);
-    `reporters` hear everything after the log, the board and systemd."""
+    `reporters` hear everything after the log, the board, systemd and the
+    metrics. With `[http] listen` the daemon serves /metrics, /healthz,
+    /readyz and /status (`report.http`) for as long as it runs."""
 
     def __init__(
         self,
@@ -93,8 +101,21 @@ class Daemon:
         self.clock = clock
         self.board = StatusBoard(config.resources)
         self.systemd = SystemdReporter(notifier or Notifier(), self.board)
+        self.endpoint: Endpoint | None = None
+        extra = list(reporters)
+        if config.http.host is not None:
+            metrics = Metrics()
+            extra.insert(0, MetricsReporter(metrics))
+            self.endpoint = Endpoint(
+                config.http.host,
+                config.http.port,
+                metrics=metrics,
+                healthy=lambda: self.health().ok,
+                ready=self.ready,
+                status=self.status,
+            )
         # The board first: the others read it.
-        self.reporters = Reporters(self.board, OutcomeLog(clock=clock), self.systemd, *reporters)
+        self.reporters = Reporters(self.board, OutcomeLog(clock=clock), self.systemd, *extra)
         self.worker = Worker(config, reporter=self.reporters, clock=clock)
         self.link = connect(
             config.nats,
@@ -110,7 +131,7 @@ class Daemon:
         self._timer: ResyncTimer | None = None
         self._stop_wanted = False
         self._reload_wanted = False
-        self._failed: str | None = None  # the task that died
+        self.tasks = Tasks(on_failure=self._task_failed)
         self._wake = asyncio.Event()  # any flag, or a task's death
         self._interrupt = asyncio.Event()  # a stop, or a task's death: cut a reload short
 
@@ -129,7 +150,7 @@ class Daemon:
         self.state = state
         self.reporters.run_state(state)
 
-    # --- health ---------------------------------------------------------------------------
+    # --- health, as systemd and the HTTP endpoint ask ------------------------------------
 
     def health(self) -> Health:
         """The worker makes progress unless one pass has run past its deadline
@@ -137,6 +158,16 @@ class Daemon:
         limit = self.config.watchdog.pass_deadline + self.config.nats.request_timeout
         stuck = self.worker.stuck_for(self.clock())
         return Health(ok=stuck < limit, stuck_for=stuck, limit=limit)
+
+    def ready(self) -> tuple[bool, str]:
+        """Every declared resource exists and a full pass read the broker
+        within the last READY_INTERVALS resync intervals (else why not)."""
+        max_age = READY_INTERVALS * self.config.watchdog.resync_interval
+        return self.board.ready(now=self.clock(), max_age=max_age)
+
+    def status(self) -> str:
+        """The `check --json` document, from what the daemon last saw."""
+        return self.board.check_json(config=self.config.path, ignore=self.config.ignore)
 
     # --- connection (`link` calls these) ---------------------------------------------------
 
@@ -200,7 +231,12 @@ class Daemon:
         if problems:
             self.reporters.reloaded(Reloaded(path, ok=False, problems=tuple(problems)))
             return
-        self.config = config
+        if config.http != self.config.http:
+            log.warning(
+                "[http] listen changed; the endpoint keeps serving %s until a restart",
+                self.config.http.where if self.config.http.host else "nothing",
+            )
+        self.config = replace(config, http=self.config.http)
         self.link.reconfigure(config.nats, advisories=config.watchdog.advisories)
         if self._timer is not None:
             self._timer.reschedule(
@@ -240,17 +276,20 @@ class Daemon:
             self.config.path,
             extra=fields(action=Event.STARTED, message_id=Event.STARTED),
         )
+        self.reporters.declared(self.config.resources)
+        if self.endpoint is not None:
+            try:
+                await self.endpoint.start()
+            except EndpointError as exc:
+                log.error("cannot serve HTTP: %s", exc)  # noqa: TRY400 - one line, no traceback
+                return exitcodes.FAILURE
         # These live until shutdown; any of them ending on its own is a bug.
-        tasks = [
-            self._guarded(self.link.run(), "connection"),
-            self._guarded(self.worker.run(), "worker"),
-        ]
+        self.tasks.start(self.link.run(), "connection")
+        self.tasks.start(self.worker.run(), "worker")
         if self.watchdog is not None:
-            tasks.append(
-                self._guarded(self.systemd.keep_alive(self.watchdog, self.health), "watchdog")
-            )
+            self.tasks.start(self.systemd.keep_alive(self.watchdog, self.health), "watchdog")
         # This one ends by itself once READY=1 is sent.
-        tasks.append(self._guarded(self.systemd.extend_start(), "extend-start", ends=True))
+        self.tasks.start(self.systemd.extend_start(), "extend-start", ends=True)
         w = self.config.watchdog
         self._timer = ResyncTimer(
             lambda: self.worker.mark_all(Trigger.RESYNC),
@@ -260,11 +299,11 @@ class Daemon:
         self._timer.start()
         self._set_state(RunState.RUNNING)
         code = await self._main_loop()
-        return max(code, await self.shutdown(tasks))
+        return max(code, await self.shutdown())
 
     async def _main_loop(self) -> int:
         while True:
-            if self._failed is not None:
+            if self.tasks.failed is not None:
                 return exitcodes.INTERNAL
             if self._stop_wanted:
                 return exitcodes.OK
@@ -278,7 +317,7 @@ class Daemon:
     async def _unless_interrupted(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """Run `work` as a guarded task to its end, unless a stop or a task's
         death comes first (then it is cancelled)."""
-        job = self._guarded(work, name, ends=True)
+        job = self.tasks.start(work, name, ends=True)
         interrupted = asyncio.create_task(self._interrupt.wait())
         try:
             await asyncio.wait({job, interrupted}, return_when=asyncio.FIRST_COMPLETED)
@@ -289,62 +328,32 @@ class Daemon:
             await asyncio.wait({job})
             log.info("%s cut short by the stop", name)
 
-    def _guarded(
-        self, work: Coroutine[Any, Any, None], name: str, *, ends: bool = False
-    ) -> asyncio.Task[None]:
-        """A named task whose unexpected end is logged at once, with its
-        traceback, and ends the daemon with exit 70."""
-        task = asyncio.create_task(work, name=name)
+    def _task_failed(self) -> None:
+        self._interrupt.set()
+        self._wake.set()
 
-        def done(task: asyncio.Task[None]) -> None:
-            if task.cancelled() or self.state is RunState.STOPPING:
-                return
-            exc = task.exception()
-            if exc is None and ends:
-                return
-            if exc is not None:
-                log.error(
-                    "task %s failed: %s: %s; exiting so systemd restarts the daemon",
-                    name,
-                    type(exc).__name__,
-                    exc,
-                    exc_info=exc,
-                )
-            else:
-                log.error(
-                    "task %s ended unexpectedly; exiting so systemd restarts the daemon", name
-                )
-            if self._failed is None:
-                self._failed = name
-            self._interrupt.set()
-            self._wake.set()
-
-        task.add_done_callback(done)
-        return task
-
-    async def shutdown(self, tasks: list[asyncio.Task[None]]) -> int:
+    async def shutdown(self) -> int:
         """Stop within stop_timeout: let the pass in flight finish (its writes
-        are single requests), cancel the tasks, close the connection. Returns
-        OK, or FAILURE when a task would not end in time."""
+        are single requests), cancel the tasks, close the endpoint and the
+        connection. Returns OK, or FAILURE when a task would not end in time."""
         deadline = time.monotonic() + self.config.watchdog.stop_timeout
         self._set_state(RunState.STOPPING)
         log.info("stopping", extra=fields(action=Event.STOPPING, message_id=Event.STOPPING))
         if self._timer is not None:
             self._timer.stop()
         await self.worker.wait_idle(within=max(0.0, deadline - time.monotonic() - STOP_MARGIN))
-        for task in tasks:
-            task.cancel()
         wait = max(0.1, deadline - time.monotonic() - STOP_MARGIN)
-        _, stuck = await asyncio.wait(tasks, timeout=wait)
+        self.abandoned = await self.tasks.stop(within=wait)
         code = exitcodes.OK
-        if stuck:
-            self.abandoned = sorted(t.get_name() for t in stuck)
+        if self.abandoned:
             log.error(
                 "tasks still running at the stop deadline: %s; exiting with status %d",
                 ", ".join(self.abandoned),
                 exitcodes.FAILURE,
             )
             code = exitcodes.FAILURE
+        if self.endpoint is not None:
+            await self.endpoint.stop()
         await self.link.close()
         return code
 

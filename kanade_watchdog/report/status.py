@@ -5,7 +5,8 @@ each) and nothing is rendered then; `line()` renders the STATUS= text once,
 when asked (`systemd` asks once per pass and per connection change). It
 answers what systemd and the HTTP endpoint ask: is every declared resource
 present on the broker, when did the last full pass succeed, and what is
-the one-line summary right now.
+the one-line summary right now, and what `check --json` would say (the
+HTTP /status).
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kanade_watchdog.core.cluster import ClusterFacts
+from kanade_watchdog.core.export import undeclared
 from kanade_watchdog.core.outcome import Result
+from kanade_watchdog.core.plan import Action, Decision
 from kanade_watchdog.core.ports import Quiet
 from kanade_watchdog.core.reports import BrokerState, LinkState, PassReport, present_after
 from kanade_watchdog.model.resources import Resource
+from kanade_watchdog.report import render
 
 _REASONED = (Result.BLOCKED, Result.NEWER_SPEC, Result.FAILED)
 
@@ -29,6 +33,7 @@ class _Entry:
     result: Result | None = None
     present: bool = False
     reason: str = ""
+    decision: Decision | None = None  # the broker as last seen, as `check` would judge it
 
 
 class StatusBoard(Quiet):
@@ -38,7 +43,9 @@ class StatusBoard(Quiet):
         self.last_heal: tuple[str, float] | None = None  # (label, wall time)
         self.last_pass: float | None = None  # monotonic
         self.last_pass_generation = -1  # the config generation the last pass ran on
-        self.last_full_ok: float | None = None  # monotonic: the last full pass without a failure
+        self.last_full: float | None = None  # monotonic: the last full pass that read the list
+        self.last_full_seconds = 0.0  # how long it took
+        self.listed: frozenset[str] = frozenset()  # every stream name it saw on the broker
         self.facts = ClusterFacts()
         self.declared(resources)
 
@@ -58,26 +65,46 @@ class StatusBoard(Quiet):
         for done in report.done:
             d = done.outcome.decision
             reason = d.reason if done.result in _REASONED else ""
-            self._set(d.resource, done.result, present=present_after(d), reason=reason)
+            seen = d
             if done.result in (Result.CREATED, Result.UPDATED):
                 self.last_heal = (d.resource.label, time.time())
+                seen = Decision(d.resource, Action.IN_SYNC)  # what a look now would say
+            self._set(d.resource, done.result, present=present_after(d), reason=reason, seen=seen)
         for failed in report.failed:
+            reason = str(failed.error)
             self._set(
-                failed.resource, Result.FAILED, present=failed.present, reason=str(failed.error)
+                failed.resource,
+                Result.FAILED,
+                present=failed.present,
+                reason=reason,
+                seen=failed.decision,
             )
         for held in report.held:
-            self._set(held.decision.resource, Result.BLOCKED, present=True, reason=held.reason)
+            d = held.decision
+            self._set(d.resource, Result.BLOCKED, present=True, reason=held.reason, seen=d)
         if report.facts is not None:
             self.facts = report.facts
         self.last_pass = report.finished
         self.last_pass_generation = report.generation
-        if report.listed is not None and report.ok:
-            self.last_full_ok = report.finished
+        if report.listed is not None and report.cut is None:
+            self.last_full = report.finished
+            self.last_full_seconds = report.seconds
+            self.listed = report.listed
 
-    def _set(self, res: Resource, result: Result, *, present: bool | None, reason: str) -> None:
+    def _set(
+        self,
+        res: Resource,
+        result: Result,
+        *,
+        present: bool | None,
+        reason: str,
+        seen: Decision | None,
+    ) -> None:
         entry = self._entries.get(res.stream)
         if entry is None:  # dropped by a reload while the pass ran
             return
+        if seen is not None:  # a failed read leaves the last known state
+            entry.decision = seen
         entry.result = result
         if present is not None:
             entry.present = present
@@ -99,6 +126,37 @@ class StatusBoard(Quiet):
 
     def missing(self) -> list[str]:
         return [e.label for e in self._entries.values() if not e.present]
+
+    def ready(self, *, now: float, max_age: float) -> tuple[bool, str]:
+        """Ready: the broker is reachable, every declared resource exists, and a
+        full pass read the broker within `max_age` seconds of `now`
+        (monotonic). Otherwise False and the reason, in one line."""
+        if self.broker_text:
+            return False, f"broker unreachable: {self.broker_text}"
+        if self.last_full is None:
+            return False, "no full pass yet"
+        missing = self.missing()
+        if missing:
+            return False, f"{len(missing)} missing: {_few(missing)}"
+        age = now - self.last_full
+        if age > max_age:
+            return False, f"last full pass {age:.0f}s ago (more than {max_age:g}s)"
+        return True, ""
+
+    def check_json(self, *, config: str, ignore: Sequence[str] = ()) -> str:
+        """What `check --json` would print, from what the daemon last saw."""
+        if self.broker_text:
+            problem = f"broker unreachable: {self.broker_text}"
+            return render.check_failure("CRITICAL", [problem]).json(config=config)
+        decisions = [e.decision for e in self._entries.values() if e.decision is not None]
+        if len(decisions) < len(self._entries) or self.last_full is None:
+            problem = "not every declared resource has been looked at yet"
+            return render.check_failure("UNKNOWN", [problem]).json(config=config)
+        extra = undeclared(set(self._entries), self.listed, ignore)
+        report = render.check_report(
+            decisions, self.facts, seconds=self.last_full_seconds, undeclared=extra
+        )
+        return report.json(config=config)
 
     def line(self) -> str:
         """The STATUS= text: the most urgent fact first. O(resources)."""

@@ -177,6 +177,38 @@ def test_stream_deleted_from_outside_is_recreated_and_journaled(
     assert heal
 
 
+FETCH = """
+import sys, urllib.error, urllib.request
+try:
+    r = urllib.request.urlopen("http://127.0.0.1:9464" + sys.argv[1], timeout=5)
+except urllib.error.HTTPError as e:
+    r = e
+print(r.status)
+print(r.read().decode(), end="")
+"""
+
+
+def fetch(m: Machine, path: str) -> tuple[int, str]:
+    """GET the daemon's endpoint from inside the container."""
+    out = m.run(f"{INSTALL_PATH}/bin/python", "-c", FETCH, path).stdout
+    status, _, body = out.partition("\n")
+    return int(status), body
+
+
+def test_http_listener_serves_under_the_shipped_sandbox(machine: Machine, fresh: str) -> None:
+    """With `[http] listen = "127.0.0.1:9464"`, the daemon under the shipped
+    unit and its sandbox serves /healthz and /readyz, and /metrics counts a
+    heal: loopback needs nothing more from the unit."""
+    m = machine
+    m.write(CONFIG_PATH, e2e_config('\n[http]\nlisten = "127.0.0.1:9464"\n'))
+    bring_up(m)
+    assert fetch(m, "/healthz") == (200, "ok\n")
+    poll("/readyz 200", lambda: fetch(m, "/readyz")[0] == 200, 10, m)
+    delete(m, "RESULTS")
+    heals = 'kanade_watchdog_heals_total{kind="stream",trigger="advisory"} 1.0'
+    poll("the heal counted", lambda: heals in fetch(m, "/metrics")[1], 30, m)
+
+
 def test_reload_after_a_config_edit_creates_the_new_stream(machine: Machine, fresh: str) -> None:
     """`systemctl reload` after adding a stream to the file creates it in place (same
     PID, no restart) and the unit returns to 'active'."""
