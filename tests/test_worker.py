@@ -232,33 +232,58 @@ def test_full_and_stream_marks_merge_into_one_batch() -> None:
     assert not q.take()
 
 
+def test_a_batch_keeps_when_each_trigger_first_arrived() -> None:
+    """Heal latency runs from the trigger's arrival: a batch keeps the time of
+    each stream's first mark and of the first "everything" mark (on the
+    queue's injected clock); a stream marked only by "everything" arrived
+    with it."""
+    clock = FakeClock()
+    q = WorkQueue(clock)
+    q.mark("A", Trigger.ADVISORY)
+    clock.advance(1.0)
+    q.mark_all(Trigger.RESYNC)
+    clock.advance(1.0)
+    q.mark("A", Trigger.RETRY)
+    q.mark("B", Trigger.VERIFY)
+    clock.advance(1.0)
+    q.mark_all(Trigger.RECONNECT)
+    batch = q.take()
+    assert (batch.arrived("A"), batch.arrived("B"), batch.arrived("C")) == (1000.0, 1002.0, 1001.0)
+    assert batch.full is Trigger.RESYNC
+
+
 async def test_wait_wakes_on_a_mark_and_times_out_without_one() -> None:
-    """`wait` returns at once when something is marked, and returns quietly
-    (no exception) after `at_most` seconds when nothing is."""
+    """`wait` returns when something is marked (even with no time limit: it
+    returns without one turn of the loop passing), and returns quietly (no
+    exception) after `at_most` seconds when nothing is; taking re-arms it."""
     q = WorkQueue()
     started = time.monotonic()
     await q.wait(0.03)
     assert time.monotonic() - started >= 0.025
 
     q.mark_all(Trigger.STARTUP)
-    started = time.monotonic()
-    await asyncio.wait_for(q.wait(None), 1.0)
-    assert time.monotonic() - started < 0.02
+    waiting = asyncio.ensure_future(q.wait(None))
+    await asyncio.sleep(0)
+    assert waiting.done()
 
-    q.take()  # taking re-arms the wait
-    started = time.monotonic()
-    await q.wait(0.03)
-    assert time.monotonic() - started >= 0.025
+    q.take()
+    waiting = asyncio.ensure_future(q.wait(None))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # re-armed: nothing marked since the take
+    q.mark("EXEC", Trigger.ADVISORY)
+    await asyncio.wait_for(waiting, 1.0)
 
 
 async def test_a_mark_from_another_task_wakes_the_waiter() -> None:
-    """A mark made while the worker waits (an advisory callback) wakes it."""
+    """A mark made while the worker waits (an advisory callback) wakes it: the
+    waiter is still waiting before the mark, and done right after it."""
     q = WorkQueue()
-    loop = asyncio.get_running_loop()
-    loop.call_later(0.01, q.mark, "EXEC", Trigger.ADVISORY)
-    started = time.monotonic()
-    await asyncio.wait_for(q.wait(None), 2.0)
-    assert time.monotonic() - started < 0.5
+    waiting = asyncio.ensure_future(q.wait(None))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    asyncio.get_running_loop().call_soon(q.mark, "EXEC", Trigger.ADVISORY)
+    await asyncio.wait_for(waiting, 1.0)
     assert q.take().streams == {"EXEC": Trigger.ADVISORY}
 
 

@@ -75,7 +75,6 @@ class QuietErrors:
         self.interval = interval
         self.sink = sink
         self._last: dict[str, float] = {}
-        self.suppressed = 0
         self.latest: Exception | None = None  # why the last attempt failed
         self.refused: Exception | None = None  # an authorization refusal since the last look
 
@@ -89,7 +88,6 @@ class QuietErrors:
         now = time.monotonic()
         last = self._last.get(text)
         if last is not None and now - last < self.interval:
-            self.suppressed += 1
             return
         self._last[text] = now
         log.debug("nats client: %s", text)

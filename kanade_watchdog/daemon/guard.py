@@ -8,7 +8,8 @@ the limit the worker holds the resource (reported as not converging,
 never written) until the window has passed or the config is reloaded.
 Creates are not counted: a create only ever follows someone else's delete,
 and healing every delete of a storm is the product's first promise.
-Pure, on an injected clock; `worker` asks it before each update.
+Pure, on an injected clock; `worker` keeps it and each pass asks `allows`
+before an update (`reconcile.Rules.may_update`).
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ from kanade_watchdog.daemon.reconcile import Pass, Rules, reconcile
 from kanade_watchdog.model.events import Trigger
 from kanade_watchdog.model.resources import Resource
 from kanade_watchdog.model.settings import Config
+
+# How long a transient failure stays unsaid; named here too, where the fault
+# suites look for the daemon's timings.
 from kanade_watchdog.report.failures import TRANSIENT_QUIET as TRANSIENT_QUIET  # noqa: PLC0414
 
 EVERYTHING = "*"  # the backoff key of a failed full read

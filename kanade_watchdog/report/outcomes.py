@@ -29,12 +29,10 @@ from kanade_watchdog.core.reports import (
 )
 from kanade_watchdog.model.events import Event, Trigger
 from kanade_watchdog.model.resources import Resource, kind_word
-from kanade_watchdog.report.failures import TRANSIENT_QUIET, FailureMemory
+from kanade_watchdog.report.failures import FailureMemory
 from kanade_watchdog.report.logs import fields
 
 log = logging.getLogger("kanade_watchdog.worker")
-
-__all__ = ["TRANSIENT_QUIET", "OutcomeLog"]
 
 EVERYTHING = "*"  # the memory's key for the broker's stream list
 CONFLICT_WARN_EVERY = 300.0

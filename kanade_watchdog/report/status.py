@@ -121,9 +121,6 @@ class StatusBoard(Quiet):
     def all_present(self) -> bool:
         return all(e.present for e in self._entries.values())
 
-    def labels_with(self, *results: Result) -> list[str]:
-        return [e.label for e in self._entries.values() if e.result in results]
-
     def missing(self) -> list[str]:
         return [e.label for e in self._entries.values() if not e.present]
 
