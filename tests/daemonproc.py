@@ -70,8 +70,10 @@ def daemon_config(
     watchdog: Mapping[str, str | bool] | None = None,
     nats: Mapping[str, str] | None = None,
     spec_version: int | None = None,
+    http: str | None = None,
 ) -> Path:
-    """Write a daemon config: test timers, `resources` (default: the repo's 25)."""
+    """Write a daemon config: test timers, `resources` (default: the repo's 25),
+    and `[http] listen = http` when given."""
     nats_settings: dict[str, str | bool | list[str]] = {
         "servers": [server_url],
         "name": WATCHDOG_NAME,
@@ -84,6 +86,8 @@ def daemon_config(
     out += [f"{k} = {_toml_value(v)}" for k, v in nats_settings.items()]
     out += ["", "[watchdog]"]
     out += [f"{k} = {_toml_value(v)}" for k, v in watchdog_settings.items()]
+    if http is not None:
+        out += ["", "[http]", f"listen = {_toml_value(http)}"]
     out += ["", resources if resources is not None else repo_resources(), ""]
     path.write_text("\n".join(out))
     return path
@@ -94,6 +98,16 @@ def is_action(action: str, **expected: str) -> Predicate:
 
     def check(line: Line) -> bool:
         return line.get("action") == action and all(line.get(k) == v for k, v in expected.items())
+
+    return check
+
+
+def is_pass(trigger: str) -> Predicate:
+    """A predicate: the debug summary of a pass, by its trigger ("events" for a
+    pass of events), read from its structured fields."""
+
+    def check(line: Line) -> bool:
+        return line.get("scope") is not None and line.get("trigger") == trigger
 
     return check
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from kanade_watchdog.core.plan import Observed
 from kanade_watchdog.core.ports import Broker
+from kanade_watchdog.core.serverinfo import ServerInfo, from_info
 from kanade_watchdog.model.errors import ApiError
 from kanade_watchdog.model.subjects import subjects_overlap
 
@@ -69,9 +70,14 @@ def _error(code: int, err_code: int, description: str, subject: str) -> ApiError
 class FakeBroker:
     """Streams in a dict. `deleted()` and `drift()` act like another client."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: ServerInfo | None = None) -> None:
         self.streams: dict[str, dict[str, Any]] = {}
         self.requests: Counter[str] = Counter()
+        self._server = server or from_info({"version": SERVER_VERSION, "api_lvl": 2})
+
+    @property
+    def server(self) -> ServerInfo:
+        return self._server
 
     # --- the Broker protocol --------------------------------------------------------
 
@@ -174,6 +180,7 @@ class SlowBroker:
     def __init__(self, inner: Broker, *, hold: frozenset[str], stubborn: bool = False) -> None:
         self.inner = inner
         self.requests = inner.requests
+        self.server = inner.server
         self.hold = hold
         self.stubborn = stubborn
         self.release = asyncio.Event()

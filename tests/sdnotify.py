@@ -97,7 +97,6 @@ class NotifiedDaemon:
         workdir: Path,
         *,
         watchdog_usec: int | None = None,
-        test_hooks: bool = False,
         log_format: str = "json",
         env: dict[str, str] | None = None,
         wrapper: Sequence[str] = (),
@@ -115,8 +114,6 @@ class NotifiedDaemon:
         self.env["NOTIFY_SOCKET"] = notify_path or str(self.notify.path)
         if watchdog_usec is not None:
             self.env["WATCHDOG_USEC"] = str(watchdog_usec)
-        if test_hooks:
-            self.env["KANADE_WATCHDOG_TEST_HOOKS"] = "1"
         self.env.update(env or {})
         self.argv = [
             *wrapper,

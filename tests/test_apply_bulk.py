@@ -78,6 +78,7 @@ class LateBroker:
     def __init__(self, inner: Broker, *, lost: bool = False) -> None:
         self.inner = inner
         self.requests = inner.requests
+        self.server = inner.server
         self.lost = lost
 
     def _silence(self, verb: str, config: Mapping[str, Any]) -> NoAnswer:

@@ -34,6 +34,7 @@ from tests.daemonproc import (
     eventually,
     has_message,
     is_action,
+    is_pass,
 )
 from tests.helpers_streams import (
     ALL_STREAMS,
@@ -425,8 +426,8 @@ async def test_broker_kill_9_and_restart_resyncs_without_writes(
     lost = proc.mark()
     broker.start()
     await proc.wait_for(is_action("broker_back"), after=lost, within=5)
-    [pass_line] = await proc.wait_for(has_message("pass (reconnect)"), after=lost, within=5)
-    assert pass_line["message"] == "pass (reconnect): 25 looked at, 25 in sync"
+    [pass_line] = await proc.wait_for(is_pass("reconnect"), after=lost, within=5)
+    assert (pass_line["scope"], pass_line["looked"], pass_line["in_sync"]) == ("full", 25, 25)
     assert proc.count(is_action("created"), after=mark) == 0
     assert proc.count(is_action("updated"), after=mark) == 0
     await eventually(lambda: _connected(nc), within=5, what="test client reconnected")
@@ -491,8 +492,8 @@ async def test_reconnect_pass_looks_at_resources_whose_requests_died_with_the_co
         cut = proc.mark()
         await proxy.cut()
         [back] = await proc.wait_for(is_action("broker_back"), after=cut, within=5)
-        [line] = await proc.wait_for(has_message("pass (reconnect)"), after=cut, within=5)
-        assert line["message"].startswith("pass (reconnect): 25 looked at"), line
+        [line] = await proc.wait_for(is_pass("reconnect"), after=cut, within=5)
+        assert (line["scope"], line["looked"]) == ("full", 25), line
         [created] = await proc.wait_for(is_action("created", stream="EVENTS"), after=cut, within=5)
         assert created["trigger"] == "reconnect"
         assert created["ts"] - back["ts"] < 1.0
@@ -614,7 +615,7 @@ async def test_sighup_with_a_changed_field_but_the_same_spec_version_is_explaine
         'subjects = ["results.>"]\nmax_age = "60d"',
     )
     proc.send(signal.SIGHUP)
-    await proc.wait_for(has_message("pass (reload)"), after=mark, within=5)
+    await proc.wait_for(is_pass("reload"), after=mark, within=5)
     await proc.quiet()
     applied = (await stream_info(nc, "RESULTS"))["config"]["max_age"] == 60 * NS_PER_DAY
     blamed = proc.find(has_message("another watchdog"), after=mark)
@@ -633,7 +634,7 @@ async def test_sighup_dropping_a_resource_neither_deletes_nor_heals_it(
     proc.send(signal.SIGHUP)
     [reloaded] = await proc.wait_for(is_action("reloaded"), after=mark, within=5)
     assert "24 resources" in reloaded["message"]
-    await proc.wait_for(has_message("pass (reload)"), after=mark, within=5)
+    await proc.wait_for(is_pass("reload"), after=mark, within=5)
     assert await present(nc, "AUDIT")
 
     await nc.jetstream().delete_stream("AUDIT")
@@ -699,7 +700,7 @@ async def test_sighup_shortening_the_resync_interval_takes_effect(
     )
     mark = proc.mark()
     proc.send(signal.SIGHUP)
-    await proc.wait_for(has_message("pass (reload)"), after=mark, within=5)
+    await proc.wait_for(is_pass("reload"), after=mark, within=5)
     await nc.jetstream().delete_stream("ONE")
     [line] = await proc.wait_for(is_action("created", stream="ONE"), after=mark, within=3)
     assert line["trigger"] == "resync"
@@ -716,7 +717,7 @@ async def test_sighup_turning_advisories_on_makes_deletes_heal_at_once(
     daemon_config(path, broker.url, watchdog={"advisories": True})
     mark = proc.mark()
     proc.send(signal.SIGHUP)
-    await proc.wait_for(has_message("pass (reload)"), after=mark, within=5)
+    await proc.wait_for(is_pass("reload"), after=mark, within=5)
     await nc.jetstream().delete_stream("EXEC")
     [line] = await proc.wait_for(is_action("created", stream="EXEC"), after=mark, within=2)
     assert line["trigger"] == "advisory"
@@ -769,7 +770,7 @@ async def test_a_burst_of_sighups_is_survived_without_writes(
     assert proc.alive
     assert audit.writes == writes
     reloads = proc.count(is_action("reloaded"), after=mark)
-    passes = proc.count(has_message("pass (reload)"), after=mark)
+    passes = proc.count(is_pass("reload"), after=mark)
     assert 1 <= passes <= reloads <= 20, (passes, reloads)
     assert audit.count("STREAM.LIST") == 1 + passes
     assert proc.count(lambda e: e.get("level") in ("warning", "error"), after=mark) == 0
@@ -794,7 +795,7 @@ async def test_blocked_resource_is_logged_once_across_resyncs_and_never_written(
     proc = spawn(config)
     [blocked] = await proc.wait_for(is_action("blocked", stream="KV_jobs"), within=10)
     assert "not a KV bucket" in blocked["message"]
-    await proc.wait_for(has_message("pass (resync)"), n=4, within=5)
+    await proc.wait_for(is_pass("resync"), n=4, within=5)
     await audit.settle(0.05)
     assert proc.count(is_action("blocked")) == 1
     assert [s for s in audit.subjects if s.endswith(".KV_jobs") and ".INFO." not in s] == []
@@ -963,7 +964,7 @@ async def test_permanently_failing_stream_backs_off_while_others_heal(
             attempts = len(subjects_for(seen, "CREATE", "BIG"))
             # the first try, then one per 1-1.1 s over ~3.3 s; ten resyncs ran meanwhile
             assert 3 <= attempts <= 5, seen.subjects
-            assert proc.count(has_message("pass (resync)")) >= 6
+            assert proc.count(is_pass("resync")) >= 6
             assert proc.count(is_action("failed", stream="BIG")) == 1
             assert proc.count(is_action("failed")) == 1
             assert proc.alive

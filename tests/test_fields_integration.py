@@ -29,11 +29,12 @@ from nats.js.client import JetStreamContext
 from kanade_watchdog.broker.api import Broker
 from kanade_watchdog.config.load import parse
 from kanade_watchdog.core.plan import Action, plan
+from kanade_watchdog.core.ports import Quiet
 from kanade_watchdog.core.serverinfo import ServerInfo
-from kanade_watchdog.daemon.worker import Batch, Worker
+from kanade_watchdog.daemon.queue import Batch
+from kanade_watchdog.daemon.worker import Worker
 from kanade_watchdog.model.errors import ApiError
 from kanade_watchdog.model.events import Trigger
-from kanade_watchdog.report.status import StatusBoard
 from tests.audit import ApiAudit
 from tests.helpers_streams import (
     CliRun,
@@ -546,7 +547,7 @@ async def test_worker_heals_an_origin_before_its_mirror(
         },
         str(tmp_path / "w.toml"),
     )
-    worker = Worker(config, board=StatusBoard(config.resources))
+    worker = Worker(config, reporter=Quiet())
     worker.attach(Broker(client, timeout=5.0))
     await worker.run_pass(Batch(full=Trigger.STARTUP))
     js = client.jetstream()

@@ -175,6 +175,28 @@ def test_a_traceback_stays_out_of_message(
     assert "ValueError: deep" in entry["TRACEBACK"]
 
 
+def test_json_lines_carry_a_traceback_as_a_field_and_stay_one_line() -> None:
+    """--log-format json: a record with an exception keeps its message and gets
+    the traceback as the "traceback" key, still one line of JSON."""
+
+    def fail() -> None:
+        raise TypeError("bad argument")
+
+    try:
+        fail()
+    except TypeError as exc:
+        record = logging.LogRecord(
+            "kanade_watchdog", logging.ERROR, __file__, 1, "task %s failed", ("worker",),
+            (type(exc), exc, exc.__traceback__),
+        )  # fmt: skip
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    doc = json.loads(line)
+    assert doc["message"] == "task worker failed"
+    assert doc["traceback"].startswith("Traceback (most recent call last)")
+    assert doc["traceback"].endswith("TypeError: bad argument")
+
+
 def test_every_event_has_its_own_fixed_128_bit_message_id() -> None:
     """Each event type maps to a distinct 32-hex-digit ID; unknown values get none."""
     assert set(MESSAGE_IDS) == set(Event)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from kanade_watchdog.config.values import DEFAULT_LISTEN
 from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.settings import DEFAULT_PATH, WatchdogSettings
 from tests.conftest import REPO
@@ -222,3 +223,15 @@ def test_sandbox_leaves_what_the_daemon_needs() -> None:
     }
     assert "@system-service" in u["Service.SystemCallFilter"]
     assert "Service.PrivateNetwork" not in u  # the broker may be on another host
+
+
+def test_sandbox_lets_the_http_listener_serve_loopback() -> None:
+    """The opt-in [http] listener (127.0.0.1:9464 by default) needs no change to
+    the sandbox: no IP address filter shuts loopback out, and an unprivileged
+    port needs no capability (none is granted)."""
+    u = SHIPPED
+    denied = " ".join(u.get("Service.IPAddressDeny", [])).split()
+    allowed = " ".join(u.get("Service.IPAddressAllow", [])).split()
+    assert not denied or {"localhost", "127.0.0.0/8"} & set(allowed), (denied, allowed)
+    assert u["Service.CapabilityBoundingSet"] == [""]
+    assert int(DEFAULT_LISTEN.rpartition(":")[2]) >= 1024

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -29,15 +29,20 @@ from nats.aio.client import Client
 from kanade_watchdog.broker.api import Broker
 from kanade_watchdog.config.load import parse
 from kanade_watchdog.core import plan
+from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action, Change, Decision, Observed
+from kanade_watchdog.core.ports import Reporters
 from kanade_watchdog.core.serverinfo import ServerInfo
 from kanade_watchdog.daemon.backoff import Backoff
 from kanade_watchdog.daemon.guard import WRITE_WINDOW, WRITES_PER_WINDOW
-from kanade_watchdog.daemon.worker import REVERIFY_AFTER, Decide, Worker, WorkQueue
+from kanade_watchdog.daemon.queue import WorkQueue
+from kanade_watchdog.daemon.worker import REVERIFY_AFTER, Decide, Worker
 from kanade_watchdog.model.events import Trigger
 from kanade_watchdog.model.resources import Resource
 from kanade_watchdog.model.settings import Config
 from kanade_watchdog.report.status import StatusBoard
+from tests.capture import Capture
+from tests.fakebroker import FakeBroker
 from tests.helpers_streams import stream_names
 from tests.natsserver import NatsServer
 
@@ -228,33 +233,58 @@ def test_full_and_stream_marks_merge_into_one_batch() -> None:
     assert not q.take()
 
 
+def test_a_batch_keeps_when_each_trigger_first_arrived() -> None:
+    """Heal latency runs from the trigger's arrival: a batch keeps the time of
+    each stream's first mark and of the first "everything" mark (on the
+    queue's injected clock); a stream marked only by "everything" arrived
+    with it."""
+    clock = FakeClock()
+    q = WorkQueue(clock)
+    q.mark("A", Trigger.ADVISORY)
+    clock.advance(1.0)
+    q.mark_all(Trigger.RESYNC)
+    clock.advance(1.0)
+    q.mark("A", Trigger.RETRY)
+    q.mark("B", Trigger.VERIFY)
+    clock.advance(1.0)
+    q.mark_all(Trigger.RECONNECT)
+    batch = q.take()
+    assert (batch.arrived("A"), batch.arrived("B"), batch.arrived("C")) == (1000.0, 1002.0, 1001.0)
+    assert batch.full is Trigger.RESYNC
+
+
 async def test_wait_wakes_on_a_mark_and_times_out_without_one() -> None:
-    """`wait` returns at once when something is marked, and returns quietly
-    (no exception) after `at_most` seconds when nothing is."""
+    """`wait` returns when something is marked (even with no time limit: it
+    returns without one turn of the loop passing), and returns quietly (no
+    exception) after `at_most` seconds when nothing is; taking re-arms it."""
     q = WorkQueue()
     started = time.monotonic()
     await q.wait(0.03)
     assert time.monotonic() - started >= 0.025
 
     q.mark_all(Trigger.STARTUP)
-    started = time.monotonic()
-    await asyncio.wait_for(q.wait(None), 1.0)
-    assert time.monotonic() - started < 0.02
+    waiting = asyncio.ensure_future(q.wait(None))
+    await asyncio.sleep(0)
+    assert waiting.done()
 
-    q.take()  # taking re-arms the wait
-    started = time.monotonic()
-    await q.wait(0.03)
-    assert time.monotonic() - started >= 0.025
+    q.take()
+    waiting = asyncio.ensure_future(q.wait(None))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # re-armed: nothing marked since the take
+    q.mark("EXEC", Trigger.ADVISORY)
+    await asyncio.wait_for(waiting, 1.0)
 
 
 async def test_a_mark_from_another_task_wakes_the_waiter() -> None:
-    """A mark made while the worker waits (an advisory callback) wakes it."""
+    """A mark made while the worker waits (an advisory callback) wakes it: the
+    waiter is still waiting before the mark, and done right after it."""
     q = WorkQueue()
-    loop = asyncio.get_running_loop()
-    loop.call_later(0.01, q.mark, "EXEC", Trigger.ADVISORY)
-    started = time.monotonic()
-    await asyncio.wait_for(q.wait(None), 2.0)
-    assert time.monotonic() - started < 0.5
+    waiting = asyncio.ensure_future(q.wait(None))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    asyncio.get_running_loop().call_soon(q.mark, "EXEC", Trigger.ADVISORY)
+    await asyncio.wait_for(waiting, 1.0)
     assert q.take().streams == {"EXEC": Trigger.ADVISORY}
 
 
@@ -285,6 +315,20 @@ async def nc(server: NatsServer) -> AsyncIterator[Client]:
     await client.close()
 
 
+@dataclass
+class Watched:
+    """A Worker reporting to a status board and a capture of its pass reports."""
+
+    worker: Worker
+    board: StatusBoard
+    seen: Capture
+
+
+def watched(config: Config, **kwargs: Any) -> Watched:
+    board, seen = StatusBoard(config.resources), Capture()
+    return Watched(Worker(config, reporter=Reporters(board, seen), **kwargs), board, seen)
+
+
 class Running:
     """A Worker whose `run()` loop is a task of the test's event loop."""
 
@@ -299,7 +343,7 @@ class Running:
         while True:
             passes = self.worker.passes
             await asyncio.sleep(0.03)
-            if self.worker.idle.is_set() and self.worker.passes == passes:
+            if not self.worker.busy and self.worker.passes == passes:
                 return
             assert time.monotonic() < deadline, "worker never went idle"
 
@@ -328,12 +372,12 @@ async def test_full_pass_creates_what_is_missing_and_a_second_writes_nothing(
     """A startup mark creates the three declared streams; a resync mark on the
     converged broker is one LIST request and no write."""
     config = make_config(server.url, SMALL)
-    board = StatusBoard(config.resources)
-    worker = Worker(config, board=board)
+    w = watched(config)
+    worker, board = w.worker, w.board
     broker = Broker(nc, timeout=2.0)
     run = running(worker)
     worker.attach(broker)
-    worker.queue.mark_all(Trigger.STARTUP)
+    worker.mark_all(Trigger.STARTUP)
     await run.settle()
     assert await stream_names(nc) == {"ALPHA", "BETA", "GAMMA"}
     assert broker.requests["create"] == 3
@@ -341,7 +385,7 @@ async def test_full_pass_creates_what_is_missing_and_a_second_writes_nothing(
     assert board.line().startswith("3/3 in sync")
 
     before = dict(broker.requests)
-    worker.queue.mark_all(Trigger.RESYNC)
+    worker.mark_all(Trigger.RESYNC)
     await run.settle()
     delta = {k: v - before.get(k, 0) for k, v in broker.requests.items()}
     assert {k: v for k, v in delta.items() if v} == {"list": 1}
@@ -353,17 +397,17 @@ async def test_a_burst_of_marks_during_passes_becomes_few_passes(
     """100 advisory marks arriving one per loop turn while passes run are
     served by far fewer passes (each pass takes whatever piled up)."""
     config = make_config(server.url, SMALL)
-    worker = Worker(config, board=StatusBoard(config.resources))
+    worker = watched(config).worker
     broker = Broker(nc, timeout=2.0)
     run = running(worker)
     worker.attach(broker)
-    worker.queue.mark_all(Trigger.STARTUP)
+    worker.mark_all(Trigger.STARTUP)
     await run.settle()
 
     passes, marks = worker.passes, worker.queue.marks
     infos = broker.requests["info"]
     for i in range(100):
-        worker.queue.mark(("ALPHA", "BETA", "GAMMA")[i % 3], Trigger.ADVISORY)
+        worker.mark(("ALPHA", "BETA", "GAMMA")[i % 3], Trigger.ADVISORY)
         await asyncio.sleep(0)
     await run.settle()
     burst_passes = worker.passes - passes
@@ -379,16 +423,16 @@ async def test_a_detached_worker_runs_no_pass(
     """While the broker is away (detached) marks cause no pass; once attached a
     mark is served."""
     config = make_config(server.url, SMALL)
-    worker = Worker(config, board=StatusBoard(config.resources))
+    worker = watched(config).worker
     run = running(worker)
-    worker.queue.mark_all(Trigger.STARTUP)
-    worker.queue.mark("ALPHA", Trigger.ADVISORY)
+    worker.mark_all(Trigger.STARTUP)
+    worker.mark("ALPHA", Trigger.ADVISORY)
     await asyncio.sleep(0.05)
     assert worker.passes == 0
     assert await stream_names(nc) == set()
 
     worker.attach(Broker(nc, timeout=2.0))
-    worker.queue.mark_all(Trigger.RECONNECT)
+    worker.mark_all(Trigger.RECONNECT)
     await run.settle()
     assert worker.passes >= 1
     assert await stream_names(nc) == {"ALPHA", "BETA", "GAMMA"}
@@ -413,32 +457,36 @@ async def test_full_passes_skip_a_permanently_failing_resource_until_it_is_due(
         streams = {**SMALL, "BIG": {"subjects": ["big.>"], "max_bytes": "1GiB"}}
         config = make_config(small_server.url, streams, permanent_retry="1h")
         clock = FakeClock()
-        worker = Worker(config, board=StatusBoard(config.resources), clock=clock)
+        w = watched(config, clock=clock)
+        worker = w.worker
         broker = Broker(nc, timeout=2.0)
         run = running(worker)
         worker.attach(broker)
-        worker.queue.mark_all(Trigger.STARTUP)
+        worker.mark_all(Trigger.STARTUP)
         await run.settle()
         assert await stream_names(nc) == {"ALPHA", "BETA", "GAMMA"}
         assert broker.requests["create"] == 4  # three created, BIG refused
         assert worker.backoff.waiting() == ["BIG"]
-        assert "1 failing: BIG" in worker.board.line()
+        assert "1 failing: BIG" in w.board.line()
+        [failed] = w.seen.failed("BIG")
+        assert not failed.transient
+        assert failed.code == "10047"
 
         for _ in range(5):  # resyncs within the hour: BIG is not asked again
             clock.advance(60.0)
-            worker.queue.mark_all(Trigger.RESYNC)
+            worker.mark_all(Trigger.RESYNC)
             await run.settle()
         assert broker.requests["create"] == 4
         assert broker.requests["list"] == 6
 
         await nc.request("$JS.API.STREAM.DELETE.BETA", b"")
-        worker.queue.mark("BETA", Trigger.ADVISORY)  # the others still heal at once
+        worker.mark("BETA", Trigger.ADVISORY)  # the others still heal at once
         await run.settle()
         assert "BETA" in await stream_names(nc)
         assert broker.requests["create"] == 5
 
         clock.advance(3600.0 * 1.1)  # past permanent_retry plus its 10% spread
-        worker.queue.mark_all(Trigger.RESYNC)
+        worker.mark_all(Trigger.RESYNC)
         await run.settle()
         assert broker.requests["create"] == 6  # BIG tried again, once
         assert worker.backoff.attempts("BIG") == 2
@@ -467,7 +515,7 @@ async def test_a_stream_deleted_right_after_its_create_is_healed_by_the_recheck(
     re-check is one-shot: once healed and looked at, nothing more is sent."""
     config = make_config(server.url, SMALL)
     clock = FakeClock()
-    worker = Worker(config, board=StatusBoard(config.resources), clock=clock)
+    worker = watched(config, clock=clock).worker
     broker = Broker(nc, timeout=2.0)
     run = running(worker)
     worker.attach(broker, Trigger.STARTUP)
@@ -519,11 +567,12 @@ async def _widen_notifications(nc: Client, *subjects: str) -> None:
 
 async def _overlap_failure(
     server: NatsServer, nc: Client, running: Callable[[Worker], Running]
-) -> tuple[Worker, Broker, Running]:
+) -> tuple[Watched, Broker, Running]:
     """INVENTORY deleted and NOTIFICATIONS widened over inventory.> by another
     client; the worker's re-create of INVENTORY is refused (10065)."""
     config = make_config(server.url, OVERLAP, permanent_retry="1h")
-    worker = Worker(config, board=StatusBoard(config.resources), clock=FakeClock())
+    w = watched(config, clock=FakeClock())
+    worker = w.worker
     broker = Broker(nc, timeout=2.0)
     run = running(worker)
     worker.attach(broker, Trigger.STARTUP)
@@ -531,32 +580,31 @@ async def _overlap_failure(
     await run.settle()
     await nc.request("$JS.API.STREAM.DELETE.INVENTORY", b"")
     await _widen_notifications(nc, "notifications.>", "inventory.>")
-    worker.queue.mark("INVENTORY", Trigger.ADVISORY)
+    worker.mark("INVENTORY", Trigger.ADVISORY)
     await run.settle()
     assert worker.backoff.waiting() == ["INVENTORY"]
     assert "INVENTORY" not in await stream_names(nc)
-    return worker, broker, run
+    return w, broker, run
 
 
 async def test_overlap_failure_names_the_declared_stream_and_heals_on_its_advisory(
     server: NatsServer,
     nc: Client,
     running: Callable[[Worker], Running],
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The refused create says which declared stream overlaps (never 'a stream
     this config does not declare'), and the advisory for that stream brings
     the blocked one back at once: NOTIFICATIONS is reverted, INVENTORY
     created, with the injected clock nowhere near permanent_retry (1h)."""
-    with caplog.at_level(logging.WARNING, logger="kanade_watchdog"):
-        worker, _, run = await _overlap_failure(server, nc, running)
-    [failed] = [
-        r.getMessage() for r in caplog.records if "failed stream INVENTORY" in r.getMessage()
-    ]
-    assert "overlap stream NOTIFICATIONS, which this config declares" in failed
-    assert "[notifications.>, inventory.>]" in failed
-    assert "does not declare" not in failed
-    assert "permanent" in failed
+    w, _, run = await _overlap_failure(server, nc, running)
+    worker = w.worker
+    [failed] = w.seen.failed("INVENTORY")
+    text = str(failed.error)
+    assert "overlap stream NOTIFICATIONS, which this config declares" in text
+    assert "[notifications.>, inventory.>]" in text
+    assert "does not declare" not in text
+    assert (failed.transient, failed.code, failed.present) == (False, "10065", False)
+    assert failed.trigger is Trigger.ADVISORY
 
     worker.advisory("NOTIFICATIONS")
     await until(lambda: stream_names_are(nc, {"INVENTORY", "NOTIFICATIONS"}))
@@ -564,14 +612,14 @@ async def test_overlap_failure_names_the_declared_stream_and_heals_on_its_adviso
     info = json.loads((await nc.request("$JS.API.STREAM.INFO.NOTIFICATIONS", b"")).data)
     assert info["config"]["subjects"] == ["notifications.>"]
     assert worker.backoff.waiting() == []
-    assert worker.board.line().startswith("2/2 in sync")
+    assert w.board.line().startswith("2/2 in sync")
+    assert w.seen.done(Result.CREATED, stream="INVENTORY")
 
 
 async def test_overlap_with_an_undeclared_stream_names_it_and_a_resync_retries_once_gone(
     server: NatsServer,
     nc: Client,
     running: Callable[[Worker], Running],
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A stream this config does not declare holding the subjects is named,
     with its subjects; resyncs skip the blocked resource while the overlap
@@ -580,30 +628,30 @@ async def test_overlap_with_an_undeclared_stream_names_it_and_a_resync_retries_o
     body = {"name": "FOREIGN", "subjects": ["inventory.eu.>"]}
     await nc.request("$JS.API.STREAM.CREATE.FOREIGN", json.dumps(body).encode())
     config = make_config(server.url, OVERLAP, permanent_retry="1h")
-    worker = Worker(config, board=StatusBoard(config.resources), clock=FakeClock())
+    w = watched(config, clock=FakeClock())
+    worker = w.worker
     broker = Broker(nc, timeout=2.0)
     run = running(worker)
-    with caplog.at_level(logging.WARNING, logger="kanade_watchdog"):
-        worker.attach(broker, Trigger.STARTUP)
-        await until(lambda: stream_names_are(nc, {"FOREIGN", "NOTIFICATIONS"}))
-        await run.settle()
-    assert "1 failing: INVENTORY" in worker.board.line()
-    [failed] = [r.getMessage() for r in caplog.records if "INVENTORY" in r.getMessage()]
+    worker.attach(broker, Trigger.STARTUP)
+    await until(lambda: stream_names_are(nc, {"FOREIGN", "NOTIFICATIONS"}))
+    await run.settle()
+    assert "1 failing: INVENTORY" in w.board.line()
+    [failed] = w.seen.failed("INVENTORY")
     assert (
         "overlap stream FOREIGN (subjects [inventory.eu.>]), which this config does not declare"
-        in failed
+        in str(failed.error)
     )
 
     creates = broker.requests["create"]
     for _ in range(3):
-        worker.queue.mark_all(Trigger.RESYNC)
+        worker.mark_all(Trigger.RESYNC)
         await run.settle()
     assert broker.requests["create"] == creates
     assert worker.backoff.waiting() == ["INVENTORY"]
 
     body["subjects"] = ["foreign.>"]  # its owner moves it away; no advisory reaches us
     await nc.request("$JS.API.STREAM.UPDATE.FOREIGN", json.dumps(body).encode())
-    worker.queue.mark_all(Trigger.RESYNC)
+    worker.mark_all(Trigger.RESYNC)
     await until(lambda: stream_names_are(nc, {"FOREIGN", "INVENTORY", "NOTIFICATIONS"}))
     assert broker.requests["create"] == creates + 1
 
@@ -643,42 +691,44 @@ async def test_a_planner_that_never_converges_is_held_after_five_updates(
     server: NatsServer,
     nc: Client,
     running: Callable[[Worker], Running],
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Each write is re-checked, and each look wants another update: after
-    WRITES_PER_WINDOW updates within WRITE_WINDOW the stream is held, with
-    one ERROR line and STATUS 'blocked: not converging'; nothing more is
+    WRITES_PER_WINDOW updates within WRITE_WINDOW the stream is held (one
+    hold marked first: the ERROR line's) and STATUS says 'blocked: not
+    converging'; nothing more is
     written however often it is looked at, until the window has passed
     (then one write per window) or a reload."""
     decide, _ = looping_on("ALPHA")
     config = make_config(server.url, SMALL)
     clock = FakeClock()
-    board = StatusBoard(config.resources)
-    worker = Worker(config, board=board, clock=clock, decide=decide)
+    w = watched(config, clock=clock, decide=decide)
+    worker, board = w.worker, w.board
     broker = Broker(nc, timeout=2.0)
     run = running(worker)
-    with caplog.at_level(logging.DEBUG, logger="kanade_watchdog"):
-        worker.attach(broker, Trigger.STARTUP)
-        await until(lambda: stream_names_are(nc, {"ALPHA", "BETA", "GAMMA"}))
-        for n in range(1, WRITES_PER_WINDOW + 1):
-            clock.advance(STEP)  # the re-check of the last write
-            await until(partial(_requests_are, broker, "update", n))
-            await run.settle()  # its outcome recorded: the next re-check is scheduled
-        clock.advance(STEP)
-        await until(lambda: _blocked(board))
-        for _ in range(20):  # looked at again and again: advisories, resyncs
-            worker.queue.mark("ALPHA", Trigger.ADVISORY)
-            worker.queue.mark_all(Trigger.RESYNC)
-            clock.advance(1.0)
-            await run.settle()
+    worker.attach(broker, Trigger.STARTUP)
+    await until(lambda: stream_names_are(nc, {"ALPHA", "BETA", "GAMMA"}))
+    for n in range(1, WRITES_PER_WINDOW + 1):
+        clock.advance(STEP)  # the re-check of the last write
+        await until(partial(_requests_are, broker, "update", n))
+        await run.settle()  # its outcome recorded: the next re-check is scheduled
+    clock.advance(STEP)
+    await until(lambda: _blocked(board))
+    for _ in range(20):  # looked at again and again: advisories, resyncs
+        worker.mark("ALPHA", Trigger.ADVISORY)
+        worker.mark_all(Trigger.RESYNC)
+        clock.advance(1.0)
+        await run.settle()
     assert broker.requests["update"] == WRITES_PER_WINDOW
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1, [r.getMessage() for r in errors]
-    assert errors[0].getMessage().startswith("stream ALPHA is not converging: updated 5 times")
+    assert len(w.seen.done(Result.UPDATED, stream="ALPHA")) == WRITES_PER_WINDOW
+    held = w.seen.held("ALPHA")
+    assert [h.first for h in held].count(True) == 1
+    assert held[0].first
+    assert held[0].reason.startswith("not converging: updated 5 times within 60s")
+    assert w.seen.held("BETA") == w.seen.held("GAMMA") == []
     assert "1 blocked: ALPHA" in board.line()
 
     clock.advance(WRITE_WINDOW)  # the window has passed: one more write, then held again
-    worker.queue.mark("BETA", Trigger.ADVISORY)  # wakes the worker (it sleeps real seconds)
+    worker.mark("BETA", Trigger.ADVISORY)  # wakes the worker (it sleeps real seconds)
     await until(lambda: _requests_are(broker, "update", WRITES_PER_WINDOW + 1))
     for _ in range(5):
         clock.advance(STEP)
@@ -692,3 +742,29 @@ async def test_a_planner_that_never_converges_is_held_after_five_updates(
 
 async def _blocked(board: StatusBoard) -> bool:
     return "1 blocked: ALPHA" in board.line()
+
+
+class CancelsOnList(FakeBroker):
+    """Cancels `victim` while answering the stream list: the pass then ends in
+    the same loop turn as the worker's cancellation arrives."""
+
+    victim: asyncio.Task[None] | None = None
+
+    async def list_streams(self) -> dict[str, Observed]:
+        assert self.victim is not None
+        asyncio.get_running_loop().call_soon(self.victim.cancel)
+        return await super().list_streams()
+
+
+async def test_a_stop_that_arrives_as_a_pass_ends_stops_the_worker() -> None:
+    """The worker task cancelled (a stop) in the very turn its pass completes
+    ends cancelled; it does not swallow the cancellation and carry on."""
+    config = parse({"streams": {}}, "test.toml", require_resources=False)
+    broker = CancelsOnList()
+    worker = Worker(config, reporter=Capture())
+    task = asyncio.create_task(worker.run())
+    broker.victim = task
+    worker.attach(broker, Trigger.STARTUP)
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert task in done, "the worker swallowed its cancellation and carried on"
+    assert task.cancelled()

@@ -5,7 +5,9 @@ whatever `allow_reconnect` says, and after ~60 failed reconnects it closes
 for good. One-shot commands cap the attempts so "broker unreachable" comes
 back within seconds; the daemon reconnects forever. Either way the default
 error callback (a traceback per attempt) is replaced by quiet, rate-limited
-logging. `cli` and `daemon` call `connect_once` / `connect_forever`.
+logging. The one-shot commands call `connect_once`; `link` (the daemon's
+connection) calls `connect_forever`. Only connection errors count as
+"cannot connect": any other exception is a bug and propagates.
 
 Every attempt is bounded end to end, the closing of a failed one included:
 nats-py's close after a failed TLS handshake waits forever for a socket
@@ -37,6 +39,13 @@ log = logging.getLogger("kanade_watchdog.connection")
 
 Callback = Callable[[], Awaitable[None]]
 
+# What a connection attempt may fail with while the broker is away, refuses
+# us or cannot be verified: nats-py's own list when it decides to try the
+# next server (sockets and TLS are OSErrors; auth and protocol errors are
+# nats.errors.Error). Anything else is a bug here or in the client, and is
+# raised instead of retried, so the daemon exits 70 rather than "waiting".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, nats.errors.Error)
+
 CLOSE_TIMEOUT = 2.0  # a failed attempt's client gets this long to close, then is abandoned
 ATTEMPT_MARGIN = 1.0  # on top of the steps nats-py bounds itself (see attempt_timeout)
 
@@ -66,7 +75,6 @@ class QuietErrors:
         self.interval = interval
         self.sink = sink
         self._last: dict[str, float] = {}
-        self.suppressed = 0
         self.latest: Exception | None = None  # why the last attempt failed
         self.refused: Exception | None = None  # an authorization refusal since the last look
 
@@ -80,7 +88,6 @@ class QuietErrors:
         now = time.monotonic()
         last = self._last.get(text)
         if last is not None and now - last < self.interval:
-            self.suppressed += 1
             return
         self._last[text] = now
         log.debug("nats client: %s", text)
@@ -141,7 +148,7 @@ async def connect_once(
     quiet = QuietErrors(sink=on_error)
     try:
         return await _attempt(settings, max_reconnect_attempts=1, error_cb=quiet.callback)
-    except Exception as exc:  # nats-py raises OSError, NoServersError, auth errors...
+    except CONNECTION_ERRORS as exc:
         raise BrokerUnavailable(
             f"cannot connect to {', '.join(settings.servers)}: "
             f"{describe(_reason(exc, quiet), settings)}"
@@ -190,7 +197,8 @@ async def connect_forever(
     on_error: Callable[[str], object] | None = None,
 ) -> Client:
     """For the daemon: returns once a server accepts us, trying with growing
-    pauses meanwhile; the client then reconnects forever on its own.
+    pauses meanwhile; the client then reconnects forever on its own. Only
+    `CONNECTION_ERRORS` are retried: any other exception propagates.
     Cancel the awaiting task to give up (shutdown)."""
     quiet = QuietErrors(sink=on_error)
     gate = _Gate(on_closed=on_closed, on_disconnect=on_disconnect, on_reconnect=on_reconnect)
@@ -198,7 +206,7 @@ async def connect_forever(
         wait=wait_exponential_jitter(
             multiplier=settings.reconnect_wait, max=MAX_CONNECT_WAIT, jitter=settings.reconnect_wait
         ),
-        retry=retry_if_exception_type(Exception),
+        retry=retry_if_exception_type(CONNECTION_ERRORS),
         before_sleep=_RetryLog(quiet, settings).before_sleep,
         reraise=True,
     )

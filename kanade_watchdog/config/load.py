@@ -51,7 +51,13 @@ from kanade_watchdog.model.resources import (
     Resource,
     identity_subjects,
 )
-from kanade_watchdog.model.settings import Config, NatsSettings, TlsSettings, WatchdogSettings
+from kanade_watchdog.model.settings import (
+    Config,
+    HttpSettings,
+    NatsSettings,
+    TlsSettings,
+    WatchdogSettings,
+)
 from kanade_watchdog.model.subjects import SubjectIndex, bucket_name_problem, stream_name_problem
 from kanade_watchdog.model.units import format_duration_ns
 
@@ -232,7 +238,8 @@ _WATCHDOG_KEYS: dict[str, Parser] = {
     "id": _writer,
     "force_spec": _bool,
 }
-_TOP_KEYS = ("spec_version", "ignore", "nats", "watchdog", *SECTION.values())
+_HTTP_KEYS: dict[str, Parser] = {"listen": values.parse_listen}
+_TOP_KEYS = ("spec_version", "ignore", "nats", "watchdog", "http", *SECTION.values())
 MAX_SPEC_VERSION = 2**31 - 1
 
 
@@ -402,6 +409,7 @@ def parse(document: Mapping[str, Any], path: str, *, require_resources: bool = T
     nats = _settings(problems, "nats", document.get("nats", {}), _NATS_KEYS)
     _auth_checks(problems, nats)
     watchdog = _settings(problems, "watchdog", document.get("watchdog", {}), _WATCHDOG_KEYS)
+    http = _settings(problems, "http", document.get("http", {}), _HTTP_KEYS)
     resources: list[Resource] = []
     for kind, section in SECTION.items():
         for name, raw in _table(problems, section, document.get(section, {})).items():
@@ -425,6 +433,7 @@ def parse(document: Mapping[str, Any], path: str, *, require_resources: bool = T
         ignore=ignore,
         nats=NatsSettings(**nats),
         watchdog=settings,
+        http=HttpSettings(*http["listen"]) if "listen" in http else HttpSettings(),
         resources=tuple(
             replace(r, spec_version=spec_version, writer=writer, force_spec=settings.force_spec)
             for r in resources

@@ -8,6 +8,8 @@ what they raise through `problems.Problems`.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -311,3 +313,64 @@ def file_path(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a file path")
     return value
+
+
+# `[http] listen`: the documented address, loopback only.
+DEFAULT_LISTEN = "127.0.0.1:9464"
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def parse_listen(value: object) -> tuple[str, int]:
+    """`[http] listen` as (host, port) for `Endpoint`.
+
+    Accepts "IPv4:PORT", "[IPv6]:PORT" and "localhost:PORT"; other host names
+    are refused (a name that resolves elsewhere must not widen the listener
+    by surprise), as is a missing host (":9464" would mean every interface).
+    The ValueError's text says what is wrong; the config loader adds the key
+    and the value.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f'must be a string "HOST:PORT" such as "{DEFAULT_LISTEN}"')
+    if value.startswith("["):
+        inside, bracket, rest = value[1:].partition("]")
+        if not bracket:
+            raise ValueError("an IPv6 address needs its closing ], as in [::1]:9464")
+        try:
+            host = str(ipaddress.IPv6Address(inside))
+        except ValueError:
+            raise ValueError(f"not an IPv6 address inside the brackets: {inside!r}") from None
+        if not rest.startswith(":"):
+            raise ValueError("missing :PORT after the IPv6 address, as in [::1]:9464")
+        port_text = rest[1:]
+    else:
+        host_text, colon, port_text = value.rpartition(":")
+        if not colon:
+            raise ValueError(f'missing :PORT, as in "{DEFAULT_LISTEN}"')
+        if not host_text:
+            raise ValueError(
+                'missing host: write "127.0.0.1:PORT" for loopback, '
+                '"0.0.0.0:PORT" for every interface'
+            )
+        if ":" in host_text:
+            raise ValueError("an IPv6 address goes in brackets, as in [::1]:9464")
+        if host_text.lower() == "localhost":
+            host = "localhost"
+        else:
+            try:
+                host = str(ipaddress.IPv4Address(host_text))
+            except ValueError:
+                raise ValueError(
+                    f"host must be an IPv4 address, [IPv6] or localhost, not {host_text!r}"
+                ) from None
+    if host != "localhost" and ipaddress.ip_address(host.partition("%")[0]).is_multicast:
+        raise ValueError("a multicast address cannot be listened on")
+    if not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be a number from 1 to 65535, not {port_text!r}")
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a `parse_listen` host only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    return ipaddress.ip_address(host.partition("%")[0]).is_loopback

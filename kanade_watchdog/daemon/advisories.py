@@ -3,8 +3,8 @@
 `$JS.EVENT.ADVISORY.STREAM.{CREATED,DELETED,UPDATED}.<stream>` is published
 by the broker on every stream change. Only well-formed advisories about a
 declared stream mark work; anything else (another client's garbage, unknown
-names, oversized payloads) is dropped with a debug line. Pure parsing here;
-`daemon` subscribes and calls `stream_of`.
+names, oversized payloads) is dropped with a debug line. Pure parsing here:
+`broker.link` subscribes, and `daemon.main` hands each message to `stream_of`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import logging
 
 log = logging.getLogger("kanade_watchdog.advisories")
 
-SUBJECT = "$JS.EVENT.ADVISORY.STREAM.*.*"
 _PREFIX = "$JS.EVENT.ADVISORY.STREAM."
 _ACTIONS = {"CREATED": "create", "DELETED": "delete", "UPDATED": "modify"}
 _TYPE = "io.nats.jetstream.advisory.v1.stream_action"

@@ -101,10 +101,6 @@ class Backoff:
             return None
         return max(0.0, min(times) - self.clock())
 
-    def reset(self) -> None:
-        self._states.clear()
-        self._checks.clear()
-
     def forget_transient(self) -> None:
         """A new connection makes every connection-level failure moot (and the
         full pass it brings looks at everything, re-checks included)."""

@@ -8,7 +8,8 @@ the limit the worker holds the resource (reported as not converging,
 never written) until the window has passed or the config is reloaded.
 Creates are not counted: a create only ever follows someone else's delete,
 and healing every delete of a storm is the product's first promise.
-Pure, on an injected clock; `worker` asks it before each update.
+Pure, on an injected clock; `worker` keeps it and each pass asks `allows`
+before an update (`reconcile.Rules.may_update`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 WRITES_PER_WINDOW = 5  # updates of one resource allowed within WRITE_WINDOW
 WRITE_WINDOW = 60.0  # seconds
+MIN_WAIT = 0.001  # the shortest hold: far below the window, far above float rounding
 
 
 class WriteGuard:
@@ -65,12 +67,14 @@ class WriteGuard:
         return len(self._recent(key))
 
     def reopens_in(self, key: str) -> float:
-        """Seconds until `key` may be updated again."""
+        """Seconds until `key` may be updated again: 0 exactly when `allows`."""
         writes = self._recent(key)
         allowed = 1 if key in self._struck else self.limit
         if len(writes) < allowed:
             return 0.0
-        return max(0.0, writes[-allowed] + self.window - self.clock())
+        # Never 0 while refused: `t + window - now` can round to 0 when
+        # `t > now - window` does not, and a wait of 0 is a retry at once.
+        return max(MIN_WAIT, writes[-allowed] + self.window - self.clock())
 
     def reset(self) -> None:
         self._writes.clear()

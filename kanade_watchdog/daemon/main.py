@@ -1,257 +1,217 @@
-"""`kanade-watchdog run`: the supervisor that wires triggers, the worker and systemd.
+"""`kanade-watchdog run`: the supervisor. Start-up, a main loop, shutdown.
 
-One asyncio loop, named tasks: `connection` (connect, reconnect forever,
-rebuild a closed client), `worker` (the only reconciler), `watchdog` (pings
-systemd while the worker makes progress), plus the resync timer and the
-advisory subscription, which only mark work. Signal handlers set flags:
-SIGTERM/SIGINT stop within `stop_timeout`; SIGHUP wakes the `reload` task,
-which reads and validates the file in a thread of its own (the loop keeps
-serving signals and pings however long the read takes) and then swaps the
-config; an invalid or unreadable file keeps the old one running.
+Named tasks run for the daemon's whole life: `connection` (`broker.link`:
+one live client, advisories), `worker` (the only reconciler), `watchdog`
+(`report.systemd` pings while `health()` says the worker makes progress),
+plus `extend-start` until READY and the resync timer, which only marks
+work. Any of them ending on its own is a bug: it is logged at once with its
+traceback and the daemon exits 70, so systemd restarts it.
+
+Signal handlers only set flags; the main loop does the work: SIGHUP reads
+and validates the file in a thread of its own (a FIFO or a hung file
+system cannot freeze the loop) and swaps the config, an invalid file keeps
+the old one; SIGTERM/SIGINT stop within `stop_timeout`, and a stop that
+misses it exits 1 (never a success it was not). `RunState` says where the
+daemon is; the reporters hear of each change.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
-import sys
 import time
-from collections.abc import Coroutine
-from typing import Any
-
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
+from typing import Any, Protocol
 
 from kanade_watchdog.broker.aio import bounded, in_thread
-from kanade_watchdog.broker.api import Broker
-from kanade_watchdog.broker.connect import connect_forever
+from kanade_watchdog.broker.link import Connected, Link
 from kanade_watchdog.config.load import load
+from kanade_watchdog.core.ports import Reporter, Reporters
+from kanade_watchdog.core.reports import BrokerState, LinkState, Reloaded, RunState
 from kanade_watchdog.daemon import advisories
 from kanade_watchdog.daemon.resync import ResyncTimer
+from kanade_watchdog.daemon.tasks import Tasks
 from kanade_watchdog.daemon.worker import Worker
 from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.errors import ConfigError
 from kanade_watchdog.model.events import Event, Trigger
-from kanade_watchdog.model.settings import Config
+from kanade_watchdog.model.settings import Config, NatsSettings
+from kanade_watchdog.report.http import Endpoint, EndpointError
 from kanade_watchdog.report.logs import fields
+from kanade_watchdog.report.meter import MetricsReporter
+from kanade_watchdog.report.metrics import Metrics
+from kanade_watchdog.report.outcomes import OutcomeLog
 from kanade_watchdog.report.status import StatusBoard
-from kanade_watchdog.report.systemd import Notifier, watchdog_period
+from kanade_watchdog.report.systemd import Health, Notifier, SystemdReporter, watchdog_period
 
 log = logging.getLogger("kanade_watchdog")
 
-TEST_HOOKS_ENV = "KANADE_WATCHDOG_TEST_HOOKS"  # enables SIGUSR2 = wedge the worker
-EXTEND_EVERY = 10.0  # while starting: ask systemd for more time, this often
 RELOAD_READ_TIMEOUT = 10.0  # a config file that takes longer to read is given up on
+STOP_MARGIN = 1.0  # of stop_timeout, kept for cancelling tasks and closing the connection
+READY_INTERVALS = 3  # /readyz: a full pass within this many resync intervals (as the alert)
+
+
+class Connection(Protocol):
+    """What the daemon needs of its connection (`broker.link.Link`)."""
+
+    async def run(self) -> None: ...
+
+    def reconfigure(self, settings: NatsSettings, *, advisories: bool) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class ConnectionFactory(Protocol):
+    def __call__(
+        self,
+        settings: NatsSettings,
+        *,
+        advisories: bool,
+        on_connecting: Callable[[str], None],
+        on_connected: Callable[[Connected], None],
+        on_lost: Callable[[], None],
+        on_advisory: Callable[[str, bytes], None],
+        on_error: Callable[[str], None],
+    ) -> Connection: ...
 
 
 class Daemon:
-    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
+    """`connect` builds the connection (tests hand in one with a fake broker);
+    `clock` is what `health()` measures a stuck pass with; `watchdog` is the
+    ping period (default: from WATCHDOG_USEC, None outside systemd);
+    `reporters` hear everything after the log, the board, systemd and the
+    metrics. With `[http] listen` the daemon serves /metrics, /healthz,
+    /readyz and /status (`report.http`) for as long as it runs."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        notifier: Notifier | None = None,
+        connect: ConnectionFactory = Link,
+        clock: Callable[[], float] = time.monotonic,
+        watchdog: float | None = None,
+        reporters: Sequence[Reporter] = (),
+    ) -> None:
         self.config = config
-        self.notifier = notifier or Notifier()
+        self.state = RunState.STARTING
+        self.clock = clock
         self.board = StatusBoard(config.resources)
-        self.worker = Worker(config, board=self.board)
-        self.stop_requested = asyncio.Event()
-        self.nc: Client | None = None
-        self.broker: Broker | None = None
-        self._stopping = False
-        self._reload_wanted = asyncio.Event()  # set by SIGHUP, served by the reload task
-        self._reload_ready_due = False
+        self.systemd = SystemdReporter(notifier or Notifier(), self.board)
+        self.endpoint: Endpoint | None = None
+        extra = list(reporters)
+        if config.http.host is not None:
+            metrics = Metrics()
+            extra.insert(0, MetricsReporter(metrics))
+            self.endpoint = Endpoint(
+                config.http.host,
+                config.http.port,
+                metrics=metrics,
+                healthy=lambda: self.health().ok,
+                ready=self.ready,
+                status=self.status,
+            )
+        # The board first: the others read it.
+        self.reporters = Reporters(self.board, OutcomeLog(clock=clock), self.systemd, *extra)
+        self.worker = Worker(config, reporter=self.reporters, clock=clock)
+        self.link = connect(
+            config.nats,
+            advisories=config.watchdog.advisories,
+            on_connecting=self._on_connecting,
+            on_connected=self._on_connected,
+            on_lost=self._on_lost,
+            on_advisory=self._on_advisory,
+            on_error=self._on_client_error,
+        )
+        self.watchdog = watchdog if watchdog is not None else watchdog_period()
+        self.abandoned: list[str] = []  # tasks that ignored their cancellation at stop
         self._timer: ResyncTimer | None = None
-        self._advisory_sub: Subscription | None = None
-        self._rebuild = False  # the next close is ours (new connection settings)
-        self._advisories_denied = False
-        self._connecting: asyncio.Future[Client] | None = None
-        self._background: set[asyncio.Task[None]] = set()
-        self.board.on_change = self._on_status
+        self._stop_wanted = False
+        self._reload_wanted = False
+        self.tasks = Tasks(on_failure=self._task_failed)
+        self._wake = asyncio.Event()  # any flag, or a task's death
+        self._interrupt = asyncio.Event()  # a stop, or a task's death: cut a reload short
 
-    # --- systemd status ----------------------------------------------------------------
+    # --- flags: all a signal handler does ---------------------------------------------
 
-    # After SIGHUP, READY=1 waits for the first pass on the new config: passes
-    # finished (or in flight) when the signal came do not count.
-    _reload_after_pass = 0
+    def request_stop(self) -> None:
+        self._stop_wanted = True
+        self._interrupt.set()
+        self._wake.set()
 
-    def _on_status(self) -> None:
-        line = self.board.line()
-        if not self.notifier.ready_sent:
-            if self.board.all_present() and self.board.last_pass is not None:
-                self.notifier.ready(line)
-                log.info(
-                    "ready: %s", line, extra=fields(action=Event.READY, message_id=Event.READY)
-                )
-                return
-            if not self.board.broker_text:
-                missing = self.board.missing()
-                shown = ", ".join(missing[:3]) + (
-                    f" +{len(missing) - 3} more" if len(missing) > 3 else ""
-                )
-                after = f" ({line})" if self.board.last_pass is not None else ""
-                line = f"waiting for {len(missing)} resource(s): {shown}{after}"
-        elif self._reload_ready_due and self.worker.passes > self._reload_after_pass:
-            self._reload_ready_due = False
-            self.notifier.ready(line)
-            return
-        self.notifier.status(line)
+    def request_reload(self) -> None:
+        self._reload_wanted = True
+        self._wake.set()
 
-    # --- connection ----------------------------------------------------------------------
+    def _set_state(self, state: RunState) -> None:
+        self.state = state
+        self.reporters.run_state(state)
 
-    async def _on_disconnect(self) -> None:
-        if self._stopping:
+    # --- health, as systemd and the HTTP endpoint ask ------------------------------------
+
+    def health(self) -> Health:
+        """The worker makes progress unless one pass has run past its deadline
+        plus one request's timeout (a request the deadline could not cancel)."""
+        limit = self.config.watchdog.pass_deadline + self.config.nats.request_timeout
+        stuck = self.worker.stuck_for(self.clock())
+        return Health(ok=stuck < limit, stuck_for=stuck, limit=limit)
+
+    def ready(self) -> tuple[bool, str]:
+        """Every declared resource exists and a full pass read the broker
+        within the last READY_INTERVALS resync intervals (else why not)."""
+        max_age = READY_INTERVALS * self.config.watchdog.resync_interval
+        return self.board.ready(now=self.clock(), max_age=max_age)
+
+    def status(self) -> str:
+        """The `check --json` document, from what the daemon last saw."""
+        return self.board.check_json(config=self.config.path, ignore=self.config.ignore)
+
+    # --- connection (`link` calls these) ---------------------------------------------------
+
+    def _on_connecting(self, servers: str) -> None:
+        self.reporters.broker(BrokerState(LinkState.CONNECTING, servers))
+
+    def _on_connected(self, up: Connected) -> None:
+        servers = ", ".join(self.config.nats.servers)
+        state = BrokerState(
+            LinkState.UP,
+            servers,
+            url=up.url,
+            server_version=up.server_version,
+            first=up.first,
+            resumed=up.resumed,
+        )
+        self.reporters.broker(state)
+        self.worker.attach(up.broker, Trigger.STARTUP if up.first else Trigger.RECONNECT)
+
+    def _on_lost(self) -> None:
+        if self.state is RunState.STOPPING or not self.worker.attached:
             return
         self.worker.detach()
-        servers = ", ".join(self.config.nats.servers)
-        self.board.broker_down(f"waiting for broker {servers}")
-        log.warning(
-            "broker lost (%s); reconnecting",
-            servers,
-            extra=fields(action=Event.BROKER_LOST, message_id=Event.BROKER_LOST),
-        )
+        self.reporters.broker(BrokerState(LinkState.LOST, ", ".join(self.config.nats.servers)))
 
-    async def _on_reconnect(self) -> None:
-        assert self.broker is not None
-        url = self.nc.connected_url.netloc if self.nc and self.nc.connected_url else "?"
-        log.info(
-            "broker back (%s); full resync",
-            url,
-            extra=fields(action=Event.BROKER_BACK, message_id=Event.BROKER_BACK),
-        )
-        self.board.broker_up()
-        self.worker.attach(self.broker, Trigger.RECONNECT)
-
-    def _on_client_error(self, text: str) -> None:
-        """The client's asynchronous errors: permission violations matter."""
-        if self.broker is None:
-            return
-        violation = self.broker.note_error(text)
-        if violation is None or violation[0] != "subscription":
-            return
-        if violation[1].lower() == advisories.SUBJECT.lower() and not self._advisories_denied:
-            self._advisories_denied = True
-            log.warning(
-                "permission denied: subscribe to %s; deletes and drift now heal only at the "
-                "next resync (grant it in the user's subscribe permissions)",
-                advisories.SUBJECT,
-                extra=fields(action=Event.FAILED, message_id=Event.FAILED),
-            )
-
-    async def _on_advisory(self, msg: Msg) -> None:
-        stream = advisories.stream_of(msg.subject, msg.data)
+    def _on_advisory(self, subject: str, payload: bytes) -> None:
+        stream = advisories.stream_of(subject, payload)
         if stream is not None:
             self.worker.advisory(stream)
 
-    async def connection_task(self) -> None:
-        """Keep exactly one live client, forever: connect (blocking until a
-        server answers), then rebuild it if nats-py ever closes it for good."""
-        first = True
-        while True:
-            servers = ", ".join(self.config.nats.servers)  # a reload may have changed them
-            self.board.broker_down(f"waiting for broker {servers}")
-            log.info(
-                "connecting to %s",
-                servers,
-                extra=fields(action=Event.WAITING, message_id=Event.WAITING),
-            )
-            closed = asyncio.Event()
+    def _on_client_error(self, text: str) -> None:
+        log.warning(text, extra=fields(action=Event.FAILED, message_id=Event.FAILED))
 
-            async def on_closed(closed: asyncio.Event = closed) -> None:
-                closed.set()
-
-            self._connecting = asyncio.ensure_future(
-                connect_forever(
-                    self.config.nats,
-                    on_closed=on_closed,
-                    on_disconnect=self._on_disconnect,
-                    on_reconnect=self._on_reconnect,
-                    on_error=self._on_client_error,
-                )
-            )
-            try:
-                nc = await self._connecting
-            except asyncio.CancelledError:
-                if not self._rebuild:  # shutdown
-                    raise
-                self._rebuild = False  # a reload brought new settings: start over
-                continue
-            self.nc = nc
-            self.broker = Broker(
-                nc,
-                timeout=self.config.nats.request_timeout,
-                domain=self.config.nats.jetstream_domain,
-            )
-            self._advisory_sub = None
-            await self._subscribe_advisories(nc)
-            url = nc.connected_url.netloc if nc.connected_url else servers
-            log.info(
-                "connected to %s",
-                url,
-                extra=fields(action=Event.BROKER_BACK, message_id=Event.BROKER_BACK),
-            )
-            self.board.broker_up()
-            self.worker.attach(self.broker, Trigger.STARTUP if first else Trigger.RECONNECT)
-            first = False
-            await closed.wait()
-            self.worker.detach()
-            if self._rebuild:  # a reload asked for it
-                self._rebuild = False
-                continue
-            await asyncio.sleep(1.0)  # never a tight loop, whatever closed it
-            log.warning(
-                "connection closed for good; building a new one",
-                extra=fields(action=Event.BROKER_LOST, message_id=Event.BROKER_LOST),
-            )
-
-    # --- systemd watchdog -----------------------------------------------------------------
-
-    async def watchdog_task(self, period: float) -> None:
-        """Ping while the loop runs (this task runs at all) AND the worker is
-        not stuck in one pass past its deadline. A broker that is down is not
-        a wedge: the worker then waits idle, and requests have timeouts."""
-        withheld = False
-        while True:
-            limit = self.config.watchdog.pass_deadline + self.config.nats.request_timeout
-            busy = self.worker.busy_since
-            if busy is None or time.monotonic() - busy < limit:
-                self.notifier.watchdog()
-                withheld = False
-            elif not withheld:
-                withheld = True
-                log.error(
-                    "worker stuck in one pass for %.0fs (limit %.0fs); withholding watchdog "
-                    "pings so systemd restarts the daemon",
-                    time.monotonic() - busy,
-                    limit,
-                )
-            await asyncio.sleep(period)
-
-    async def extend_start_task(self) -> None:
-        """Until READY, keep systemd's start timeout from killing a start that
-        is waiting for the broker (it stays 'activating' with a STATUS line)."""
-        while not self.notifier.ready_sent:
-            self.notifier.extend_timeout(EXTEND_EVERY * 3)
-            await asyncio.sleep(EXTEND_EVERY)
-
-    # --- signals --------------------------------------------------------------------------
-
-    def request_reload(self) -> None:
-        """SIGHUP: only a flag; the reload task does the work."""
-        self._reload_wanted.set()
-
-    async def reload_task(self) -> None:
-        """Serve SIGHUPs one at a time; several before one is served make one reload."""
-        while True:
-            await self._reload_wanted.wait()
-            self._reload_wanted.clear()
-            await self.reload()
+    # --- reload ---------------------------------------------------------------------------
 
     async def reload(self) -> None:
-        # Before the first READY=1 a reload only swaps the config: READY must
-        # keep meaning "every declared resource exists".
-        running = self.notifier.ready_sent
-        if running:
-            self.notifier.reloading()
+        self._set_state(RunState.RELOADING)
+        try:
+            await self._reload()
+        finally:
+            if self.state is RunState.RELOADING:
+                self._set_state(RunState.RUNNING)
+
+    async def _reload(self) -> None:
         path = self.config.path
         problems: list[str] = []
         try:
@@ -269,149 +229,133 @@ class Daemon:
         except Exception as exc:  # a bug in loading: the running config is still good
             problems = [f"internal error: {type(exc).__name__}: {exc}"]
         if problems:
-            log.error(
-                "reload refused, still running the previous config: %s",
-                " | ".join(problems),
-                extra=fields(
-                    action=Event.RELOAD_FAILED,
-                    message_id=Event.RELOAD_FAILED,
-                    trigger=Trigger.RELOAD,
-                ),
-            )
-            if running:
-                self.notifier.ready(self.board.line())
+            self.reporters.reloaded(Reloaded(path, ok=False, problems=tuple(problems)))
             return
-        old, self.config = self.config, config
-        self._connection_settings_changed(old, config)
+        if config.http != self.config.http:
+            log.warning(
+                "[http] listen changed; the endpoint keeps serving %s until a restart",
+                self.config.http.where if self.config.http.host else "nothing",
+            )
+        self.config = replace(config, http=self.config.http)
+        self.link.reconfigure(config.nats, advisories=config.watchdog.advisories)
         if self._timer is not None:
             self._timer.reschedule(
                 interval=config.watchdog.resync_interval, jitter=config.watchdog.resync_jitter
             )
-        self._reload_after_pass = self.worker.passes + (
-            1 if self.worker.busy_since is not None else 0
-        )
-        self._reload_ready_due = running
         self.worker.reload(config)
-        log.info(
-            "reloaded %s: %d resources",
-            config.path,
-            len(config.resources),
-            extra=fields(action=Event.RELOADED, message_id=Event.RELOADED, trigger=Trigger.RELOAD),
+        self.reporters.declared(config.resources)
+        self.reporters.reloaded(
+            Reloaded(
+                config.path,
+                ok=True,
+                resources=len(config.resources),
+                generation=self.worker.generation,
+                connected=self.worker.attached,
+            )
         )
-        if not self.worker.connected.is_set() and self._reload_ready_due:
-            self._reload_ready_due = False
-            self.notifier.ready(self.board.line())
-
-    def _connection_settings_changed(self, old: Config, new: Config) -> None:
-        """Apply a reload's [nats] and advisory changes to the live connection."""
-        if new.nats != old.nats and self.nc is not None and not self.nc.is_closed:
-            log.info("connection settings changed; reconnecting with the new ones")
-            self._rebuild = True
-            self._spawn(self.nc.close())
-        elif self._connecting is not None and not self._connecting.done():
-            # Not connected yet: start over at once, even with the same settings,
-            # since the files they name (a replaced CA, a new token) may be what changed.
-            log.info("reloaded while connecting; starting a new connection attempt")
-            self._rebuild = True
-            self._connecting.cancel()
-        elif new.watchdog.advisories != old.watchdog.advisories and self.nc is not None:
-            self._spawn(self._subscribe_advisories(self.nc))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _subscribe_advisories(self, nc: Client) -> None:
-        """Subscribe or unsubscribe to match `[watchdog] advisories`."""
-        want = self.config.watchdog.advisories
-        if want and self._advisory_sub is None:
-            self._advisory_sub = await nc.subscribe(advisories.SUBJECT, cb=self._on_advisory)
-        elif not want and self._advisory_sub is not None:
-            sub, self._advisory_sub = self._advisory_sub, None
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    def wedge(self) -> None:
-        log.warning("test hook: wedging the worker")
-        self.worker.wedge = asyncio.Event()
 
     # --- the whole life -------------------------------------------------------------------
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stop_requested.set)
-        loop.add_signal_handler(signal.SIGINT, self.stop_requested.set)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        for sig in handled[:2]:
+            loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        if os.environ.get(TEST_HOOKS_ENV) == "1":
-            loop.add_signal_handler(signal.SIGUSR2, self.wedge)
+        try:
+            return await self._life()
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+
+    async def _life(self) -> int:
+        self._set_state(RunState.STARTING)
         log.info(
             "starting: %d resources from %s",
             len(self.config.resources),
             self.config.path,
             extra=fields(action=Event.STARTED, message_id=Event.STARTED),
         )
+        self.reporters.declared(self.config.resources)
+        if self.endpoint is not None:
+            try:
+                await self.endpoint.start()
+            except EndpointError as exc:
+                log.error("cannot serve HTTP: %s", exc)  # noqa: TRY400 - one line, no traceback
+                return exitcodes.FAILURE
         # These live until shutdown; any of them ending on its own is a bug.
-        forever = [
-            asyncio.create_task(self.connection_task(), name="connection"),
-            asyncio.create_task(self.worker.run(), name="worker"),
-            asyncio.create_task(self.reload_task(), name="reload"),
-        ]
-        period = watchdog_period()
-        if period is not None:
-            forever.append(asyncio.create_task(self.watchdog_task(period), name="watchdog"))
+        self.tasks.start(self.link.run(), "connection")
+        self.tasks.start(self.worker.run(), "worker")
+        if self.watchdog is not None:
+            self.tasks.start(self.systemd.keep_alive(self.watchdog, self.health), "watchdog")
         # This one ends by itself once READY=1 is sent.
-        starting = asyncio.create_task(self.extend_start_task(), name="extend-start")
+        self.tasks.start(self.systemd.extend_start(), "extend-start", ends=True)
         w = self.config.watchdog
         self._timer = ResyncTimer(
-            lambda: self.worker.queue.mark_all(Trigger.RESYNC),
+            lambda: self.worker.mark_all(Trigger.RESYNC),
             interval=w.resync_interval,
             jitter=w.resync_jitter,
         )
         self._timer.start()
-        stop = asyncio.create_task(self.stop_requested.wait(), name="stop")
-        done, _ = await asyncio.wait([stop, *forever], return_when=asyncio.FIRST_COMPLETED)
-        code = exitcodes.OK
-        for task in done:
-            if task is not stop:
-                code = exitcodes.INTERNAL
-                exc = task.exception() if not task.cancelled() else None
-                log.error("task %s ended unexpectedly: %r", task.get_name(), exc)
-        await self.shutdown([*forever, starting])
-        return code
+        self._set_state(RunState.RUNNING)
+        code = await self._main_loop()
+        return max(code, await self.shutdown())
 
-    async def shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
-        self._stopping = True
-        self.notifier.stopping()
+    async def _main_loop(self) -> int:
+        while True:
+            if self.tasks.failed is not None:
+                return exitcodes.INTERNAL
+            if self._stop_wanted:
+                return exitcodes.OK
+            if self._reload_wanted:
+                self._reload_wanted = False
+                await self._unless_interrupted(self.reload(), "reload")
+                continue
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _unless_interrupted(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `work` as a guarded task to its end, unless a stop or a task's
+        death comes first (then it is cancelled)."""
+        job = self.tasks.start(work, name, ends=True)
+        interrupted = asyncio.create_task(self._interrupt.wait())
+        try:
+            await asyncio.wait({job, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            interrupted.cancel()
+        if not job.done():
+            job.cancel()
+            await asyncio.wait({job})
+            log.info("%s cut short by the stop", name)
+
+    def _task_failed(self) -> None:
+        self._interrupt.set()
+        self._wake.set()
+
+    async def shutdown(self) -> int:
+        """Stop within stop_timeout: let the pass in flight finish (its writes
+        are single requests), cancel the tasks, close the endpoint and the
+        connection. Returns OK, or FAILURE when a task would not end in time."""
+        deadline = time.monotonic() + self.config.watchdog.stop_timeout
+        self._set_state(RunState.STOPPING)
         log.info("stopping", extra=fields(action=Event.STOPPING, message_id=Event.STOPPING))
         if self._timer is not None:
             self._timer.stop()
-        deadline = time.monotonic() + self.config.watchdog.stop_timeout
-        # Let a pass in flight finish (its writes are single requests), bounded.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                self.worker.idle.wait(), max(0.0, deadline - time.monotonic() - 1)
+        await self.worker.wait_idle(within=max(0.0, deadline - time.monotonic() - STOP_MARGIN))
+        wait = max(0.1, deadline - time.monotonic() - STOP_MARGIN)
+        self.abandoned = await self.tasks.stop(within=wait)
+        code = exitcodes.OK
+        if self.abandoned:
+            log.error(
+                "tasks still running at the stop deadline: %s; exiting with status %d",
+                ", ".join(self.abandoned),
+                exitcodes.FAILURE,
             )
-        for task in tasks:
-            task.cancel()
-        _, stuck = await asyncio.wait(tasks, timeout=max(0.1, deadline - time.monotonic() - 1))
-        if stuck:
-            names = ", ".join(t.get_name() for t in stuck)
-            log.error("tasks still running at the stop deadline: %s; exiting anyway", names)
-            logging.shutdown()
-            os._exit(exitcodes.OK)
-        if self.nc is not None and not self.nc.is_closed:
-            try:
-                await asyncio.wait_for(self.nc.close(), timeout=2)
-            except asyncio.CancelledError:
-                # nats-py's close races a broker going away at the same moment
-                # (Ctrl-C in `make run` stops both) and can surface as a
-                # cancellation; only a cancellation of this task is ours to pass on.
-                me = asyncio.current_task()
-                if me is not None and me.cancelling():
-                    raise
-            except Exception:  # closing is best effort at exit
-                log.debug("closing the connection failed", exc_info=True)
+            code = exitcodes.FAILURE
+        if self.endpoint is not None:
+            await self.endpoint.stop()
+        await self.link.close()
+        return code
 
 
 def run_daemon(path: str) -> int:
@@ -422,10 +366,19 @@ def run_daemon(path: str) -> int:
         for line in exc.problems:
             log.error("config error: %s", line)  # noqa: TRY400 - one line each, no traceback
         return exitcodes.CONFIG
-    try:
-        return asyncio.run(Daemon(config).run())
-    except (KeyboardInterrupt, asyncio.CancelledError):  # a second Ctrl-C during shutdown
-        return exitcodes.OK
-    except Exception as exc:
-        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return exitcodes.INTERNAL
+    daemon = Daemon(config)
+    with asyncio.Runner() as runner:
+        try:
+            code = runner.run(daemon.run())
+        except (KeyboardInterrupt, asyncio.CancelledError):  # a second Ctrl-C during shutdown
+            return exitcodes.OK
+        except Exception as exc:
+            log.exception("internal error: %s: %s", type(exc).__name__, exc)  # noqa: TRY401
+            # (the one line names the error; its traceback goes to the journal only)
+            return exitcodes.INTERNAL
+        if daemon.abandoned:
+            # Closing the loop would wait for tasks that ignore cancellation:
+            # leave without it, with the status the stop earned.
+            logging.shutdown()
+            os._exit(code)
+    return code

@@ -58,12 +58,27 @@ class WatchdogSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """`[http]`: the opt-in endpoint (/metrics, /healthz, /readyz, /status).
+    Without `listen` there is no endpoint at all."""
+
+    host: str | None = None  # None: no endpoint
+    port: int = 0
+
+    @property
+    def where(self) -> str:
+        host = self.host or ""
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     spec_version: int = 1
     writer: str = ""  # the identity stamped on every write (`[watchdog] id` or derived)
     nats: NatsSettings = field(default_factory=NatsSettings)
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     resources: tuple[Resource, ...] = ()
     # Globs of broker streams (or bucket names) that plan and check do not
     # report as undeclared: the ones another tool is expected to own.

@@ -1,7 +1,8 @@
 """The opt-in HTTP endpoint: /metrics, /healthz, /readyz and /status.
 
-The daemon builds an `Endpoint` from `[http] listen` (`parse_listen`), a
-`report.metrics.Metrics` and three callables of its own: `healthy()` (the
+The daemon builds an `Endpoint` from `[http] listen` (parsed by
+`config.values.parse_listen`), a `report.metrics.Metrics` and three
+callables of its own: `healthy()` (the
 rule that withholds the systemd watchdog ping), `ready()` and `status()`
 (the `check --json` document). The endpoint only asks them, on the event
 loop, once per request.
@@ -21,18 +22,20 @@ import asyncio
 import contextlib
 import email.utils
 import errno
-import ipaddress
 import json
 import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .metrics import CONTENT_TYPE, Metrics
+from kanade_watchdog.config.values import DEFAULT_LISTEN, is_loopback, parse_listen
+from kanade_watchdog.report.metrics import CONTENT_TYPE, Metrics
+
+# `[http] listen` is parsed with the rest of the config; named here too, as
+# the address this endpoint is documented with.
+__all__ = ["DEFAULT_LISTEN", "Endpoint", "EndpointError", "is_loopback", "parse_listen"]
 
 log = logging.getLogger("kanade_watchdog.http")
-
-DEFAULT_LISTEN = "127.0.0.1:9464"
 
 ROUTES = ("/metrics", "/healthz", "/readyz", "/status")
 _ALLOWED = "GET, HEAD"
@@ -41,7 +44,6 @@ _ALLOWED = "GET, HEAD"
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
 _HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([\x20-\x7e\x80-\xff\t]*?)[ \t]*")
-_PORT = re.compile(r"[0-9]{1,5}")
 
 _REASONS = {
     200: "OK",
@@ -62,65 +64,6 @@ _MAX_REASON = 200  # a /readyz reason is one short line
 class EndpointError(Exception):
     """The endpoint cannot serve where it was told to (port in use, address not
     on this host, permission denied). One line, naming the address."""
-
-
-# --- config --------------------------------------------------------------------------
-
-
-def parse_listen(value: object) -> tuple[str, int]:
-    """`[http] listen` as (host, port) for `Endpoint`.
-
-    Accepts "IPv4:PORT", "[IPv6]:PORT" and "localhost:PORT"; other host names
-    are refused (a name that resolves elsewhere must not widen the listener
-    by surprise), as is a missing host (":9464" would mean every interface).
-    The ValueError's text says what is wrong; the config loader adds the key
-    and the value.
-    """
-    if not isinstance(value, str):
-        raise ValueError(f'must be a string "HOST:PORT" such as "{DEFAULT_LISTEN}"')
-    if value.startswith("["):
-        inside, bracket, rest = value[1:].partition("]")
-        if not bracket:
-            raise ValueError("an IPv6 address needs its closing ], as in [::1]:9464")
-        try:
-            host = str(ipaddress.IPv6Address(inside))
-        except ValueError:
-            raise ValueError(f"not an IPv6 address inside the brackets: {inside!r}") from None
-        if not rest.startswith(":"):
-            raise ValueError("missing :PORT after the IPv6 address, as in [::1]:9464")
-        port_text = rest[1:]
-    else:
-        host_text, colon, port_text = value.rpartition(":")
-        if not colon:
-            raise ValueError(f'missing :PORT, as in "{DEFAULT_LISTEN}"')
-        if not host_text:
-            raise ValueError(
-                'missing host: write "127.0.0.1:PORT" for loopback, '
-                '"0.0.0.0:PORT" for every interface'
-            )
-        if ":" in host_text:
-            raise ValueError("an IPv6 address goes in brackets, as in [::1]:9464")
-        if host_text.lower() == "localhost":
-            host = "localhost"
-        else:
-            try:
-                host = str(ipaddress.IPv4Address(host_text))
-            except ValueError:
-                raise ValueError(
-                    f"host must be an IPv4 address, [IPv6] or localhost, not {host_text!r}"
-                ) from None
-    if host != "localhost" and ipaddress.ip_address(host.partition("%")[0]).is_multicast:
-        raise ValueError("a multicast address cannot be listened on")
-    if not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"port must be a number from 1 to 65535, not {port_text!r}")
-    return host, int(port_text)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a `parse_listen` host only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    return ipaddress.ip_address(host.partition("%")[0]).is_loopback
 
 
 # --- the server ----------------------------------------------------------------------

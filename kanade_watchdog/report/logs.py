@@ -52,6 +52,8 @@ class JsonFormatter(logging.Formatter):
         if "message_id" in values:  # the same fixed ID the journal gets
             values["message_id"] = message_id(values["message_id"]) or str(values["message_id"])
         doc.update(values)
+        if record.exc_info and record.exc_info[1] is not None:  # still one line: a JSON string
+            doc["traceback"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
 
 

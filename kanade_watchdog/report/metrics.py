@@ -1,10 +1,10 @@
 """Prometheus metrics of the daemon, kept in a registry of their own.
 
-The daemon calls the methods of `Metrics` with plain Python values as facts
-happen (a resource observed, a heal acknowledged, a pass done, a reload);
-`report.http` serves `render()` on /metrics. The text format is written by
-prometheus-client alone. Nothing here knows the worker, the broker or the
-config: the label values are the ones the daemon hands over.
+`meter.MetricsReporter` calls the methods of `Metrics` with plain Python
+values as facts happen (a resource observed, a heal acknowledged, a pass
+done, a reload); `report.http` serves `render()` on /metrics. The text
+format is written by prometheus-client alone. Nothing here knows the
+worker, the broker or the config: the label values are the ones handed over.
 
 Cardinality stays bounded by what the config declares: `resource_state`
 holds one series per declared resource and state, and `declare()` drops the

@@ -1,11 +1,12 @@
-"""What the worker tells the operator: one line per action, failures once per change.
+"""The log and journal reporter: what the daemon tells the operator.
 
-`worker` decides and does the bookkeeping (backoff, guard, causes); this
-module turns each outcome into at most one log line with its structured
-fields (`logs.fields`, the journal's KANADE_* and MESSAGE_ID) and into the
-resource's entry on the `status.StatusBoard`. A failure repeated with the
-same broker error is logged at debug level; a transient one only once it
-has lasted TRANSIENT_QUIET (elections make requests fail for a while).
+A `ports.Reporter`: every pass report, connection change and reload
+becomes at most one log line per fact, with its structured fields
+(`logs.fields`: the journal's KANADE_* and MESSAGE_ID, JSON keys). One INFO
+line per action taken (created, updated with the diff), a WARNING for a
+failure once per change (`failures.FailureMemory`: the same broker error
+repeated is said at debug level, a transient one only once it has lasted),
+an ERROR for an update that never converges, and a debug summary per pass.
 """
 
 from __future__ import annotations
@@ -13,92 +14,181 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from kanade_watchdog.core.outcome import Outcome, Result
-from kanade_watchdog.core.plan import Action, Decision
-from kanade_watchdog.model.errors import BrokerError
+from kanade_watchdog.core.outcome import Result
+from kanade_watchdog.core.ports import Quiet
+from kanade_watchdog.core.reports import (
+    BrokerState,
+    Cut,
+    Done,
+    Failed,
+    Held,
+    LinkState,
+    PassReport,
+    ReadFailure,
+    Reloaded,
+)
 from kanade_watchdog.model.events import Event, Trigger
 from kanade_watchdog.model.resources import Resource, kind_word
+from kanade_watchdog.report.failures import FailureMemory
 from kanade_watchdog.report.logs import fields
-from kanade_watchdog.report.status import StatusBoard
 
 log = logging.getLogger("kanade_watchdog.worker")
 
-EVERYTHING = "*"  # the key of a failed full read
-TRANSIENT_QUIET = 15.0  # seconds a transient failure stays at debug level (elections)
+EVERYTHING = "*"  # the memory's key for the broker's stream list
 CONFLICT_WARN_EVERY = 300.0
-_REASONED = (Result.BLOCKED, Result.NEWER_SPEC, Result.FAILED)
-
-
-def present_after(decision: Decision) -> bool:
-    """Whether the resource exists on the broker, judging by the decision."""
-    if decision.present is not None:
-        return decision.present
-    return decision.action is not Action.CREATE and not (
-        decision.action is Action.BLOCKED and not decision.changes
-    )
 
 
 def _common(res: Resource, trigger: Trigger) -> dict[str, str]:
     return {"resource": res.name, "stream": res.stream, "kind": str(res.kind), "trigger": trigger}
 
 
-class OutcomeLog:
-    def __init__(self, board: StatusBoard, *, clock: Callable[[], float]) -> None:
-        self.board = board
+def _failure_key(error: Exception) -> str:
+    """Same failure = same broker error code (its text may carry live
+    numbers, such as the storage other streams reserve right now)."""
+    cause = getattr(error, "cause", error)
+    code = getattr(cause, "err_code", None)
+    return f"{type(cause).__name__}:{code}" if code else str(error)
+
+
+class OutcomeLog(Quiet):
+    def __init__(self, *, clock: Callable[[], float]) -> None:
         self.clock = clock
-        self._failures: dict[str, str] = {}  # stream -> last failure, to log it once
-        self._failing_since: dict[str, float] = {}
+        self.memory = FailureMemory(clock)
         self._conflict_warned: dict[str, float] = {}
 
-    def forget(self) -> None:
-        """A reload: whatever was reported is reported again if it still holds."""
-        self._failures.clear()
+    # --- the connection and reloads ---------------------------------------------------
 
-    # --- the broker's stream list ---------------------------------------------------
+    def broker(self, state: BrokerState) -> None:
+        if state.state is LinkState.CONNECTING:
+            log.info(
+                "connecting to %s",
+                state.servers,
+                extra=fields(action=Event.WAITING, message_id=Event.WAITING),
+            )
+        elif state.state is LinkState.UP:
+            log.info(
+                "broker back (%s); full resync" if state.resumed else "connected to %s",
+                state.url,
+                extra=fields(action=Event.BROKER_BACK, message_id=Event.BROKER_BACK),
+            )
+        else:
+            log.warning(
+                "broker lost (%s); reconnecting",
+                state.servers,
+                extra=fields(action=Event.BROKER_LOST, message_id=Event.BROKER_LOST),
+            )
 
-    def read_failed(self, exc: BrokerError, delay: float) -> None:
-        text = str(exc)
-        since = self._failing_since.setdefault(EVERYTHING, self.clock())
-        quiet = exc.transient and self.clock() - since < TRANSIENT_QUIET  # an election
-        if quiet or self._failures.get(EVERYTHING) == text:
-            log.debug("cannot read the broker's streams: %s (retry in %.2fs)", text, delay)
+    def reloaded(self, result: Reloaded) -> None:
+        if not result.ok:
+            log.error(
+                "reload refused, still running the previous config: %s",
+                " | ".join(result.problems),
+                extra=fields(
+                    action=Event.RELOAD_FAILED,
+                    message_id=Event.RELOAD_FAILED,
+                    trigger=Trigger.RELOAD,
+                ),
+            )
             return
-        self._failures[EVERYTHING] = text
+        self.memory.forget()
+        log.info(
+            "reloaded %s: %d resources",
+            result.path,
+            result.resources,
+            extra=fields(action=Event.RELOADED, message_id=Event.RELOADED, trigger=Trigger.RELOAD),
+        )
+
+    # --- a pass -----------------------------------------------------------------------
+
+    def pass_done(self, report: PassReport) -> None:
+        if report.read_error is not None:
+            self._read_failed(report.read_error)
+        elif report.listed is not None:
+            self._read_ok()
+        for failed in report.failed:
+            self._failed(failed)
+        for held in report.held:
+            self._held(held)
+        for done in report.done:
+            self._done(done)
+        if report.cut is Cut.DEADLINE:
+            log.warning("reconcile pass exceeded its %gs deadline; retrying", report.deadline)
+        elif report.cut is Cut.LOST:
+            log.debug("pass cut short: the connection was lost")
+        elif report.read_error is None:
+            log.debug(
+                "pass (%s): %d looked at, %d in sync",
+                report.label,
+                report.looked,
+                report.in_sync,
+                extra=fields(
+                    trigger=report.label,
+                    scope=report.scope,
+                    looked=report.looked,
+                    in_sync=report.in_sync,
+                ),
+            )
+
+    def _read_failed(self, failure: ReadFailure) -> None:
+        text = str(failure.error)
+        if not self.memory.failing(EVERYTHING, text, transient=failure.transient):
+            log.debug("cannot read the broker's streams: %s (retry in %.2fs)", text, failure.delay)
+            return
         log.warning(
             "cannot read the broker's streams: %s (retry in %.1fs)",
             text,
-            delay,
+            failure.delay,
             extra=fields(action=Event.FAILED, message_id=Event.FAILED),
         )
 
-    def read_ok(self) -> None:
-        self._failing_since.pop(EVERYTHING, None)
-        if self._failures.pop(EVERYTHING, None) is not None:
+    def _read_ok(self) -> None:
+        if self.memory.cleared(EVERYTHING) is not None:
             log.info(
                 "the broker's streams are readable again",
                 extra=fields(action=Event.RECOVERED, message_id=Event.RECOVERED),
             )
 
-    # --- one resource ---------------------------------------------------------------
-
-    def outcome(self, outcome: Outcome, trigger: Trigger) -> None:
-        """Anything but a failure (see `failed`)."""
-        d = outcome.decision
-        res = d.resource
+    def _done(self, done: Done) -> None:
+        """Anything but a failure."""
+        d = done.outcome.decision
+        res, trigger = d.resource, done.trigger
         common = _common(res, trigger)
         what = f"{kind_word(res.kind)} {res.name}"
-        self._failing_since.pop(res.stream, None)
-        was = self._failures.pop(res.stream, None)
         diff = "; ".join(str(c) for c in d.changes)
-        if outcome.result is Result.CREATED:
+        result = done.result
+        if result in (Result.BLOCKED, Result.NEWER_SPEC):
+            news = self.memory.standing(res.stream, d.reason)
+            if result is Result.BLOCKED and d.conflict:
+                self._warn_conflict(what, d.reason, diff, common)
+            elif news and result is Result.BLOCKED:
+                log.warning(
+                    "blocked %s: %s%s (trigger %s)",
+                    what,
+                    d.reason,
+                    "".join(f"; {c}" for c in d.changes),
+                    trigger,
+                    extra=fields(
+                        action=Event.BLOCKED, message_id=Event.BLOCKED, diff=diff, **common
+                    ),
+                )
+            elif news:
+                log.warning(
+                    "%s: %s (trigger %s)",
+                    what,
+                    d.reason,
+                    trigger,
+                    extra=fields(action=Event.NEWER_SPEC, message_id=Event.NEWER_SPEC, **common),
+                )
+            return
+        was = self.memory.cleared(res.stream)
+        if result is Result.CREATED:
             log.info(
                 "created %s (trigger %s)",
                 what,
                 trigger,
                 extra=fields(action=Event.CREATED, message_id=Event.CREATED, **common),
             )
-            self.board.healed(res, self.clock())
-        elif outcome.result is Result.UPDATED:
+        elif result is Result.UPDATED:
             log.info(
                 "updated %s: %s (trigger %s)",
                 what,
@@ -113,44 +203,12 @@ class OutcomeLog:
                     stake,
                     extra=fields(action=Event.UPDATED, **common),
                 )
-            self.board.healed(res, self.clock())
-        elif outcome.result is Result.BLOCKED:
-            self._failures[res.stream] = d.reason
-            if d.conflict:
-                self._warn_conflict(what, d.reason, diff, common)
-            elif was != d.reason:
-                log.warning(
-                    "blocked %s: %s%s (trigger %s)",
-                    what,
-                    d.reason,
-                    "".join(f"; {c}" for c in d.changes),
-                    trigger,
-                    extra=fields(
-                        action=Event.BLOCKED, message_id=Event.BLOCKED, diff=diff, **common
-                    ),
-                )
-        elif outcome.result is Result.NEWER_SPEC:
-            self._failures[res.stream] = d.reason
-            if was != d.reason:
-                log.warning(
-                    "%s: %s (trigger %s)",
-                    what,
-                    d.reason,
-                    trigger,
-                    extra=fields(action=Event.NEWER_SPEC, message_id=Event.NEWER_SPEC, **common),
-                )
         elif was is not None:
             log.info(
                 "%s is in sync again",
                 what,
                 extra=fields(action=Event.RECOVERED, message_id=Event.RECOVERED, **common),
             )
-        self.board.set(
-            res,
-            outcome.result,
-            present=present_after(d),
-            reason=d.reason if outcome.result in _REASONED else "",
-        )
 
     def _warn_conflict(self, what: str, reason: str, diff: str, common: dict[str, str]) -> None:
         """Two configs with one spec_version fight over a resource: loud, but at
@@ -168,73 +226,48 @@ class OutcomeLog:
             extra=fields(action=Event.BLOCKED, message_id=Event.BLOCKED, diff=diff, **common),
         )
 
-    def failed(
-        self,
-        res: Resource,
-        error: Exception,
-        trigger: Trigger,
-        *,
-        delay: float,
-        present: bool | None,
-    ) -> None:
-        transient = bool(getattr(error, "transient", True))
-        text = str(error)
-        since = self._failing_since.setdefault(res.stream, self.clock())
-        # Elections and restarts make requests fail for a few seconds; that is
-        # not worth a warning unless it lasts.
-        quiet = transient and self.clock() - since < TRANSIENT_QUIET
-        # Same failure = same broker error code (its text may carry live
-        # numbers, such as the storage other streams reserve right now).
-        cause = getattr(error, "cause", error)
-        key = (
-            f"{type(cause).__name__}:{getattr(cause, 'err_code', '')}"
-            if getattr(cause, "err_code", None)
-            else text
+    def _failed(self, failed: Failed) -> None:
+        res, text = failed.resource, str(failed.error)
+        if not self.memory.failing(
+            res.stream, _failure_key(failed.error), transient=failed.transient
+        ):
+            log.debug("%s failing: %s (retry in %.2fs)", res.label, text, failed.delay)
+            return
+        log.warning(
+            "failed %s %s: %s (%s; retry in %.1fs; trigger %s)",
+            kind_word(res.kind),
+            res.name,
+            text,
+            "transient" if failed.transient else "permanent",
+            failed.delay,
+            failed.trigger,
+            extra=fields(
+                action=Event.FAILED,
+                message_id=Event.FAILED,
+                error=text,
+                **_common(res, failed.trigger),
+            ),
         )
-        if quiet or self._failures.get(res.stream) == key:
-            log.debug("%s failing: %s (retry in %.2fs)", res.label, text, delay)
-        else:
-            self._failures[res.stream] = key
-            log.warning(
-                "failed %s %s: %s (%s; retry in %.1fs; trigger %s)",
-                kind_word(res.kind),
-                res.name,
-                text,
-                "transient" if transient else "permanent",
-                delay,
-                trigger,
-                extra=fields(
-                    action=Event.FAILED,
-                    message_id=Event.FAILED,
-                    error=text,
-                    **_common(res, trigger),
-                ),
-            )
-        self.board.set(res, Result.FAILED, present=present, reason=text)
 
-    def not_converging(
-        self, decision: Decision, trigger: Trigger, *, reason: str, first: bool, wait: float
-    ) -> None:
+    def _held(self, held: Held) -> None:
         """An update the write guard refused: one ERROR line per episode."""
-        res = decision.resource
-        self._failing_since.pop(res.stream, None)
-        self._failures[res.stream] = "not converging"
-        diff = "; ".join(str(c) for c in decision.changes)
-        if first:
-            log.error(
-                "%s %s is %s; wanted: %s (trigger %s)",
-                kind_word(res.kind),
-                res.name,
-                reason,
-                diff,
-                trigger,
-                extra=fields(
-                    action=Event.BLOCKED,
-                    message_id=Event.BLOCKED,
-                    diff=diff,
-                    **_common(res, trigger),
-                ),
-            )
-        else:
-            log.debug("%s still not converging; held for %.1fs", res.label, wait)
-        self.board.set(res, Result.BLOCKED, present=True, reason=reason)
+        res = held.decision.resource
+        self.memory.standing(res.stream, "not converging")
+        if not held.first:
+            log.debug("%s still not converging; held for %.1fs", res.label, held.wait)
+            return
+        diff = "; ".join(str(c) for c in held.decision.changes)
+        log.error(
+            "%s %s is %s; wanted: %s (trigger %s)",
+            kind_word(res.kind),
+            res.name,
+            held.reason,
+            diff,
+            held.trigger,
+            extra=fields(
+                action=Event.BLOCKED,
+                message_id=Event.BLOCKED,
+                diff=diff,
+                **_common(res, held.trigger),
+            ),
+        )

@@ -1,83 +1,116 @@
 """What the daemon knows about each resource, summed up in one line.
 
-Pure bookkeeping fed by `worker` after every outcome. It answers the two
-questions systemd asks: is every declared resource present on the broker
-(READY=1), and what is the one-line STATUS= right now. `daemon` forwards
-changes to `notify`.
+A `ports.Reporter`: each pass report updates the resources it names (O(1)
+each) and nothing is rendered then; `line()` renders the STATUS= text once,
+when asked (`systemd` asks once per pass and per connection change). It
+answers what systemd and the HTTP endpoint ask: is every declared resource
+present on the broker, when did the last full pass succeed, and what is
+the one-line summary right now, and what `check --json` would say (the
+HTTP /status).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kanade_watchdog.core.cluster import ClusterFacts
+from kanade_watchdog.core.export import undeclared
 from kanade_watchdog.core.outcome import Result
+from kanade_watchdog.core.plan import Action, Decision
+from kanade_watchdog.core.ports import Quiet
+from kanade_watchdog.core.reports import BrokerState, LinkState, PassReport, present_after
 from kanade_watchdog.model.resources import Resource
+from kanade_watchdog.report import render
+
+_REASONED = (Result.BLOCKED, Result.NEWER_SPEC, Result.FAILED)
 
 
 @dataclass
 class _Entry:
+    label: str
     result: Result | None = None
     present: bool = False
     reason: str = ""
+    decision: Decision | None = None  # the broker as last seen, as `check` would judge it
 
 
-class StatusBoard:
-    def __init__(
-        self, resources: Iterable[Resource], *, on_change: Callable[[], None] | None = None
-    ) -> None:
+class StatusBoard(Quiet):
+    def __init__(self, resources: Sequence[Resource]) -> None:
         self._entries: dict[str, _Entry] = {}
-        self._labels: dict[str, str] = {}
-        self.on_change = on_change
         self.broker_text = ""  # non-empty while the broker is unreachable
         self.last_heal: tuple[str, float] | None = None  # (label, wall time)
-        self.last_pass: float | None = None
+        self.last_pass: float | None = None  # monotonic
+        self.last_pass_generation = -1  # the config generation the last pass ran on
+        self.last_full: float | None = None  # monotonic: the last full pass that read the list
+        self.last_full_seconds = 0.0  # how long it took
+        self.listed: frozenset[str] = frozenset()  # every stream name it saw on the broker
         self.facts = ClusterFacts()
-        self.declare(resources)
+        self.declared(resources)
 
-    def declare(self, resources: Iterable[Resource]) -> None:
-        old = self._entries
-        self._entries = {r.stream: old.get(r.stream, _Entry()) for r in resources}
-        self._labels = {r.stream: r.label for r in resources}
-        self._changed()
+    # --- what the reporters' protocol brings --------------------------------------
 
-    def set(self, res: Resource, result: Result, *, present: bool | None, reason: str) -> None:
+    def declared(self, resources: Sequence[Resource]) -> None:
+        old, self._entries = self._entries, {}
+        for res in resources:
+            entry = self._entries[res.stream] = old.get(res.stream) or _Entry(res.label)
+            entry.label = res.label
+
+    def broker(self, state: BrokerState) -> None:
+        up = state.state is LinkState.UP
+        self.broker_text = "" if up else f"waiting for broker {state.servers}"
+
+    def pass_done(self, report: PassReport) -> None:
+        for done in report.done:
+            d = done.outcome.decision
+            reason = d.reason if done.result in _REASONED else ""
+            seen = d
+            if done.result in (Result.CREATED, Result.UPDATED):
+                self.last_heal = (d.resource.label, time.time())
+                seen = Decision(d.resource, Action.IN_SYNC)  # what a look now would say
+            self._set(d.resource, done.result, present=present_after(d), reason=reason, seen=seen)
+        for failed in report.failed:
+            reason = str(failed.error)
+            self._set(
+                failed.resource,
+                Result.FAILED,
+                present=failed.present,
+                reason=reason,
+                seen=failed.decision,
+            )
+        for held in report.held:
+            d = held.decision
+            self._set(d.resource, Result.BLOCKED, present=True, reason=held.reason, seen=d)
+        if report.facts is not None:
+            self.facts = report.facts
+        self.last_pass = report.finished
+        self.last_pass_generation = report.generation
+        if report.listed is not None and report.cut is None:
+            self.last_full = report.finished
+            self.last_full_seconds = report.seconds
+            self.listed = report.listed
+
+    def _set(
+        self,
+        res: Resource,
+        result: Result,
+        *,
+        present: bool | None,
+        reason: str,
+        seen: Decision | None,
+    ) -> None:
         entry = self._entries.get(res.stream)
         if entry is None:  # dropped by a reload while the pass ran
             return
+        if seen is not None:  # a failed read leaves the last known state
+            entry.decision = seen
         entry.result = result
         if present is not None:
             entry.present = present
         if result in (Result.CREATED, Result.UPDATED):
             entry.present = True
         entry.reason = reason
-        self._changed()
-
-    def healed(self, res: Resource, _monotonic: float) -> None:
-        self.last_heal = (res.label, time.time())
-
-    def cluster(self, facts: ClusterFacts) -> None:
-        if facts != self.facts:
-            self.facts = facts
-            self._changed()
-
-    def pass_done(self, monotonic: float) -> None:
-        self.last_pass = monotonic
-        self._changed()
-
-    def broker_down(self, text: str) -> None:
-        self.broker_text = text
-        self._changed()
-
-    def broker_up(self) -> None:
-        self.broker_text = ""
-        self._changed()
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
 
     # --- questions -----------------------------------------------------------------
 
@@ -88,34 +121,69 @@ class StatusBoard:
     def all_present(self) -> bool:
         return all(e.present for e in self._entries.values())
 
-    def labels_with(self, *results: Result) -> list[str]:
-        return [self._labels[s] for s, e in self._entries.items() if e.result in results]
-
     def missing(self) -> list[str]:
-        return [self._labels[s] for s, e in self._entries.items() if not e.present]
+        return [e.label for e in self._entries.values() if not e.present]
+
+    def ready(self, *, now: float, max_age: float) -> tuple[bool, str]:
+        """Ready: the broker is reachable, every declared resource exists, and a
+        full pass read the broker within `max_age` seconds of `now`
+        (monotonic). Otherwise False and the reason, in one line."""
+        if self.broker_text:
+            return False, f"broker unreachable: {self.broker_text}"
+        if self.last_full is None:
+            return False, "no full pass yet"
+        missing = self.missing()
+        if missing:
+            return False, f"{len(missing)} missing: {_few(missing)}"
+        age = now - self.last_full
+        if age > max_age:
+            return False, f"last full pass {age:.0f}s ago (more than {max_age:g}s)"
+        return True, ""
+
+    def check_json(self, *, config: str, ignore: Sequence[str] = ()) -> str:
+        """What `check --json` would print, from what the daemon last saw."""
+        if self.broker_text:
+            problem = f"broker unreachable: {self.broker_text}"
+            return render.check_failure("CRITICAL", [problem]).json(config=config)
+        decisions = [e.decision for e in self._entries.values() if e.decision is not None]
+        if len(decisions) < len(self._entries) or self.last_full is None:
+            problem = "not every declared resource has been looked at yet"
+            return render.check_failure("UNKNOWN", [problem]).json(config=config)
+        extra = undeclared(set(self._entries), self.listed, ignore)
+        report = render.check_report(
+            decisions, self.facts, seconds=self.last_full_seconds, undeclared=extra
+        )
+        return report.json(config=config)
 
     def line(self) -> str:
-        """The STATUS= text: the most urgent fact first."""
+        """The STATUS= text: the most urgent fact first. O(resources)."""
         if self.broker_text:
             return self.broker_text
-        ok = len(self.labels_with(Result.IN_SYNC, Result.CREATED, Result.UPDATED))
+        counts = dict.fromkeys(Result, 0)
+        grouped: dict[Result, list[str]] = {r: [] for r in _REASONED}
+        missing: list[str] = []
+        for e in self._entries.values():
+            if e.result is not None:
+                counts[e.result] += 1
+                if e.result in grouped:
+                    grouped[e.result].append(e.label)
+            if not e.present:
+                missing.append(e.label)
+        ok = counts[Result.IN_SYNC] + counts[Result.CREATED] + counts[Result.UPDATED]
         parts = [f"{ok}/{self.total} in sync"]
-        blocked = self.labels_with(Result.BLOCKED)
-        newer = self.labels_with(Result.NEWER_SPEC)
-        failed = self.labels_with(Result.FAILED)
-        if blocked:
-            parts.append(f"{len(blocked)} blocked: {_few(blocked)}")
-        if newer:
-            parts.append(f"{len(newer)} newer spec present: {_few(newer)}")
-        if failed:
-            parts.append(f"{len(failed)} failing: {_few(failed)}")
+        for result, words in (
+            (Result.BLOCKED, "blocked"),
+            (Result.NEWER_SPEC, "newer spec present"),
+            (Result.FAILED, "failing"),
+        ):
+            if grouped[result]:
+                parts.append(f"{len(grouped[result])} {words}: {_few(grouped[result])}")
         if self.facts.leaderless:
             parts.append(
                 f"{len(self.facts.leaderless)} without leader: {_few(self.facts.leaderless)}"
             )
         if self.facts.behind:
             parts.append(f"{len(self.facts.behind)} replicas behind: {_few(self.facts.behind)}")
-        missing = self.missing()
         if missing and self.last_pass is not None:
             parts.append(f"{len(missing)} missing: {_few(missing)}")
         if self.last_heal:

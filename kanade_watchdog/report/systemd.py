@@ -1,7 +1,11 @@
-"""systemd notifications: READY, STATUS, WATCHDOG, RELOADING, STOPPING,
-EXTEND_TIMEOUT_USEC. A no-op outside systemd.
+"""systemd as an observer of the daemon: READY, STATUS, WATCHDOG, RELOADING,
+STOPPING, EXTEND_TIMEOUT_USEC. A no-op outside systemd.
 
-`daemon` decides when; this module only knows the protocol (sd_notify(3)):
+`SystemdReporter` holds the policy: READY=1 only once every declared
+resource exists (and, after a reload, once a pass ran on the new config),
+STATUS= from the `status.StatusBoard`, watchdog pings only while the
+daemon's `health()` says the worker makes progress, and a start timeout
+extended until READY. `Notifier` only knows the protocol (sd_notify(3)):
 one datagram per message to the AF_UNIX socket named by NOTIFY_SOCKET. It
 is sent here without blocking, not through libsystemd: its sd_notify blocks
 (holding the interpreter lock, so every thread stops) once the receiver has
@@ -11,17 +15,27 @@ PID), pinged at half of it. The sender is injectable; tests also bind a
 real NOTIFY_SOCKET. Notifications are never fatal: a socket that cannot be
 reached or takes nothing more (wrong path, systemd restarted or stuck, a
 test harness gone) is logged once per change of reason, and the daemon
-goes on doing its job without it.
+goes on doing its job without it; only a socket that cannot be reached
+at start is an ERROR, since systemd will then never see READY=1.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from kanade_watchdog.core.ports import Quiet
+from kanade_watchdog.core.reports import BrokerState, PassReport, Reloaded, RunState
+from kanade_watchdog.model.events import Event
+from kanade_watchdog.model.resources import Resource
+from kanade_watchdog.report.logs import fields
+from kanade_watchdog.report.status import StatusBoard
 
 log = logging.getLogger("kanade_watchdog.notify")
 
@@ -93,6 +107,27 @@ class Notifier:
             log.info("systemd notifications are delivered again")
         return True
 
+    def hello(self) -> bool:
+        """The first message, at start. With NOTIFY_SOCKET set and no way to
+        reach it, say so loudly: systemd will never see READY=1 (a Type=notify
+        start times out) nor a watchdog ping. False when it could not be sent."""
+        address = os.environ.get("NOTIFY_SOCKET", "")
+        if not address:
+            return False
+        try:
+            self._send("STATUS=starting")
+        except Exception as exc:  # whatever the socket does, the daemon goes on
+            self.failing = _reason(exc)
+            log.error(  # noqa: TRY400 - one line; the reason is the whole story
+                "cannot notify systemd through NOTIFY_SOCKET=%s: %s; systemd will not see "
+                "READY=1 or the watchdog pings (carrying on; logged again only if this changes)",
+                address,
+                self.failing,
+            )
+            return False
+        self._last_status = "starting"
+        return True
+
     def status(self, text: str) -> None:
         if text != self._last_status:  # STATUS is cheap but a datagram per pass is noise
             self._last_status = text
@@ -136,3 +171,116 @@ def watchdog_period() -> float | None:
     if pid and pid != str(os.getpid()):
         return None
     return int(usec) / 1_000_000 / 2
+
+
+@dataclass(frozen=True)
+class Health:
+    """Whether the worker makes progress: the rule behind the watchdog ping
+    (and the HTTP /healthz)."""
+
+    ok: bool
+    stuck_for: float  # seconds the pass in flight has run (0 when idle)
+    limit: float  # how long a pass may run before the daemon counts as wedged
+
+
+EXTEND_EVERY = 10.0  # while starting: ask systemd for more time, this often
+
+
+class SystemdReporter(Quiet):
+    """The READY policy, STATUS=, the watchdog pings and the start timeout. A
+    `ports.Reporter` placed after the `StatusBoard` it reads: STATUS= is
+    rendered once per pass and once per connection change."""
+
+    def __init__(self, notifier: Notifier, board: StatusBoard) -> None:
+        self.notifier = notifier
+        self.board = board
+        self._ready_after: int | None = None  # after a reload: READY once a pass on it ran
+
+    @property
+    def ready_sent(self) -> bool:
+        return self.notifier.ready_sent
+
+    # --- what the reporters' protocol brings --------------------------------------
+
+    def run_state(self, state: RunState) -> None:
+        if state is RunState.STARTING:
+            self.notifier.hello()
+        elif state is RunState.RELOADING and self.notifier.ready_sent:
+            self.notifier.reloading()
+        elif state is RunState.STOPPING:
+            self.notifier.stopping()
+
+    def declared(self, resources: Sequence[Resource]) -> None:
+        if self.board.last_pass is not None:  # at start there is nothing to say yet
+            self._refresh()
+
+    def broker(self, state: BrokerState) -> None:
+        self._refresh()
+
+    def pass_done(self, report: PassReport) -> None:
+        self._refresh()
+
+    def reloaded(self, result: Reloaded) -> None:
+        """Before the first READY=1 nothing is said (READY must keep meaning
+        "every declared resource exists"); after it, READY=1 ends the reload:
+        at once when the file was refused or no pass can run (broker away),
+        else once a pass on the new config ran."""
+        if not self.notifier.ready_sent:
+            return
+        if result.ok and result.connected:
+            self._ready_after = result.generation
+        else:
+            self.notifier.ready(self.board.line())
+
+    def _refresh(self) -> None:
+        """READY=1 when it is time, else STATUS=."""
+        line = self.board.line()
+        if not self.notifier.ready_sent:
+            if self.board.all_present() and self.board.last_pass is not None:
+                self.notifier.ready(line)
+                log.info(
+                    "ready: %s", line, extra=fields(action=Event.READY, message_id=Event.READY)
+                )
+                return
+            if not self.board.broker_text:
+                missing = self.board.missing()
+                shown = ", ".join(missing[:3]) + (
+                    f" +{len(missing) - 3} more" if len(missing) > 3 else ""
+                )
+                after = f" ({line})" if self.board.last_pass is not None else ""
+                line = f"waiting for {len(missing)} resource(s): {shown}{after}"
+        elif self._ready_after is not None and self.board.last_pass_generation >= (
+            self._ready_after
+        ):
+            self._ready_after = None
+            self.notifier.ready(line)
+            return
+        self.notifier.status(line)
+
+    # --- tasks the daemon runs ----------------------------------------------------
+
+    async def keep_alive(self, period: float, health: Callable[[], Health]) -> None:
+        """Ping every `period` while `health()` is ok. A broker that is down is
+        not a wedge: the worker then waits idle, and requests have timeouts."""
+        withheld = False
+        while True:
+            now = health()
+            if now.ok:
+                self.notifier.watchdog()
+                withheld = False
+            elif not withheld:
+                withheld = True
+                log.error(
+                    "worker stuck in one pass for %.0fs (limit %.0fs); withholding watchdog "
+                    "pings so systemd restarts the daemon",
+                    now.stuck_for,
+                    now.limit,
+                )
+            await asyncio.sleep(period)
+
+    async def extend_start(self) -> None:
+        """Until READY, keep systemd's start timeout from killing a start that
+        is waiting for the broker (it stays 'activating' with a STATUS line)."""
+        while not self.notifier.ready_sent:
+            self.notifier.extend_timeout(EXTEND_EVERY * 3)
+            await asyncio.sleep(EXTEND_EVERY)

@@ -1,0 +1,158 @@
+"""One reconcile pass: read -> decide -> execute, and what came of it as data.
+
+A full pass reads the broker with the paged stream list and looks at every
+declared resource the worker is not holding back (`waiting`); a partial
+pass reads just the streams marked in its batch. Writes happen only for
+decisions that need them, and an update only where the write guard allows
+(`may_update`; the others come back as `Held`). A failing resource never
+stops the others. The result is a `reports.PassReport` with what was seen
+of each stream on the way, for the worker's view of the broker. No
+logging and no bookkeeping here: `worker` keeps the backoff, the guard and
+the causes, and hands the report to the reporters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from kanade_watchdog.broker.apply import execute
+from kanade_watchdog.core.cluster import cluster_facts
+from kanade_watchdog.core.order import execute_in_waves
+from kanade_watchdog.core.outcome import Outcome, Result
+from kanade_watchdog.core.plan import Action, Decision, Observed
+from kanade_watchdog.core.ports import Broker
+from kanade_watchdog.core.reports import (
+    Done,
+    Failed,
+    Held,
+    PassReport,
+    ReadFailure,
+    present_after,
+)
+from kanade_watchdog.daemon.queue import Batch
+from kanade_watchdog.model.errors import BrokerError, BrokerUnavailable
+from kanade_watchdog.model.events import Trigger
+from kanade_watchdog.model.resources import Resource
+
+NO_LEADER = BrokerUnavailable("no leader answers for this stream right now")
+WRITES = ("create", "update")
+
+
+@dataclass
+class Pass:
+    """A pass's report, and what it saw of the broker on the way."""
+
+    report: PassReport
+    listed: dict[str, Observed] | None = None  # the full pass's stream list
+    seen: dict[str, Observed | None] = field(default_factory=dict)  # reads and write answers
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the worker decides for a pass: how to plan a resource, whether a
+    full pass leaves one alone (still backing off), whether it may be updated."""
+
+    decide: Callable[[Resource, Observed | None], Decision]
+    waiting: Callable[[Resource, Mapping[str, Observed]], bool]
+    may_update: Callable[[str], bool]
+
+
+async def reconcile(
+    broker: Broker,
+    batch: Batch,
+    resources: Sequence[Resource],
+    rules: Rules,
+    *,
+    head: PassReport,
+    now: datetime,
+    clock: Callable[[], float],
+) -> Pass:
+    """`head` is the report's start (number, generation, scope, trigger, start
+    time); the pass fills in the rest."""
+    writes_before = sum(broker.requests[verb] for verb in WRITES)
+    out = Pass(head)
+    decisions: list[tuple[Decision, Trigger]] = []
+    failed: list[Failed] = []
+    if batch.full is not None:
+        try:
+            observed = await broker.list_streams()
+        except BrokerError as exc:
+            out.report = replace(head, finished=clock(), read_error=ReadFailure(exc))
+            return out
+        out.listed = observed
+        for res in resources:
+            trigger = batch.streams.get(res.stream)
+            if trigger is None and rules.waiting(res, observed):
+                continue  # still backing off; an event would bring it in early
+            trigger = trigger or batch.full
+            obs = observed.get(res.stream)
+            if obs is not None and obs.leaderless:
+                # An election, not a fault of this resource: retried quietly.
+                failed.append(Failed(res, NO_LEADER, trigger, present=True))
+                continue
+            decisions.append((rules.decide(res, obs), trigger))
+    else:
+        by_stream = {r.stream: r for r in resources}
+        targets = [(by_stream[s], t) for s, t in batch.streams.items() if s in by_stream]
+        infos = await asyncio.gather(*(_info(broker, r) for r, _ in targets))
+        for (res, trigger), info in zip(targets, infos, strict=True):
+            if isinstance(info, BrokerError):
+                failed.append(Failed(res, info, trigger, present=None))
+            else:
+                out.seen[res.stream] = info
+                decisions.append((rules.decide(res, info), trigger))
+    held: list[Held] = []
+    writing: list[tuple[Decision, Trigger]] = []
+    for decision, trigger in decisions:
+        if decision.action is Action.UPDATE and not rules.may_update(decision.resource.stream):
+            held.append(Held(decision, trigger))
+        else:
+            writing.append((decision, trigger))
+    # An origin is written before the streams that mirror or source it.
+    answers = await execute_in_waves(
+        [d for d, _ in writing], lambda d: _execute(broker, d, resources, now, clock)
+    )
+    done: list[Done] = []
+    for (_, trigger), (outcome, answered_at) in zip(writing, answers, strict=True):
+        res = outcome.decision.resource
+        if outcome.result is Result.FAILED:
+            assert outcome.error is not None
+            present = present_after(outcome.decision)
+            failed.append(Failed(res, outcome.error, trigger, present, outcome.decision))
+            continue
+        if outcome.observed is not None:
+            out.seen[res.stream] = outcome.observed
+        done.append(Done(outcome, trigger, batch.arrived(res.stream), answered_at))
+    out.report = replace(
+        head,
+        finished=clock(),
+        done=tuple(done),
+        failed=tuple(failed),
+        held=tuple(held),
+        facts=cluster_facts(resources, out.listed) if out.listed is not None else None,
+        listed=frozenset(out.listed) if out.listed is not None else None,
+        writes=sum(broker.requests[verb] for verb in WRITES) - writes_before,
+    )
+    return out
+
+
+async def _info(broker: Broker, res: Resource) -> Observed | BrokerError | None:
+    try:
+        return await broker.stream_info(res.stream)
+    except BrokerError as exc:
+        return exc
+
+
+async def _execute(
+    broker: Broker,
+    decision: Decision,
+    resources: Sequence[Resource],
+    now: datetime,
+    clock: Callable[[], float],
+) -> tuple[Outcome, float]:
+    """The decision carried out, and when the broker answered."""
+    outcome = await execute(broker, decision, resources, now)
+    return outcome, clock()

@@ -1,0 +1,259 @@
+"""The reporters on their own: `report.failures.FailureMemory` (say a failure
+once, stay quiet while it is transient), `report.outcomes.OutcomeLog` (the
+log lines a pass report becomes) and `report.status.StatusBoard` (STATUS
+rendered once per pass, however many resources the pass touched).
+
+Pass reports are built here as data, or come from a real `Daemon` run
+in-process against `tests.fakebroker.FakeBroker` (no network, no sleep).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kanade_watchdog.config.load import parse
+from kanade_watchdog.core.outcome import Outcome, Result
+from kanade_watchdog.core.plan import Action, Change, Decision
+from kanade_watchdog.core.reports import Done, Failed, Held, PassReport, Scope
+from kanade_watchdog.daemon.main import Daemon
+from kanade_watchdog.model.errors import ApiError, BrokerUnavailable, ResourceError
+from kanade_watchdog.model.events import Trigger
+from kanade_watchdog.model.resources import Kind, Resource
+from kanade_watchdog.report.failures import TRANSIENT_QUIET, FailureMemory
+from kanade_watchdog.report.logs import record_fields
+from kanade_watchdog.report.outcomes import OutcomeLog
+from kanade_watchdog.report.status import StatusBoard
+from kanade_watchdog.report.systemd import Notifier
+from tests.fakebroker import FakeBroker
+from tests.test_lifecycle import FakeClock, Sent, links_to
+
+ORDERS = Resource(kind=Kind.STREAM, name="ORDERS", declared={"subjects": ("orders.>",)})
+
+
+def report(**values: Any) -> PassReport:
+    base = PassReport(
+        number=1, generation=0, scope=Scope.PARTIAL, trigger=None, started=0.0, finished=0.0
+    )
+    return replace(base, **values)
+
+
+def failed(error: Exception, *, res: Resource = ORDERS) -> Failed:
+    return Failed(res, error, Trigger.ADVISORY, present=True, delay=1.0)
+
+
+def done(result: Result, action: Action, *, res: Resource = ORDERS, **decision: Any) -> Done:
+    outcome = Outcome(Decision(res, action, **decision), result)
+    return Done(outcome, Trigger.ADVISORY, marked_at=0.0, answered_at=0.0)
+
+
+def refused(err_code: int, text: str) -> ResourceError:
+    cause = ApiError(code=500, err_code=err_code, description=text, subject="$JS.API.X")
+    return ResourceError("ORDERS", text, cause=cause)
+
+
+def said(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= level]
+
+
+# --- FailureMemory ------------------------------------------------------------------------
+
+
+Step = tuple[str, str, bool, float]  # (op, text, transient, seconds to advance first)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["fail", "clear", "forget"]),
+            st.sampled_from(["timeout", "no leader", "10047"]),
+            st.booleans(),
+            st.sampled_from([0.0, 1.0, TRANSIENT_QUIET]),
+        ),
+        max_size=40,
+    )
+)
+def test_failure_memory_says_a_failure_once_and_a_transient_one_only_once_it_lasted(
+    steps: list[Step],
+) -> None:
+    """Against a model: a failure is said only when its text differs from what
+    was last said since the last clear or reload, and, if transient, only
+    once its streak has lasted TRANSIENT_QUIET."""
+    clock = FakeClock()
+    memory = FailureMemory(clock)
+    last_said: str | None = None
+    since: float | None = None
+    for op, text, transient, advance in steps:
+        clock.advance(advance)
+        if op == "clear":
+            assert memory.cleared("S") == last_said
+            last_said, since = None, None
+        elif op == "forget":
+            memory.forget()
+            last_said = None
+        else:
+            since = clock.now if since is None else since
+            lasted = clock.now - since >= TRANSIENT_QUIET
+            expected = (not transient or lasted) and text != last_said
+            assert memory.failing("S", text, transient=transient) is expected
+            if expected:
+                last_said = text
+
+
+# --- OutcomeLog ---------------------------------------------------------------------------
+
+
+def test_a_permanent_failure_is_warned_once_per_error_code_then_recovery_is_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same broker error code repeated (its text carrying live numbers) is
+    one WARNING; another code is another; a later in-sync look says
+    "in sync again" once."""
+    out = OutcomeLog(clock=FakeClock())
+    with caplog.at_level(logging.DEBUG, logger="kanade_watchdog"):
+        for reserved in ("1GiB", "2GiB", "3GiB"):
+            out.pass_done(report(failed=(failed(refused(10047, f"reserved {reserved}")),)))
+        out.pass_done(report(failed=(failed(refused(10065, "subjects overlap")),)))
+        out.pass_done(report(done=(done(Result.IN_SYNC, Action.IN_SYNC),)))
+        out.pass_done(report(done=(done(Result.IN_SYNC, Action.IN_SYNC),)))
+    assert said(caplog) == [
+        "failed stream ORDERS: ORDERS: reserved 1GiB (permanent; retry in 1.0s; trigger advisory)",
+        "failed stream ORDERS: ORDERS: subjects overlap (permanent; retry in 1.0s; trigger "
+        "advisory)",
+    ]
+    assert said(caplog, logging.INFO)[-1] == "stream ORDERS is in sync again"
+    assert said(caplog, logging.INFO).count("stream ORDERS is in sync again") == 1
+
+
+def test_a_transient_failure_is_quiet_until_it_has_lasted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An election's timeouts: debug lines only, until the failure has lasted
+    TRANSIENT_QUIET on the injected clock; then one WARNING, and debug lines
+    again while it repeats."""
+    clock = FakeClock()
+    out = OutcomeLog(clock=clock)
+    timeout = BrokerUnavailable("no answer on $JS.API.STREAM.INFO.ORDERS within 2s")
+    with caplog.at_level(logging.DEBUG, logger="kanade_watchdog"):
+        for _ in range(5):
+            out.pass_done(report(failed=(failed(timeout),)))
+            clock.advance(TRANSIENT_QUIET / 5 - 0.01)
+        assert said(caplog) == []
+        clock.advance(0.1)
+        out.pass_done(report(failed=(failed(timeout),)))
+        out.pass_done(report(failed=(failed(timeout),)))
+    [warning] = said(caplog)
+    assert "transient" in warning
+    # five while quiet, one more after the warning: the same failure again
+    assert said(caplog, logging.DEBUG).count(f"ORDERS failing: {timeout} (retry in 1.00s)") == 6
+
+
+def test_an_update_that_never_converges_is_one_error_per_episode(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Held updates: the first of an episode is an ERROR with the diff, the
+    repeats are debug lines."""
+    out = OutcomeLog(clock=FakeClock())
+    decision = Decision(ORDERS, Action.UPDATE, changes=(Change("max_msgs", 1, 2),))
+    first = Held(decision, Trigger.VERIFY, reason="not converging: ...", first=True, wait=60)
+    with caplog.at_level(logging.DEBUG, logger="kanade_watchdog"):
+        out.pass_done(report(held=(first,)))
+        out.pass_done(report(held=(replace(first, first=False),)))
+    assert said(caplog, logging.ERROR) == [
+        "stream ORDERS is not converging: ...; wanted: max_msgs: 1 -> 2 (trigger verify)"
+    ]
+
+
+def test_the_pass_summary_carries_its_counts_as_fields(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The debug summary line of a full pass names its trigger and counts, and
+    carries them as structured fields (JSON keys)."""
+    out = OutcomeLog(clock=FakeClock())
+    with caplog.at_level(logging.DEBUG, logger="kanade_watchdog"):
+        out.pass_done(
+            report(
+                scope=Scope.FULL,
+                trigger=Trigger.RESYNC,
+                listed=frozenset({"ORDERS"}),
+                done=(done(Result.IN_SYNC, Action.IN_SYNC),),
+            )
+        )
+    [record] = [r for r in caplog.records if r.getMessage().startswith("pass (")]
+    assert record.getMessage() == "pass (resync): 1 looked at, 1 in sync"
+    assert record_fields(record) == {
+        "trigger": "resync",
+        "scope": "full",
+        "looked": 1,
+        "in_sync": 1,
+    }
+
+
+# --- StatusBoard: rendered once per pass ----------------------------------------------------
+
+
+def many(n: int) -> dict[str, dict[str, Any]]:
+    return {f"S{i:04d}": {"subjects": [f"s{i}.>"]} for i in range(n)}
+
+
+async def until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not check():  # noqa: ASYNC110 - a condition, not an event, is awaited
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("n", [3, 200])
+async def test_a_pass_renders_the_status_line_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int
+) -> None:
+    """However many resources a pass creates or finds in sync, the daemon
+    renders STATUS= once for it (rendering is O(resources): per resource it
+    would make a pass O(resources^2))."""
+    config = parse(
+        {"nats": {"servers": ["nats://fake:4222"]}, "streams": many(n)},
+        str(tmp_path / "w.toml"),
+    )
+    sent = Sent()
+    daemon = Daemon(config, notifier=Notifier(send=sent), connect=links_to(FakeBroker()))
+    renders: list[int] = []
+    line = daemon.board.line
+
+    def counting() -> str:
+        renders.append(daemon.worker.passes)
+        return line()
+
+    monkeypatch.setattr(daemon.board, "line", counting)
+    run = asyncio.create_task(daemon.run())
+    await until(lambda: sent.count("READY=1") == 1)  # the startup pass created all n
+    assert renders.count(1) == 1
+    daemon.worker.mark_all(Trigger.RESYNC)
+    await until(lambda: daemon.worker.passes == 2)
+    await until(lambda: len(renders) > 0 and renders[-1] == 2)
+    assert renders.count(2) == 1
+    daemon.request_stop()
+    await run
+
+
+def test_status_board_counts_what_a_pass_reported() -> None:
+    """A pass report updates each resource it names; the line sums them up."""
+    other = Resource(kind=Kind.STREAM, name="EVENTS", declared={"subjects": ("ev.>",)})
+    board = StatusBoard([ORDERS, other])
+    board.pass_done(
+        report(
+            done=(done(Result.CREATED, Action.CREATE),),
+            failed=(failed(refused(10047, "no room"), res=other),),
+            finished=5.0,
+        )
+    )
+    assert board.line().startswith("1/2 in sync, 1 failing: EVENTS, last heal ORDERS ")
+    assert board.all_present()
+    assert board.last_pass == 5.0
