@@ -23,7 +23,15 @@ from hypothesis import strategies as st
 from kanade_watchdog.config.load import parse
 from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Change, Decision
-from kanade_watchdog.core.reports import Done, Failed, Held, PassReport, Scope
+from kanade_watchdog.core.reports import (
+    BrokerState,
+    Done,
+    Failed,
+    Held,
+    LinkState,
+    PassReport,
+    Scope,
+)
 from kanade_watchdog.daemon.main import Daemon
 from kanade_watchdog.model.errors import ApiError, BrokerUnavailable, ResourceError
 from kanade_watchdog.model.events import Trigger
@@ -257,3 +265,25 @@ def test_status_board_counts_what_a_pass_reported() -> None:
     assert board.line().startswith("1/2 in sync, 1 failing: EVENTS, last heal ORDERS ")
     assert board.all_present()
     assert board.last_pass == 5.0
+
+
+def test_status_names_the_server_version_a_declared_field_needs() -> None:
+    """A resource blocked because the connected server is too old for a declared
+    field: STATUS says which server and which field."""
+    board = StatusBoard([ORDERS])
+    board.broker(BrokerState(LinkState.UP, "nats://b:4222", server_version="2.10.22"))
+    board.pass_done(
+        report(
+            done=(
+                done(
+                    Result.BLOCKED,
+                    Action.BLOCKED,
+                    reason="allow_msg_ttl needs nats-server 2.11.0",
+                    too_new=("allow_msg_ttl (nats-server 2.11.0)",),
+                ),
+            )
+        )
+    )
+    assert "nats-server 2.10.22 too old: ORDERS needs allow_msg_ttl (nats-server 2.11.0)" in (
+        board.line()
+    )

@@ -41,6 +41,7 @@ class StatusBoard(Quiet):
         self._entries: dict[str, _Entry] = {}
         self.broker_text = ""  # non-empty while the broker is unreachable
         self.last_heal: tuple[str, float] | None = None  # (label, wall time)
+        self.server_version = ""  # what the connected server announced
         self.last_pass: float | None = None  # monotonic
         self.last_pass_generation = -1  # the config generation the last pass ran on
         self.last_full: float | None = None  # monotonic: the last full pass that read the list
@@ -60,6 +61,8 @@ class StatusBoard(Quiet):
     def broker(self, state: BrokerState) -> None:
         up = state.state is LinkState.UP
         self.broker_text = "" if up else f"waiting for broker {state.servers}"
+        if up and state.server_version:
+            self.server_version = state.server_version
 
     def pass_done(self, report: PassReport) -> None:
         for done in report.done:
@@ -186,6 +189,14 @@ class StatusBoard(Quiet):
             parts.append(f"{len(self.facts.behind)} replicas behind: {_few(self.facts.behind)}")
         if missing and self.last_pass is not None:
             parts.append(f"{len(missing)} missing: {_few(missing)}")
+        too_new = [
+            f"{e.label} needs {', '.join(e.decision.too_new)}"
+            for e in self._entries.values()
+            if e.decision is not None and e.decision.too_new
+        ]
+        if too_new:  # a declared field the connected server cannot keep
+            server = f"nats-server {self.server_version}" if self.server_version else "the server"
+            parts.append(f"{server} too old: {_few(too_new)}")
         if self.last_heal:
             label, at = self.last_heal
             parts.append(f"last heal {label} {time.strftime('%H:%M:%S', time.localtime(at))}")
