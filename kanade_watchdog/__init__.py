@@ -1,10 +1,7 @@
 """kanade-watchdog: keeps declared NATS JetStream resources in place.
 
-Layout, pure core first: `units`, `subjects`, `config` (the declaration),
-`desired` (what each resource must look like), `plan` (desired + observed ->
-decisions). Edges: `broker` (JetStream API), `connection`, `apply`,
-`render`, `cli`; the daemon: `daemon`, `worker`, `backoff`, `triggers`,
-`notify`, `logs`/`journal`.
+Layers, each importing only those below it (README "Layout", `.importlinter`):
+`cli` > `commands` | `daemon` > `report` | `broker` > `core` > `config` > `model`.
 """
 
 __version__ = "0.1.0"

@@ -1,8 +1,8 @@
 """Bounded waiting: work that may never end is given up on, never waited for.
 
 Two places need it. nats-py's close after a failed TLS handshake waits
-forever for a socket that is already gone (`connection`), and reading the
-config file can block for good on a FIFO or a hung file system (`daemon`'s
+forever for a socket that is already gone (`connect`), and reading the
+config file can block for good on a FIFO or a hung file system (`daemon.main`'s
 reload). `bounded` gives an awaitable a time limit and, unlike
 `asyncio.wait_for`, does not wait for a task that ignores its cancellation;
 `in_thread` runs a blocking call in a daemon thread, which neither blocks

@@ -4,7 +4,8 @@ Requests go straight to `$JS.API.*` with JSON bodies rather than through
 nats-py's dataclasses: an update REPLACES a stream's whole config, and the
 dataclasses drop fields this client version does not know, which would reset
 them on the broker. Every failure leaves here as a `errors.BrokerError`.
-`connection` builds the client; `apply` and `worker` call this module.
+`connect` builds the client and `link` keeps it; `apply`, `daemon.reconcile`
+and the one-shot commands call this module.
 """
 
 from __future__ import annotations

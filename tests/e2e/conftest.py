@@ -2,8 +2,8 @@
 the host's own root, with the SHIPPED unit file installed as is.
 
 The venv is bind-mounted at the path the shipped unit names
-(/opt/kanade-watchdog), so the unit needs no path changes; its only drop-in
-turns on the daemon's test hook (SIGUSR2 wedges the worker). nats-server runs
+(/opt/kanade-watchdog), so the unit needs no path changes and gets no
+drop-in. nats-server runs
 as its own unit inside (the container has only `lo`), with its store in a
 bound host directory. A stand-in kanade backend carries the shipped drop-in.
 """
@@ -75,10 +75,6 @@ def machine(runtime: Runtime, tmp_path_factory: pytest.TempPathFactory) -> Itera
         m.write(
             f"{UNIT_DIR}/kanade-watchdog.service",
             (PACKAGING / "kanade-watchdog.service").read_text(),
-        )
-        m.write(
-            f"{UNIT_DIR}/kanade-watchdog.service.d/50-e2e.conf",
-            "[Service]\nEnvironment=KANADE_WATCHDOG_TEST_HOOKS=1\n",
         )
         m.write(
             f"{UNIT_DIR}/kanade-backend.service",
