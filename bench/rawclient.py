@@ -292,11 +292,17 @@ class Floor:
             )
 
     async def on_advisory(self, msg: Msg) -> None:
+        # nats-py runs one subscription's callbacks one at a time: awaiting the
+        # create here would cap the heals at one per round trip.
         assert self.nc is not None
         stream = msg.subject.rsplit(".", 1)[-1]
         config = self.configs.get(stream)
         if config is not None:
-            await create(self.nc, config, wait=2)
+            self.spawn(self._recreate(config))
+
+    async def _recreate(self, config: dict[str, Any]) -> None:
+        assert self.nc is not None
+        await create(self.nc, config, wait=2)
 
     async def run(self, resync: float) -> None:
         self.load()
