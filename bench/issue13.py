@@ -54,9 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.heal:
         trials = "30" if args.quick else "300"
         print(f"\n### Heal latency, quiet machine (bench.run heal_table({trials}))\n", flush=True)
-        subprocess.run(
-            [sys.executable, "-c", HEAL, trials], cwd=REPO, env=env(), check=True, timeout=3600
+        done = subprocess.run(
+            [sys.executable, "-c", HEAL, trials], cwd=REPO, env=env(), check=False, timeout=3600
         )
+        if done.returncode:
+            print(f"\n(bench.run's heal table failed with exit {done.returncode}; see stderr)")
 
 
 if __name__ == "__main__":

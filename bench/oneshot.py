@@ -119,20 +119,23 @@ def apply_table(n: int, command: str) -> list[str]:
     return rows
 
 
-def _importtime(conf: Path) -> tuple[list[tuple[str, float]], float]:
+def _importtime(conf: Path) -> tuple[list[tuple[str, float]], list[tuple[str, float]], float]:
     """Self import time summed per top-level package (ms), heaviest first, and
     the total: where the CLI's start-up goes, wherever a package is imported."""
     argv = [sys.executable, "-X", "importtime", "-m", "kanade_watchdog", "plan"]
     _code, _wall, _out, err = _run([*argv, "--config", str(conf)])
     by_package: dict[str, float] = {}
+    by_module: dict[str, float] = {}
     for line in err.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
             continue
         own, _cumulative, name = line.removeprefix("import time:").split("|")
         package = name.strip().split(".")[0]
         by_package[package] = by_package.get(package, 0.0) + int(own) / 1000
+        by_module[name.strip()] = int(own) / 1000
     ranked = sorted(by_package.items(), key=lambda x: -x[1])
-    return ranked, sum(by_package.values())
+    modules = sorted(by_module.items(), key=lambda x: -x[1])
+    return ranked, modules, sum(by_package.values())
 
 
 def plan_process_table(runs: int, command: str) -> list[str]:
@@ -169,7 +172,7 @@ def plan_process_table(runs: int, command: str) -> list[str]:
             plan_ms = statistics.median(samples[next(iter(cases))])
             bare_ms = statistics.median(samples["bare script: import nats-py, connect, list"])
             rows += ["", f"Ratio plan / bare script: {plan_ms / bare_ms:.2f} (target <= 1.2)"]
-            top, total = _importtime(conf)
+            top, modules, total = _importtime(conf)
         finally:
             srv.stop()
     rows += [
@@ -181,6 +184,8 @@ def plan_process_table(runs: int, command: str) -> list[str]:
         "|---|---:|",
     ]
     rows += [f"| {name} | {ms:.1f} |" for name, ms in top[:10]]
+    rows += ["", "The heaviest single modules (own time):", "", "| module | ms |", "|---|---:|"]
+    rows += [f"| {name} | {ms:.1f} |" for name, ms in modules[:10]]
     return rows
 
 

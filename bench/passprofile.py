@@ -65,12 +65,16 @@ def summarize(raw: str, top: int) -> list[str]:
     rows += ["| function | inclusive | self |", "|---|---:|---:|"]
     # The entry-point chain (runpy, the CLI, the loop) is on every stack: skip it.
     ranked = [f for f, c in inclusive.most_common() if c < 0.99 * total]
-    for frame in ranked[:top]:
+    for frame in [f for f in ranked if inclusive[f] >= total / 200][:top]:
         rows.append(
             f"| `{frame}` | {inclusive[frame] / total:.0%} | {own[frame] / max(total, 1):.0%} |"
         )
     rows += ["", "Heaviest self time:", "", "| function | self |", "|---|---:|"]
-    rows += [f"| `{f}` | {n / max(total, 1):.0%} |" for f, n in own.most_common(top)]
+    rows += [
+        f"| `{f}` | {n / max(total, 1):.0%} |"
+        for f, n in own.most_common(top)
+        if n >= total / 200  # half a percent: below it is noise at this sampling rate
+    ]
     return rows
 
 

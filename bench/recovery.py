@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
@@ -67,6 +68,38 @@ async def all_back(url: str, t0: float) -> float:
     raise RuntimeError(f"not all 25 back within {DEADLINE}s")
 
 
+@dataclass
+class Timeline:
+    """What the daemon's own log says, in ms after the port answered."""
+
+    connected: list[float] = field(default_factory=list)
+    first_create: list[float] = field(default_factory=list)
+    last_create: list[float] = field(default_factory=list)
+
+    def note(self, proc: Proc, mark: int, t0: float) -> None:
+        wall0 = time.time() - (time.perf_counter() - t0)
+        lines = proc.find(lambda x: x.get("action") in ("broker_back", "created"), after=mark)
+        back = [float(x["ts"]) for x in lines if x.get("action") == "broker_back"]
+        made = [float(x["ts"]) for x in lines if x.get("action") == "created"]
+        if back:
+            self.connected.append((back[0] - wall0) * 1000)
+        if made:
+            self.first_create.append((made[0] - wall0) * 1000)
+            self.last_create.append((made[-1] - wall0) * 1000)
+
+    def line(self) -> str:
+        def med(values: list[float]) -> str:
+            return f"{statistics.median(values):.0f}" if values else "n/a"
+
+        return (
+            f"The daemon's own log (ms after the port answered, median / max): connected "
+            f"{med(self.connected)} / {max(self.connected, default=0):.0f}, first create "
+            f"{med(self.first_create)} / {max(self.first_create, default=0):.0f}, last create "
+            f"{med(self.last_create)} / {max(self.last_create, default=0):.0f} "
+            f"(log timestamps have 1 ms resolution)."
+        )
+
+
 def _healer(tmp: Path, url: str, *, floor: bool, reconnect_wait: str | None) -> Proc:
     if floor:
         configs = write_json(tmp / "floor.json", rc.declared_configs(repo_resources()))
@@ -80,7 +113,7 @@ def _healer(tmp: Path, url: str, *, floor: bool, reconnect_wait: str | None) -> 
 
 
 async def _wipe_rounds(
-    tmp: Path, rounds: int, *, floor: bool, reconnect_wait: str | None
+    tmp: Path, rounds: int, timeline: Timeline, *, floor: bool, reconnect_wait: str | None
 ) -> list[float]:
     srv = NatsServer(tmp, name="floor" if floor else "daemon").start()
     proc = _healer(tmp, srv.url, floor=floor, reconnect_wait=reconnect_wait)
@@ -89,10 +122,14 @@ async def _wipe_rounds(
         await proc.wait_for(is_ready, within=60)
         for _ in range(rounds):
             await proc.quiet(0.3)
+            mark = proc.mark()
             srv.kill()
             srv.wipe_store()
             t0 = start_broker(srv)
             samples.append(await all_back(srv.url, t0) * 1000)
+            await proc.quiet(0.2)
+            if not floor:
+                timeline.note(proc, mark, t0)
     finally:
         proc.stop()
         srv.stop()
@@ -127,17 +164,22 @@ def wipe_table(rounds: int, reconnect_wait: str | None, command: str) -> list[st
     rows = header("Broker kill -9 with a wiped store: port answers -> all 25 back", command)
     rows += TABLE_HEAD
     results: dict[str, list[float]] = {}
+    timeline = Timeline()
     for floor in (False, True):
         name = "floor (nats-py)" if floor else "kanade-watchdog"
         with tempfile.TemporaryDirectory() as tmp:
             results[name] = asyncio.run(
-                _wipe_rounds(Path(tmp), rounds, floor=floor, reconnect_wait=reconnect_wait)
+                _wipe_rounds(
+                    Path(tmp), rounds, timeline, floor=floor, reconnect_wait=reconnect_wait
+                )
             )
     wait = f"reconnect_wait {reconnect_wait}" if reconnect_wait else "shipped config.toml"
-    return rows + _rows(results, f"kill -9 + wipe ({wait})")
+    return [*rows, *_rows(results, f"kill -9 + wipe ({wait})"), "", timeline.line()]
 
 
-async def _down_round(tmp: Path, outage: float, reconnect_wait: str | None) -> tuple[float, float]:
+async def _down_round(
+    tmp: Path, outage: float, reconnect_wait: str | None, timeline: Timeline
+) -> tuple[float, float]:
     brokers = {floor: NatsServer(tmp, name=f"down{int(floor)}") for floor in (False, True)}
     procs = {
         floor: _healer(tmp, srv.url, floor=floor, reconnect_wait=reconnect_wait)
@@ -150,6 +192,9 @@ async def _down_round(tmp: Path, outage: float, reconnect_wait: str | None) -> t
         for floor in (False, True):  # the daemon first: its outage is exactly `outage`
             t0 = start_broker(brokers[floor])
             out[floor] = await all_back(brokers[floor].url, t0) * 1000
+            if not floor:
+                await procs[floor].quiet(0.2)
+                timeline.note(procs[floor], 0, t0)
     finally:
         for proc in procs.values():
             proc.stop()
@@ -164,19 +209,24 @@ def down_table(
 ) -> list[str]:
     rows = header("Broker down at start, then up: port answers -> all 25 exist", command)
     rows += TABLE_HEAD
+    notes: list[str] = []
     for outage, rounds in outages:
         results: dict[str, list[float]] = {"kanade-watchdog": [], "floor (nats-py)": []}
+        timeline = Timeline()
         for _ in range(rounds):
             with tempfile.TemporaryDirectory() as tmp:
                 try:
-                    ours, floor = asyncio.run(_down_round(Path(tmp), outage, reconnect_wait))
+                    ours, floor = asyncio.run(
+                        _down_round(Path(tmp), outage, reconnect_wait, timeline)
+                    )
                 except RuntimeError as exc:
                     rows.append(f"| outage {outage:g} s | round failed: {exc} | | | | | | | |")
                     continue
             results["kanade-watchdog"].append(ours)
             results["floor (nats-py)"].append(floor)
         rows += _rows(results, f"outage {outage:g} s")
-    return rows
+        notes += ["", f"Outage {outage:g} s: {timeline.line()}"]
+    return rows + notes
 
 
 def main(argv: list[str] | None = None) -> None:
