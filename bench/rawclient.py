@@ -9,7 +9,8 @@ numbered streams), bounded-concurrency creates, the paged stream list, and
 Process half, `python -m bench.rawclient COMMAND`:
   floor CONFIGS URL   a raw healer: creates every stream as soon as
                       JetStream answers (after a connect or a reconnect), re-creates a
-                      stream on its DELETED advisory, runs a full pass (paged list,
+                      stream on its DELETED advisory, reverts one on its UPDATED
+                      advisory after one read, runs a full pass (paged list,
                       create the missing) on SIGHUP and on --resync; one JSON line per
                       pass on stdout
   create CONFIGS URL  creates them all once with bounded concurrency, prints a JSON
@@ -293,16 +294,33 @@ class Floor:
 
     async def on_advisory(self, msg: Msg) -> None:
         # nats-py runs one subscription's callbacks one at a time: awaiting the
-        # create here would cap the heals at one per round trip.
-        assert self.nc is not None
-        stream = msg.subject.rsplit(".", 1)[-1]
+        # request here would cap the heals at one per round trip.
+        verb, stream = msg.subject.split(".")[-2:]
         config = self.configs.get(stream)
-        if config is not None:
+        if config is None:
+            return
+        if verb == "DELETED":
             self.spawn(self._recreate(config))
+        elif verb == "UPDATED":
+            self.spawn(self._revert(config))
 
     async def _recreate(self, config: dict[str, Any]) -> None:
         assert self.nc is not None
-        await create(self.nc, config, wait=2)
+        for _ in range(20):
+            # 10049-style refusals while the broker still removes the old files
+            if not await create(self.nc, config, wait=2):
+                return
+            await asyncio.sleep(0.01)
+
+    async def _revert(self, config: dict[str, Any]) -> None:
+        """One read; an update only when a field of ours differs (our own
+        update fires UPDATED too)."""
+        assert self.nc is not None
+        info = await api(self.nc, f"$JS.API.STREAM.INFO.{config['name']}")
+        have = info.get("config")
+        if have and any(have.get(k) != v for k, v in config.items()):
+            subject = f"$JS.API.STREAM.UPDATE.{config['name']}"
+            await api(self.nc, subject, {**have, **config})
 
     async def run(self, resync: float) -> None:
         self.load()
@@ -327,7 +345,7 @@ class Floor:
             reconnected_cb=reconnected,
             error_cb=quiet,
         )
-        await self.nc.subscribe("$JS.EVENT.ADVISORY.STREAM.DELETED.*", cb=self.on_advisory)
+        await self.nc.subscribe("$JS.EVENT.ADVISORY.STREAM.*.*", cb=self.on_advisory)
         await self.create_everything("connect")
         _emit("ready")
         while not stop.is_set():

@@ -61,3 +61,19 @@ def test_oneshot_script_prints_apply_and_plan_rows() -> None:
     assert floor_row[0][3] == "50", lines
     assert _rows(lines, "`kanade-watchdog plan` (25 in sync)"), lines
     assert any(line.startswith("| nats |") for line in lines), lines  # importtime parsed
+
+
+def test_heal_script_prints_every_row_for_daemon_and_floor() -> None:
+    """bench.heal with 3 trials: 3 kinds x 2 faults for each healer, healed."""
+    lines = _run("bench.heal", "--trials", "3")
+    for healer in ("kanade-watchdog", "floor (nats-py)"):
+        rows = _rows(lines, healer)
+        assert {(row[1], row[2]) for row in rows} == {
+            (kind, fault)
+            for kind in ("stream", "kv", "object_store")
+            for fault in ("delete", "drift")
+        }, lines
+        # A row is cut short only when the broker itself refuses the fault
+        # (a nats-server race after a fast re-create), and then says so.
+        cut_short = any("refused it" in line for line in lines)
+        assert all(row[3] == "3" for row in rows) or cut_short, rows
