@@ -105,3 +105,9 @@ soak: setup
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
 	@if [ -d /opt/kanade-watchdog-e2e ]; then rm -rf /opt/kanade-watchdog-e2e; fi
+
+# Issue 13's scale and tail tables, each against a nats-py floor in the same run
+# (docs/BENCHMARKS.md, "Scale and tails"). QUICK=1: small sizes, a few rounds.
+.PHONY: bench-scale
+bench-scale: setup
+	$(BIN)/python -m bench.issue13 $(if $(QUICK),--quick,)
