@@ -1,7 +1,8 @@
 """A real Prometheus server (Debian's `prometheus` package) scrapes the
 HTTP endpoint on loopback, loads the alert rules and answers queries.
 
-The endpoint runs in the test's event loop; Prometheus runs as a child
+The endpoint runs in the test's event loop, or in a real daemon (the last
+test); Prometheus runs as a child
 process with its own config and storage in the test's temp directory,
 listening on a free loopback port.
 """
@@ -22,9 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.aio.client import Client
 
 from kanade_watchdog.report.metrics import Metrics
-from tests.natsserver import free_port
+from tests.daemonproc import is_action
+from tests.natsserver import NatsServer, free_port
+from tests.test_http_daemon import Spawn, served_config
+from tests.test_http_daemon import spawn as spawn_fixture  # noqa: F401 - registers `spawn`
 from tests.test_http_endpoint import Probe, make_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,3 +190,37 @@ async def test_a_real_prometheus_scrapes_the_endpoint_and_answers_for_the_heal_c
                 assert answer["status"] == "success", (panel["title"], expr, answer)
     finally:
         await endpoint.stop()
+
+
+async def test_a_real_prometheus_scrapes_the_daemon_and_sees_a_heal(
+    server: NatsServer,
+    client: Client,
+    tmp_path: Path,
+    spawn: Spawn,
+    prometheus_at: Callable[[int], PrometheusServer],
+) -> None:
+    """The daemon itself, with `[http] listen` on loopback, is Prometheus's
+    target: after another client deletes a declared stream and the daemon heals
+    it, Prometheus's query API returns heals_total{kind=stream,trigger=advisory}
+    = 1 for that instance."""
+    port = free_port()
+    proc = spawn(served_config(tmp_path, server.url, port))
+    await proc.wait_for(is_action("ready"), within=15)
+    prometheus = prometheus_at(port)
+    query = f'{P}heals_total{{job="kanade-watchdog",kind="stream",trigger="advisory"}}'
+
+    def scraped() -> list[Any]:
+        result: list[Any] = prometheus.get("/api/v1/query", query=query)["data"]["result"]
+        return result
+
+    (series,) = await until(scraped, "the daemon's heal counter", prometheus)
+    assert float(series["value"][1]) == 0
+    mark = proc.mark()
+    await client.jetstream().delete_stream("ORDERS")
+    await proc.wait_for(is_action("created", stream="ORDERS"), after=mark, within=5)
+
+    def healed() -> list[Any]:
+        return [s for s in scraped() if float(s["value"][1]) == 1]
+
+    (series,) = await until(healed, "a heal in the daemon's counter", prometheus)
+    assert series["metric"]["instance"] == f"127.0.0.1:{port}"
