@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nats
 import pytest
 from nats.aio.client import Client
 
 from tests.natsserver import NatsServer
+
+if TYPE_CHECKING:
+    from tests.daemonproc import DaemonProc
 
 REPO = Path(__file__).resolve().parent.parent
 REPO_CONFIG = REPO / "config.toml"
@@ -58,3 +62,23 @@ def config_for(server_url: str, tmp_path: Path, source: Path = REPO_CONFIG) -> P
     path = tmp_path / "watchdog.toml"
     path.write_text(text)
     return path
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[[Path], DaemonProc]]:
+    """Start real daemons (`tests.daemonproc.DaemonProc`) during a test; each is
+    closed after it, and none may have printed a line that is not JSON."""
+    from tests.daemonproc import DaemonProc  # it imports this module
+
+    procs: list[DaemonProc] = []
+
+    def start(config: Path) -> DaemonProc:
+        proc = DaemonProc(config).start()
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.close()
+    for proc in procs:
+        assert proc.raw == [], "\n".join(proc.raw)

@@ -354,3 +354,6 @@ class TcpProxy:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+Spawn = Callable[[Path], DaemonProc]

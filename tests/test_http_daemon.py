@@ -15,7 +15,6 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +23,12 @@ from nats.aio.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO
-from tests.daemonproc import DaemonProc, daemon_config, is_action
+from tests.daemonproc import Spawn, daemon_config, is_action
 from tests.natsserver import NatsServer, free_port
 
 P = "kanade_watchdog_"
 RESOURCES = '[streams.ORDERS]\nsubjects = ["orders.>"]\n\n[kv_buckets.settings]\nhistory = 1\n'
 
-Spawn = Callable[[Path], DaemonProc]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -69,22 +67,6 @@ async def until_status(port: int, path: str, status: int, *, within: float = 10.
         while (reply := await get(port, path)).status != status:  # noqa: ASYNC110 - polled over HTTP
             await asyncio.sleep(0.02)
     return reply
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawn]:
-    procs: list[DaemonProc] = []
-
-    def start(config: Path) -> DaemonProc:
-        proc = DaemonProc(config).start()
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.close()
-    for proc in procs:
-        assert proc.raw == [], "\n".join(proc.raw)
 
 
 def served_config(

@@ -26,10 +26,9 @@ import pytest
 from nats.aio.client import Client
 
 from kanade_watchdog.report.metrics import Metrics
-from tests.daemonproc import is_action
+from tests.daemonproc import Spawn, is_action
 from tests.natsserver import NatsServer, free_port
-from tests.test_http_daemon import Spawn, served_config
-from tests.test_http_daemon import spawn as spawn_fixture  # noqa: F401 - registers `spawn`
+from tests.test_http_daemon import served_config
 from tests.test_http_endpoint import Probe, make_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
