@@ -36,7 +36,7 @@ from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.errors import BrokerError, ConfigError
 from kanade_watchdog.model.printable import escape
 from kanade_watchdog.model.settings import DEFAULT_PATH, ENV_PATH, Config
-from kanade_watchdog.report import render
+from kanade_watchdog.report import check, render
 
 # `plan` and `check` start often (a monitoring plugin runs `check` every few
 # minutes), so their import path holds only what they use: applying, export
@@ -199,18 +199,18 @@ async def _apply(config: Config, args: argparse.Namespace, path: str) -> Output:
     return Output(code, lines)
 
 
-async def _check(config: Config) -> render.CheckReport:
+async def _check(config: Config) -> check.CheckReport:
     started = time.perf_counter()
     try:
         broker, observed = await _observe(config)
     except BrokerError as exc:
-        return render.check_failure("CRITICAL", [render.broker_problem(exc)])
+        return check.check_failure("CRITICAL", [check.broker_problem(exc)])
     server = broker.server
     await broker.nc.close()
     decisions = plan(config.resources, observed, utcnow(), server=server)
     facts = cluster_facts(config.resources, observed)
     extra = undeclared(set(config.by_stream()), observed, config.ignore)
-    return render.check_report(
+    return check.check_report(
         decisions,
         facts,
         seconds=time.perf_counter() - started,
@@ -219,7 +219,7 @@ async def _check(config: Config) -> render.CheckReport:
     )
 
 
-def _check_output(report: render.CheckReport, *, as_json: bool, path: str) -> Output:
+def _check_output(report: check.CheckReport, *, as_json: bool, path: str) -> Output:
     if as_json:
         return Output(report.code, [report.json(config=path)], raw=True)
     return Output(report.code, [report.line()])
@@ -238,7 +238,7 @@ def _failure(args: argparse.Namespace, path: str, *, code: int, problems: list[s
     as_json = bool(getattr(args, "json", False))
     if args.command == "check" and code != exitcodes.INTERRUPTED:
         status = "CRITICAL" if code == exitcodes.FAILURE else "UNKNOWN"
-        out = _check_output(render.check_failure(status, problems), as_json=as_json, path=path)
+        out = _check_output(check.check_failure(status, problems), as_json=as_json, path=path)
         if code == exitcodes.CONFIG:  # every problem, not just the one the status line has
             out.err = problems
         return out
@@ -296,7 +296,7 @@ def _one_shot(args: argparse.Namespace, path: str) -> Output:
             args, path, code=exitcodes.CONFIG, problems=[f"config error: {p}" for p in exc.problems]
         )
     except BrokerError as exc:
-        text = render.broker_problem(exc) if args.command == "check" else f"broker error: {exc}"
+        text = check.broker_problem(exc) if args.command == "check" else f"broker error: {exc}"
         return _failure(args, path, code=exitcodes.FAILURE, problems=[text])
     except KeyboardInterrupt:
         return _failure(args, path, code=exitcodes.INTERRUPTED, problems=["interrupted"])

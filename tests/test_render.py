@@ -15,7 +15,7 @@ from kanade_watchdog.core.cluster import ClusterFacts
 from kanade_watchdog.core.plan import Action, Change, Decision, Observed, Stake, decide
 from kanade_watchdog.model.printable import quote
 from kanade_watchdog.model.resources import Kind, Resource
-from kanade_watchdog.report import render
+from kanade_watchdog.report import check, render
 
 NOW = datetime(2026, 1, 1, 12, 0, 0)
 SEC = 10**9
@@ -189,7 +189,7 @@ def test_critical_check_names_drift_and_blocked_too() -> None:
     decisions = _decisions(
         A=Action.CREATE, B=Action.UPDATE, C=Action.BLOCKED, D=Action.NEWER_SPEC, E=Action.IN_SYNC
     )
-    report = render.check_report(
+    report = check.check_report(
         decisions, ClusterFacts(leaderless=["F"], behind=["G 2/3"]), seconds=0.004
     )
     assert report.status == "CRITICAL"
@@ -205,12 +205,12 @@ def test_critical_check_names_drift_and_blocked_too() -> None:
 def test_warning_and_ok_check_lines() -> None:
     """Without missing or leaderless resources the worst is WARNING; with nothing
     to say, OK counts what is in sync."""
-    warn = render.check_report(
+    warn = check.check_report(
         _decisions(A=Action.UPDATE, B=Action.IN_SYNC), ClusterFacts(), seconds=0
     )
     assert warn.status == "WARNING"
     assert warn.line().startswith("JETSTREAM WARNING - drifted: A | resources=2 in_sync=1 ")
-    ok = render.check_report(_decisions(A=Action.IN_SYNC), ClusterFacts(), seconds=0)
+    ok = check.check_report(_decisions(A=Action.IN_SYNC), ClusterFacts(), seconds=0)
     assert ok.line().startswith("JETSTREAM OK - 1/1 in sync | resources=1 ")
     assert ok.code == 0
 
@@ -219,7 +219,7 @@ def test_check_names_the_server_version_a_declared_field_needs() -> None:
     """A resource blocked because the server is too old: check's text says which
     server and which field, next to the blocked resource."""
     decisions = _decisions(C=Action.BLOCKED)
-    report = render.check_report(
+    report = check.check_report(
         decisions,
         ClusterFacts(),
         seconds=0.001,

@@ -22,7 +22,7 @@ from kanade_watchdog.core.plan import Action, Decision
 from kanade_watchdog.core.ports import Quiet
 from kanade_watchdog.core.reports import BrokerState, LinkState, PassReport, present_after
 from kanade_watchdog.model.resources import Resource
-from kanade_watchdog.report import render
+from kanade_watchdog.report import check
 
 _REASONED = (Result.BLOCKED, Result.NEWER_SPEC, Result.FAILED)
 
@@ -147,13 +147,13 @@ class StatusBoard(Quiet):
         """What `check --json` would print, from what the daemon last saw."""
         if self.broker_text:
             problem = f"broker unreachable: {self.broker_text}"
-            return render.check_failure("CRITICAL", [problem]).json(config=config)
+            return check.check_failure("CRITICAL", [problem]).json(config=config)
         decisions = [e.decision for e in self._entries.values() if e.decision is not None]
         if len(decisions) < len(self._entries) or self.last_full is None:
             problem = "not every declared resource has been looked at yet"
-            return render.check_failure("UNKNOWN", [problem]).json(config=config)
+            return check.check_failure("UNKNOWN", [problem]).json(config=config)
         extra = undeclared(set(self._entries), self.listed, ignore)
-        report = render.check_report(
+        report = check.check_report(
             decisions, self.facts, seconds=self.last_full_seconds, undeclared=extra
         )
         return report.json(config=config)
