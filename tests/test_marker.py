@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from kanade_watchdog.config.load import parse, writer_id
+from kanade_watchdog.config.load import parse
+from kanade_watchdog.config.writer import writer_id
 from kanade_watchdog.core import desired
 from kanade_watchdog.core.plan import SPEC_VERSION_MARGIN, Action, Decision, Observed, decide, plan
 from kanade_watchdog.model.errors import ConfigError

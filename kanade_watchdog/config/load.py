@@ -9,11 +9,6 @@ Every key is known: a typo is an error, never silently ignored.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import os
-import re
-import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import replace
@@ -21,6 +16,7 @@ from typing import Any
 
 from kanade_watchdog.config import fieldchecks, streamfields, values
 from kanade_watchdog.config import files as configfile
+from kanade_watchdog.config.checks import cross_checks
 from kanade_watchdog.config.files import read_config, resolve_secrets
 from kanade_watchdog.config.problems import Parser, Problems, unknown_key
 from kanade_watchdog.config.problems import key as _key
@@ -43,13 +39,13 @@ from kanade_watchdog.config.values import subjects as _subjects
 from kanade_watchdog.config.values import table as _parse_table
 from kanade_watchdog.config.values import text as _text
 from kanade_watchdog.config.values import window as _window
+from kanade_watchdog.config.writer import writer, writer_id
 from kanade_watchdog.model.errors import ConfigError
 from kanade_watchdog.model.resources import (
     SECTION,
     STREAM_PREFIX,
     Kind,
     Resource,
-    identity_subjects,
 )
 from kanade_watchdog.model.settings import (
     Config,
@@ -58,7 +54,7 @@ from kanade_watchdog.model.settings import (
     TlsSettings,
     WatchdogSettings,
 )
-from kanade_watchdog.model.subjects import SubjectIndex, bucket_name_problem, stream_name_problem
+from kanade_watchdog.model.subjects import bucket_name_problem, stream_name_problem
 from kanade_watchdog.model.units import format_duration_ns
 
 ENV_TOKEN = configfile.ENV_TOKEN  # where callers have always found these two
@@ -125,37 +121,6 @@ REQUIRED: dict[Kind, tuple[str, ...]] = {
     Kind.KV: (),
     Kind.OBJECT_STORE: (),
 }
-
-
-_WRITER = re.compile(r"[\x21-\x7e]{1,64}")
-
-
-def _writer(value: Any) -> str:
-    if not isinstance(value, str) or not _WRITER.fullmatch(value):
-        raise ValueError(
-            "must be 1 to 64 printable ASCII characters without spaces (e.g. 'broker-2')"
-        )
-    return value
-
-
-@functools.cache
-def _host_identity() -> str:
-    """This machine, stably: its machine id (hashed below, never shown), else
-    its host name."""
-    try:
-        with open("/etc/machine-id", encoding="ascii") as fh:
-            machine = fh.read(64).strip()
-    except (OSError, ValueError):
-        machine = ""
-    return machine or socket.gethostname()
-
-
-def writer_id(path: str) -> str:
-    """The default writer identity: this host plus the config file's absolute
-    path, hashed short. Stable across restarts, reloads and edits of that one
-    file; different on another host or for another file."""
-    seed = f"kanade-watchdog writer\0{_host_identity()}\0{os.path.abspath(path)}"
-    return hashlib.sha256(seed.encode()).hexdigest()[:12]
 
 
 def _tls(value: Any) -> TlsSettings:
@@ -235,7 +200,7 @@ _WATCHDOG_KEYS: dict[str, Parser] = {
     "advisories": _bool,
     "stop_timeout": _stop_timeout,
     "pass_deadline": _positive_seconds,
-    "id": _writer,
+    "id": writer,
     "force_spec": _bool,
 }
 _HTTP_KEYS: dict[str, Parser] = {"listen": values.parse_listen}
@@ -338,63 +303,6 @@ def _auth_checks(problems: Problems, nats: dict[str, Any]) -> None:
         problems.add("nats.user", "user and password (or password_file) go together")
 
 
-def _identity_subjects(resource: Resource) -> tuple[str, ...]:
-    if "mirror" in resource.declared:  # a mirror listens on no subjects
-        return ()
-    if resource.kind is not Kind.STREAM:
-        return identity_subjects(resource.kind, resource.name)
-    # A stream whose subjects are invalid has none here: they are reported already.
-    subjects: tuple[str, ...] = resource.declared.get("subjects", ())
-    return subjects
-
-
-def _serves_direct(resource: Resource) -> bool:
-    """A declared origin answers direct gets: buckets always (ADR-8, ADR-20)."""
-    return resource.kind is not Kind.STREAM or bool(resource.declared.get("allow_direct"))
-
-
-def _cross_checks(problems: Problems, resources: list[Resource]) -> None:
-    """Names and subjects must be unique across every declared stream."""
-    owner: dict[str, Resource] = {}
-    for res in resources:
-        other = owner.get(res.stream)
-        if other is not None:
-            problems.add(
-                f"{SECTION[res.kind]}.{_key(res.name)}",
-                f"its stream {res.stream!r} is already declared by "
-                f"{SECTION[other.kind]}.{_key(other.name)}",
-                kind=f"{SECTION[res.kind]}.*",
-            )
-        owner[res.stream] = res
-    for stream, key, reason in fieldchecks.topology_problems(
-        {r.stream: streamfields.with_implied(r.kind, r.declared) for r in resources},
-        lambda s: _serves_direct(owner[s]),
-    ):
-        res = owner[stream]
-        problems.add(f"{SECTION[res.kind]}.{_key(res.name)}.{key}", reason, kind="topology")
-    index = SubjectIndex()
-    claimed_by: dict[str, Resource] = {}
-    for res in resources:
-        subjects = _identity_subjects(res)
-        # One line per resource, naming the first overlap found: listing every
-        # pair would be n * n lines for n streams that all overlap.
-        for subject in subjects:
-            found = index.overlapping(subject, limit=1)
-            if found:
-                other = claimed_by[found[0]]
-                problems.add(
-                    f"{SECTION[res.kind]}.{_key(res.name)}.subjects",
-                    f"{subject!r} overlaps {found[0]!r} of "
-                    f"{SECTION[other.kind]}.{_key(other.name)}",
-                    kind=f"{SECTION[res.kind]}.*.subjects",
-                )
-                break
-        for subject in subjects:  # a stream's own subjects were checked by _subjects
-            if subject not in claimed_by:
-                index.add(subject)
-                claimed_by[subject] = res
-
-
 def parse(document: Mapping[str, Any], path: str, *, require_resources: bool = True) -> Config:
     """Validate an already-decoded TOML document. `export` reads files that
     declare nothing yet (`require_resources=False`)."""
@@ -416,7 +324,7 @@ def parse(document: Mapping[str, Any], path: str, *, require_resources: bool = T
             res = _resource(problems, kind, name, raw)
             if res is not None:
                 resources.append(res)
-    _cross_checks(problems, resources)
+    cross_checks(problems, resources)
     if require_resources and not resources and not problems.found:
         problems.add(
             "streams",
