@@ -768,3 +768,17 @@ async def test_a_stop_that_arrives_as_a_pass_ends_stops_the_worker() -> None:
     done, _ = await asyncio.wait({task}, timeout=2)
     assert task in done, "the worker swallowed its cancellation and carried on"
     assert task.cancelled()
+
+
+async def test_a_stop_that_races_a_mark_is_not_lost() -> None:
+    """The worker waits for marks; a mark and a cancellation (the daemon
+    stopping) arriving in the same loop turn must still end the wait
+    cancelled. asyncio.wait_for on Python 3.11 returns the woken wait instead,
+    and the worker then never stopped (the daemon hit its stop deadline)."""
+    queue = WorkQueue()
+    waiting = asyncio.ensure_future(queue.wait(10.0))
+    await asyncio.sleep(0)  # it is waiting now
+    queue.mark("S", Trigger.ADVISORY)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting

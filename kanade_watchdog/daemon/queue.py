@@ -59,8 +59,11 @@ class WorkQueue:
         self._wake.set()
 
     async def wait(self, at_most: float | None) -> None:
+        # Not wait_for: on 3.11 a cancellation that races a mark is swallowed
+        # (the woken wait is returned instead), and the worker never stops.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), at_most)
+            async with asyncio.timeout(at_most):
+                await self._wake.wait()
 
     def take(self) -> Batch:
         batch, self._pending = self._pending, Batch()

@@ -128,7 +128,8 @@ class Worker:
     async def wait_idle(self, *, within: float) -> bool:
         """Until no pass runs, for at most `within` seconds; True if idle."""
         try:
-            await asyncio.wait_for(self._idle.wait(), within)
+            async with asyncio.timeout(within):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True
