@@ -18,9 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from kanade_watchdog.broker.apply import execute
+from kanade_watchdog.broker.apply import MAX_IN_FLIGHT, execute, in_waves
 from kanade_watchdog.core.cluster import cluster_facts
-from kanade_watchdog.core.order import execute_in_waves
 from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Decision, Observed
 from kanade_watchdog.core.ports import Broker
@@ -69,6 +68,7 @@ async def reconcile(
     head: PassReport,
     now: datetime,
     clock: Callable[[], float],
+    limit: int = MAX_IN_FLIGHT,
 ) -> Pass:
     """`head` is the report's start (number, generation, scope, trigger, start
     time); the pass fills in the rest."""
@@ -111,9 +111,10 @@ async def reconcile(
             held.append(Held(decision, trigger))
         else:
             writing.append((decision, trigger))
-    # An origin is written before the streams that mirror or source it.
-    answers = await execute_in_waves(
-        [d for d, _ in writing], lambda d: _execute(broker, d, resources, now, clock)
+    # An origin is written before the streams that mirror or source it, and
+    # at most `limit` writes are in the broker's hands at once.
+    answers = await in_waves(
+        [d for d, _ in writing], lambda d: _execute(broker, d, resources, now, clock), limit=limit
     )
     done: list[Done] = []
     for (_, trigger), (outcome, answered_at) in zip(writing, answers, strict=True):
