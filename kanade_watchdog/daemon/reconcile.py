@@ -36,6 +36,9 @@ from kanade_watchdog.model.errors import BrokerError, BrokerUnavailable
 from kanade_watchdog.model.events import Trigger
 from kanade_watchdog.model.resources import Resource
 
+# A full pass hands the loop back this often while it decides: a 10,000-resource
+# pass then lets advisories, heals and watchdog pings in every few ms.
+YIELD_EVERY = 200
 NO_LEADER = BrokerUnavailable("no leader answers for this stream right now")
 WRITES = ("create", "update")
 
@@ -47,6 +50,26 @@ class Pass:
     report: PassReport
     listed: dict[str, Observed] | None = None  # the full pass's stream list
     seen: dict[str, Observed | None] = field(default_factory=dict)  # reads and write answers
+    skipped: list[str] = field(default_factory=list)  # written by another pass meanwhile
+
+
+class Claims:
+    """Which pass is writing which stream, while a partial pass runs beside a
+    full one (the worker's fast lane): a stream is written by one pass at a
+    time. A pass claims a stream just before its write and lets go once
+    answered; a stream another pass holds is left to that pass (`skipped`)."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+
+    def take(self, stream: str) -> bool:
+        if stream in self._held:
+            return False
+        self._held.add(stream)
+        return True
+
+    def give_back(self, stream: str) -> None:
+        self._held.discard(stream)
 
 
 @dataclass(frozen=True)
@@ -69,9 +92,11 @@ async def reconcile(
     now: datetime,
     clock: Callable[[], float],
     limit: int = MAX_IN_FLIGHT,
+    claims: Claims | None = None,
 ) -> Pass:
     """`head` is the report's start (number, generation, scope, trigger, start
-    time); the pass fills in the rest."""
+    time); the pass fills in the rest. With `claims`, a write another pass is
+    making is not made again here: the stream goes in `skipped`."""
     writes_before = sum(broker.requests[verb] for verb in WRITES)
     out = Pass(head)
     decisions: list[tuple[Decision, Trigger]] = []
@@ -83,7 +108,9 @@ async def reconcile(
             out.report = replace(head, finished=clock(), read_error=ReadFailure(exc))
             return out
         out.listed = observed
-        for res in resources:
+        for i, res in enumerate(resources):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             trigger = batch.streams.get(res.stream)
             if trigger is None and rules.waiting(res, observed):
                 continue  # still backing off; an event would bring it in early
@@ -114,10 +141,16 @@ async def reconcile(
     # An origin is written before the streams that mirror or source it, and
     # at most `limit` writes are in the broker's hands at once.
     answers = await in_waves(
-        [d for d, _ in writing], lambda d: _execute(broker, d, resources, now, clock), limit=limit
+        [d for d, _ in writing],
+        lambda d: _execute(broker, d, resources, now, clock, claims=claims),
+        limit=limit,
     )
     done: list[Done] = []
-    for (_, trigger), (outcome, answered_at) in zip(writing, answers, strict=True):
+    for (decision, trigger), answer in zip(writing, answers, strict=True):
+        if answer is None:
+            out.skipped.append(decision.resource.stream)
+            continue
+        outcome, answered_at = answer
         res = outcome.decision.resource
         if outcome.result is Result.FAILED:
             assert outcome.error is not None
@@ -153,7 +186,17 @@ async def _execute(
     resources: Sequence[Resource],
     now: datetime,
     clock: Callable[[], float],
-) -> tuple[Outcome, float]:
-    """The decision carried out, and when the broker answered."""
-    outcome = await execute(broker, decision, resources, now)
-    return outcome, clock()
+    *,
+    claims: Claims | None,
+) -> tuple[Outcome, float] | None:
+    """The decision carried out, and when the broker answered; None when
+    another pass is writing the stream."""
+    if claims is None or not decision.writes:
+        return await execute(broker, decision, resources, now), clock()
+    stream = decision.resource.stream
+    if not claims.take(stream):
+        return None
+    try:
+        return await execute(broker, decision, resources, now), clock()
+    finally:
+        claims.give_back(stream)
