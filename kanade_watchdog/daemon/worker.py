@@ -83,7 +83,8 @@ class Worker:
         self.backoff = self._new_backoff()
         self.guard = WriteGuard(clock)
         self.generation = 0  # one per reload: a pass runs on one config
-        self._managed = frozenset(config.by_stream())
+        self._by_stream = config.by_stream()
+        self._managed = frozenset(self._by_stream)
         self._broker: Broker | None = None
         self._passes = 0
         self._connected = asyncio.Event()
@@ -173,7 +174,8 @@ class Worker:
             self._own_hashes[res.stream] = mine | {desired.spec_hash(res)}
         self.config = config
         self.generation += 1
-        self._managed = frozenset(config.by_stream())
+        self._by_stream = config.by_stream()
+        self._managed = frozenset(self._by_stream)
         self.backoff = self._new_backoff()
         self.guard.reset()
         self._causes.clear()
@@ -275,6 +277,7 @@ class Worker:
                 now=now,
                 clock=self.clock,
                 claims=self._claims,
+                by_stream=self._by_stream,
             )
         )
         self._current.add(current)
