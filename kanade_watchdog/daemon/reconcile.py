@@ -131,10 +131,7 @@ async def reconcile(
         if by_stream is None:
             by_stream = {r.stream: r for r in resources}
         targets = [(by_stream[s], t) for s, t in batch.streams.items() if s in by_stream]
-        if len(targets) == 1:  # the usual heal: no task to spawn, no extra loop turn
-            infos = [await _info(broker, targets[0][0])]
-        else:
-            infos = list(await asyncio.gather(*(_info(broker, r) for r, _ in targets)))
+        infos = await asyncio.gather(*(_info(broker, r) for r, _ in targets))
         for (res, trigger), info in zip(targets, infos, strict=True):
             if isinstance(info, BrokerError):
                 failed.append(Failed(res, info, trigger, present=None))
@@ -148,13 +145,22 @@ async def reconcile(
             held.append(Held(decision, trigger))
         else:
             writing.append((decision, trigger))
+
     # An origin is written before the streams that mirror or source it, and
     # at most `limit` writes are in the broker's hands at once.
-    answers = await in_waves(
-        [d for d, _ in writing],
-        lambda d: _execute(broker, d, resources, now, clock, claims=claims),
-        limit=limit,
-    )
+    # Creates go after the pass's updates: an update narrowing a stream's
+    # subjects (a revert) must land before the create it unblocks, and the
+    # broker may carry out two requests sent together in either order.
+    async def run(group: list[Decision]) -> list[tuple[Outcome, float] | None]:
+        return await in_waves(
+            group, lambda d: _execute(broker, d, resources, now, clock, claims=claims), limit=limit
+        )
+
+    first = [d for d, _ in writing if d.action is not Action.CREATE]
+    then = [d for d, _ in writing if d.action is Action.CREATE]
+    answered = dict(zip(map(id, first), await run(first), strict=True))
+    answered.update(zip(map(id, then), await run(then), strict=True))
+    answers = [answered[id(d)] for d, _ in writing]
     done: list[Done] = []
     for (decision, trigger), answer in zip(writing, answers, strict=True):
         if answer is None:
