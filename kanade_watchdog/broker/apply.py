@@ -5,7 +5,8 @@ path to delete or purge. A failing resource never stops the others; its
 broker error is turned into a `ResourceError` that says what to change.
 `execute` carries out one decision (the daemon's `worker` calls it);
 `execute_all` carries out a whole plan with a bounded number of requests in
-flight (the one-shot `apply` command, `cli`). A write whose answer does not
+flight (the one-shot `apply` command, `cli`), and `in_waves` runs the
+daemon's writes with the same bound (`daemon.reconcile`). A write whose answer does not
 come in time is looked at again before it is called failed.
 """
 
@@ -41,6 +42,7 @@ from kanade_watchdog.model.resources import Resource
 from kanade_watchdog.model.units import format_size
 
 T = TypeVar("T")
+T_in = TypeVar("T_in")
 
 # Writes in flight at once in `execute_all`. A broker carries out stream
 # creates and updates largely one after another, so a request waits for all
@@ -261,30 +263,65 @@ async def execute_all(
     return [results[id(d)] for d in decisions]
 
 
-async def _execute_wave(
-    broker: Broker, decisions: Sequence[Decision], lookups: Lookups, now: datetime, limit: int
-) -> list[Outcome]:
-    outcomes: list[Outcome | None] = [None] * len(decisions)
-    writes: list[int] = []
-    for i, decision in enumerate(decisions):
-        if decision.action in _WRITES:
-            writes.append(i)
-        else:
-            outcomes[i] = _without_write(decision)
-    queue = iter(writes)
+async def in_waves(
+    decisions: Sequence[Decision],
+    run: Callable[[Decision], Awaitable[T]],
+    *,
+    limit: int = MAX_IN_FLIGHT,
+) -> list[T]:
+    """`run` for every decision, wave after wave (`order.waves`), at most
+    `limit` of them in flight at once; results in `decisions` order. The
+    daemon's passes write through this, like `execute_all`: a startup pass
+    creating 10,000 streams keeps `limit` requests in the broker's hands,
+    not 10,000."""
+    results: dict[int, T] = {}
+    for wave in waves(decisions):
+        for decision, result in zip(wave, await bounded(wave, run, limit=limit), strict=True):
+            results[id(decision)] = result
+    return [results[id(d)] for d in decisions]
+
+
+async def bounded(
+    items: Sequence[T_in], run: Callable[[T_in], Awaitable[T]], *, limit: int
+) -> list[T]:
+    """`run` for every item, at most `limit` at once; results in `items` order."""
+    outcomes: list[T | None] = [None] * len(items)
+    queue = iter(range(len(items)))
 
     async def worker() -> None:
         # Workers share one iterator: a fixed number of tasks, however long the plan.
         for i in queue:
-            outcomes[i] = await _execute(broker, decisions[i], lookups, now)
+            outcomes[i] = await run(items[i])
 
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(limit, len(writes))):
-                group.create_task(worker())
-    except ExceptionGroup as failed:
-        # A bug in one worker stops them all; its own error is the one to report.
-        raise failed.exceptions[0] from None
+    if len(items) == 1:  # the usual heal: no task to spawn, no extra loop hop
+        outcomes[0] = await run(items[0])
+    elif items:
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(limit, len(items))):
+                    group.create_task(worker())
+        except ExceptionGroup as failed:
+            # A bug in one worker stops them all; its own error is the one to report.
+            raise failed.exceptions[0] from None
+    done = [o for o in outcomes if o is not None]
+    assert len(done) == len(items)
+    return done
+
+
+async def _execute_wave(
+    broker: Broker, decisions: Sequence[Decision], lookups: Lookups, now: datetime, limit: int
+) -> list[Outcome]:
+    # Decisions that need no write are answered without taking a place in the pool.
+    outcomes: list[Outcome | None] = [
+        None if d.action in _WRITES else _without_write(d) for d in decisions
+    ]
+    writes = [i for i, o in enumerate(outcomes) if o is None]
+
+    async def write(i: int) -> Outcome:
+        return await _execute(broker, decisions[i], lookups, now)
+
+    for i, outcome in zip(writes, await bounded(writes, write, limit=limit), strict=True):
+        outcomes[i] = outcome
     done = [o for o in outcomes if o is not None]
     assert len(done) == len(decisions)
     return done

@@ -95,19 +95,63 @@ class QuietErrors:
 
 MAX_RECONNECT_WAIT = 5.0  # reconnect pacing cap: a restarting broker is back in seconds
 MAX_CONNECT_WAIT = 30.0  # initial-connect pacing cap (a down broker, wrong credentials)
+# While the port is closed (the connect refused at once), an attempt is just a
+# TCP connect that the host refuses: cheap for both ends. Those are retried
+# this often, from the first pace up to the cap, however long the outage, so
+# a broker that comes back is found within tens of milliseconds. Any other
+# failure (a server that answers and refuses us, a handshake that stalls, a
+# host that does not answer) keeps the slow growing pace.
+PORT_PACE_FIRST = 0.02
+PORT_PACE_CAP = 0.05
 
 
-def reconnect_pacing(base: float) -> Callable[[list[Server], dict[str, Any]], tuple[Server, float]]:
+def port_closed(exc: BaseException | None) -> bool:
+    """The last attempt found nothing listening: refused at the TCP connect."""
+    return isinstance(exc, ConnectionRefusedError)
+
+
+def port_pace(failures: int) -> float:
+    """The pause after `failures` refused connects in a row (>= 0)."""
+    return min(PORT_PACE_FIRST * 1.5 ** min(max(failures - 1, 0), 60), PORT_PACE_CAP)
+
+
+def reconnect_pacing(
+    base: float, quiet: QuietErrors | None = None
+) -> Callable[[list[Server], dict[str, Any]], tuple[Server, float]]:
     """nats-py's reconnect hook: the least-tried server, after a delay that grows
     with the failed attempts (x1.5 each, capped), so a broker that refuses us
-    (credentials revoked, a stuck TLS handshake) is not hammered."""
+    (credentials revoked, a stuck TLS handshake) is not hammered; at the
+    port pace while its port is closed (`quiet` saw the refusal), and the
+    first try after a lost connection at once."""
 
     def pick(servers: list[Server], _info: dict[str, Any]) -> tuple[Server, float]:
         server = min(servers, key=lambda s: s.reconnects)
-        delay = min(base * 1.5**server.reconnects, MAX_RECONNECT_WAIT)
+        if server.reconnects == 0 or (quiet is not None and port_closed(quiet.latest)):
+            return server, port_pace(server.reconnects)
+        # The exponent is bounded: 1.5**1752 overflows a float, and a long
+        # outage at the port pace counts that many attempts in minutes.
+        delay = min(base * 1.5 ** min(server.reconnects, 60), MAX_RECONNECT_WAIT)
         return server, delay * random.uniform(0.8, 1.2)
 
     return pick
+
+
+class ConnectPace:
+    """tenacity's wait for the daemon's first connect: the port pace while the
+    broker's port is closed, else the growing pause (wrong credentials, a TLS
+    handshake that fails, a host that does not answer)."""
+
+    def __init__(self, quiet: QuietErrors, base: float) -> None:
+        self.quiet = quiet
+        self.slow = wait_exponential_jitter(multiplier=base, max=MAX_CONNECT_WAIT, jitter=base)
+        self.refused = 0  # refused attempts in a row
+
+    def __call__(self, state: RetryCallState) -> float:
+        if port_closed(self.quiet.latest):
+            self.refused += 1
+            return port_pace(self.refused)
+        self.refused = 0
+        return float(self.slow(state))
 
 
 def _options(settings: NatsSettings) -> dict[str, Any]:
@@ -131,7 +175,7 @@ async def _attempt(settings: NatsSettings, **options: Any) -> Client:
     nc = Client()
     try:
         await bounded(
-            nc.connect(**_options(settings), allow_reconnect=False, **options),
+            nc.connect(**{**_options(settings), "allow_reconnect": False, **options}),
             attempt_timeout(settings),
             what="connect attempt",
         )
@@ -203,9 +247,7 @@ async def connect_forever(
     quiet = QuietErrors(sink=on_error)
     gate = _Gate(on_closed=on_closed, on_disconnect=on_disconnect, on_reconnect=on_reconnect)
     retrying = AsyncRetrying(
-        wait=wait_exponential_jitter(
-            multiplier=settings.reconnect_wait, max=MAX_CONNECT_WAIT, jitter=settings.reconnect_wait
-        ),
+        wait=ConnectPace(quiet, settings.reconnect_wait),
         retry=retry_if_exception_type(CONNECTION_ERRORS),
         before_sleep=_RetryLog(quiet, settings).before_sleep,
         reraise=True,
@@ -217,7 +259,10 @@ async def connect_forever(
                 settings,
                 # One pass over the pool per attempt; tenacity paces the attempts.
                 max_reconnect_attempts=1,
-                reconnect_to_server_handler=reconnect_pacing(settings.reconnect_wait),
+                # The attempt's second try at a server comes at once: `ConnectPace`
+                # paces the attempts.
+                reconnect_time_wait=0,
+                reconnect_to_server_handler=reconnect_pacing(settings.reconnect_wait, quiet),
                 error_cb=quiet.callback,
                 closed_cb=gate.closed,
                 disconnected_cb=gate.disconnected,
@@ -226,6 +271,7 @@ async def connect_forever(
     # Once connected, never stop reconnecting: the pacing hook spaces attempts.
     nc.options["allow_reconnect"] = True
     nc.options["max_reconnect_attempts"] = -1
+    nc.options["reconnect_time_wait"] = settings.reconnect_wait
     gate.open = True
     return nc
 

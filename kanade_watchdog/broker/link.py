@@ -21,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -40,6 +42,16 @@ log = logging.getLogger("kanade_watchdog.connection")
 ADVISORY_SUBJECT = "$JS.EVENT.ADVISORY.STREAM.*.*"
 CLOSE_TIMEOUT = 2.0  # closing at shutdown is best effort, within this
 REBUILD_PAUSE = 1.0  # never a tight loop, whatever closed the client
+# Readiness: a broker that accepts connections may not answer JetStream
+# requests yet (it is still recovering its streams), and a stream list sent
+# then waits out its whole timeout. So a connection is announced (and the
+# full pass runs) once a short `$JS.API.INFO` request is answered: each try
+# waits PROBE_TIMEOUT, "no responders" is tried again after PROBE_PAUSE,
+# and after READY_WAIT the connection is announced all the same (the pass
+# then says what is wrong).
+PROBE_TIMEOUT = 0.25
+PROBE_PAUSE = 0.01
+READY_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,7 @@ class Link:
         self._denied_advisories = False
         self._connected_once = False
         self._background: set[asyncio.Task[None]] = set()
+        self._probing: asyncio.Task[None] | None = None  # readiness after a reconnect
 
     @property
     def servers(self) -> str:
@@ -119,6 +132,7 @@ class Link:
             )
             self._sub = None
             await self._subscribe(nc)
+            await jetstream_ready(nc, self._broker.prefix)
             self._up(resumed=False)
             await closed.wait()
             self._on_lost()
@@ -142,12 +156,28 @@ class Link:
         )
 
     async def _disconnected(self) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
         if not self._closing:
             self._on_lost()
 
     async def _reconnected(self) -> None:
-        if not self._closing:
-            self._up(resumed=True)
+        """nats-py awaits this in its reconnect loop: readiness is learnt
+        beside it, and the connection announced once JetStream answers."""
+        if self._closing or self._nc is None or self._broker is None:
+            return
+        if self._probing is not None:
+            self._probing.cancel()
+        nc, prefix = self._nc, self._broker.prefix
+
+        async def ready_then_up() -> None:
+            await jetstream_ready(nc, prefix)
+            if not self._closing and nc is self._nc and nc.is_connected:
+                self._up(resumed=True)
+
+        self._probing = asyncio.get_running_loop().create_task(ready_then_up())
+        self._background.add(self._probing)
+        self._probing.add_done_callback(self._background.discard)
 
     def _client_error(self, text: str) -> None:
         """The client's asynchronous errors: a denied publish or subscription is
@@ -220,3 +250,31 @@ class Link:
                 raise
         except Exception:  # closing is best effort at exit
             log.debug("closing the connection failed", exc_info=True)
+
+
+async def jetstream_ready(
+    nc: Client,
+    prefix: str,
+    *,
+    within: float = READY_WAIT,
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """Until JetStream answers a short INFO request (any answer, an error
+    included: it is up and speaking), for at most `within` seconds; True
+    if it answered. Tries that find no responder are repeated after a brief
+    pause, silent ones at once: no one slow request holds the pass."""
+    give_up = clock() + within
+    while clock() < give_up:
+        if not nc.is_connected:
+            return False
+        try:
+            await nc.request(f"{prefix}.INFO", b"", timeout=PROBE_TIMEOUT)
+        except nats.errors.NoRespondersError:
+            await asyncio.sleep(PROBE_PAUSE)
+        except (TimeoutError, nats.errors.TimeoutError):
+            continue
+        except nats.errors.Error:
+            return False  # the connection went: the reconnect probes again
+        else:
+            return True
+    return False

@@ -40,6 +40,7 @@ class WorkQueue:
         self.clock = clock
         self._pending = Batch()
         self._wake = asyncio.Event()
+        self._stream_marked = asyncio.Event()  # the fast lane's wake-up
         self.marks = 0  # how many marks were made (coalescing is marks vs passes)
 
     def mark_all(self, trigger: Trigger) -> None:
@@ -57,6 +58,7 @@ class WorkQueue:
             self._pending.streams[stream] = trigger
             self._pending.marked_at[stream] = self.clock()
         self._wake.set()
+        self._stream_marked.set()
 
     async def wait(self, at_most: float | None) -> None:
         # Not wait_for: on 3.11 a cancellation that races a mark is swallowed
@@ -65,7 +67,21 @@ class WorkQueue:
             async with asyncio.timeout(at_most):
                 await self._wake.wait()
 
+    async def wait_streams(self) -> None:
+        """Until a single stream is marked (a full mark alone does not wake it)."""
+        await self._stream_marked.wait()
+
+    def take_streams(self) -> Batch:
+        """The single-stream marks so far; a full mark stays pending."""
+        batch = Batch(streams=self._pending.streams, marked_at=self._pending.marked_at)
+        self._pending.streams, self._pending.marked_at = {}, {}
+        self._stream_marked.clear()
+        if self._pending.full is None:
+            self._wake.clear()
+        return batch
+
     def take(self) -> Batch:
         batch, self._pending = self._pending, Batch()
         self._wake.clear()
+        self._stream_marked.clear()
         return batch

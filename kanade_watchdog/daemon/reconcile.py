@@ -18,9 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from kanade_watchdog.broker.apply import execute
+from kanade_watchdog.broker.apply import MAX_IN_FLIGHT, execute, in_waves
 from kanade_watchdog.core.cluster import cluster_facts
-from kanade_watchdog.core.order import execute_in_waves
 from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Decision, Observed
 from kanade_watchdog.core.ports import Broker
@@ -37,6 +36,12 @@ from kanade_watchdog.model.errors import BrokerError, BrokerUnavailable
 from kanade_watchdog.model.events import Trigger
 from kanade_watchdog.model.resources import Resource
 
+# A full pass hands the loop back this often while it decides (~1 ms of
+# decisions): an advisory needs a few loop turns to become a heal (socket read,
+# subscription, mark, the fast lane's read and write), and each turn waits for
+# the next yield, so a coarser step (200: a 64 ms heal during a 1,000-stream
+# pass) shows in the heal latency; watchdog pings go on all the same.
+YIELD_EVERY = 25
 NO_LEADER = BrokerUnavailable("no leader answers for this stream right now")
 WRITES = ("create", "update")
 
@@ -48,6 +53,26 @@ class Pass:
     report: PassReport
     listed: dict[str, Observed] | None = None  # the full pass's stream list
     seen: dict[str, Observed | None] = field(default_factory=dict)  # reads and write answers
+    skipped: list[str] = field(default_factory=list)  # written by another pass meanwhile
+
+
+class Claims:
+    """Which pass is writing which stream, while a partial pass runs beside a
+    full one (the worker's fast lane): a stream is written by one pass at a
+    time. A pass claims a stream just before its write and lets go once
+    answered; a stream another pass holds is left to that pass (`skipped`)."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+
+    def take(self, stream: str) -> bool:
+        if stream in self._held:
+            return False
+        self._held.add(stream)
+        return True
+
+    def give_back(self, stream: str) -> None:
+        self._held.discard(stream)
 
 
 @dataclass(frozen=True)
@@ -69,9 +94,13 @@ async def reconcile(
     head: PassReport,
     now: datetime,
     clock: Callable[[], float],
+    limit: int = MAX_IN_FLIGHT,
+    claims: Claims | None = None,
+    by_stream: Mapping[str, Resource] | None = None,
 ) -> Pass:
     """`head` is the report's start (number, generation, scope, trigger, start
-    time); the pass fills in the rest."""
+    time); the pass fills in the rest. With `claims`, a write another pass is
+    making is not made again here: the stream goes in `skipped`."""
     writes_before = sum(broker.requests[verb] for verb in WRITES)
     out = Pass(head)
     decisions: list[tuple[Decision, Trigger]] = []
@@ -83,7 +112,9 @@ async def reconcile(
             out.report = replace(head, finished=clock(), read_error=ReadFailure(exc))
             return out
         out.listed = observed
-        for res in resources:
+        for i, res in enumerate(resources):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             trigger = batch.streams.get(res.stream)
             if trigger is None and rules.waiting(res, observed):
                 continue  # still backing off; an event would bring it in early
@@ -95,7 +126,10 @@ async def reconcile(
                 continue
             decisions.append((rules.decide(res, obs), trigger))
     else:
-        by_stream = {r.stream: r for r in resources}
+        # The map is the worker's, built once per config: a heal at 10,000
+        # declared resources must not rebuild it (~6 ms each).
+        if by_stream is None:
+            by_stream = {r.stream: r for r in resources}
         targets = [(by_stream[s], t) for s, t in batch.streams.items() if s in by_stream]
         infos = await asyncio.gather(*(_info(broker, r) for r, _ in targets))
         for (res, trigger), info in zip(targets, infos, strict=True):
@@ -111,12 +145,28 @@ async def reconcile(
             held.append(Held(decision, trigger))
         else:
             writing.append((decision, trigger))
-    # An origin is written before the streams that mirror or source it.
-    answers = await execute_in_waves(
-        [d for d, _ in writing], lambda d: _execute(broker, d, resources, now, clock)
-    )
+
+    # An origin is written before the streams that mirror or source it, and
+    # at most `limit` writes are in the broker's hands at once.
+    # Creates go after the pass's updates: an update narrowing a stream's
+    # subjects (a revert) must land before the create it unblocks, and the
+    # broker may carry out two requests sent together in either order.
+    async def run(group: list[Decision]) -> list[tuple[Outcome, float] | None]:
+        return await in_waves(
+            group, lambda d: _execute(broker, d, resources, now, clock, claims=claims), limit=limit
+        )
+
+    first = [d for d, _ in writing if d.action is not Action.CREATE]
+    then = [d for d, _ in writing if d.action is Action.CREATE]
+    answered = dict(zip(map(id, first), await run(first), strict=True))
+    answered.update(zip(map(id, then), await run(then), strict=True))
+    answers = [answered[id(d)] for d, _ in writing]
     done: list[Done] = []
-    for (_, trigger), (outcome, answered_at) in zip(writing, answers, strict=True):
+    for (decision, trigger), answer in zip(writing, answers, strict=True):
+        if answer is None:
+            out.skipped.append(decision.resource.stream)
+            continue
+        outcome, answered_at = answer
         res = outcome.decision.resource
         if outcome.result is Result.FAILED:
             assert outcome.error is not None
@@ -152,7 +202,17 @@ async def _execute(
     resources: Sequence[Resource],
     now: datetime,
     clock: Callable[[], float],
-) -> tuple[Outcome, float]:
-    """The decision carried out, and when the broker answered."""
-    outcome = await execute(broker, decision, resources, now)
-    return outcome, clock()
+    *,
+    claims: Claims | None,
+) -> tuple[Outcome, float] | None:
+    """The decision carried out, and when the broker answered; None when
+    another pass is writing the stream."""
+    if claims is None or not decision.writes:
+        return await execute(broker, decision, resources, now), clock()
+    stream = decision.resource.stream
+    if not claims.take(stream):
+        return None
+    try:
+        return await execute(broker, decision, resources, now), clock()
+    finally:
+        claims.give_back(stream)

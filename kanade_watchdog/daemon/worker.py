@@ -30,7 +30,7 @@ from kanade_watchdog.core.serverinfo import ServerInfo
 from kanade_watchdog.daemon.backoff import Backoff
 from kanade_watchdog.daemon.guard import WriteGuard
 from kanade_watchdog.daemon.queue import Batch, WorkQueue
-from kanade_watchdog.daemon.reconcile import Pass, Rules, reconcile
+from kanade_watchdog.daemon.reconcile import Claims, Pass, Rules, reconcile
 from kanade_watchdog.model.events import Trigger
 from kanade_watchdog.model.resources import Resource
 from kanade_watchdog.model.settings import Config
@@ -83,14 +83,19 @@ class Worker:
         self.backoff = self._new_backoff()
         self.guard = WriteGuard(clock)
         self.generation = 0  # one per reload: a pass runs on one config
-        self._managed = frozenset(config.by_stream())
+        self._by_stream = config.by_stream()
+        self._managed = frozenset(self._by_stream)
         self._broker: Broker | None = None
         self._passes = 0
         self._connected = asyncio.Event()
         self._busy_since: float | None = None  # set while a pass runs (watchdog)
         self._idle = asyncio.Event()  # clear while a pass runs (graceful stop)
         self._idle.set()
-        self._current: asyncio.Future[Pass] | None = None  # the pass in flight
+        self._current: set[asyncio.Future[Pass]] = set()  # the passes in flight
+        self._active = 0  # passes running: a full one, and a partial in its fast lane
+        self._numbered = 0  # passes started
+        self._claims = Claims()  # who writes which stream while two passes run
+        self._deferred: dict[str, Trigger] = {}  # marks the fast lane left to after the full
         self._own_hashes: dict[str, frozenset[str]] = {}
         # The broker as last seen: a full pass's list, then each read and write.
         self._view: dict[str, Observed] = {}
@@ -156,8 +161,9 @@ class Worker:
         so the pass waiting on them is cut short; the reconnect's full pass
         redoes whatever it had not finished."""
         self._connected.clear()
-        if self._current is not None and not self._current.done():
-            self._current.cancel()
+        for current in self._current:
+            if not current.done():
+                current.cancel()
 
     def reload(self, config: Config) -> None:
         """Swap the declaration; everything is looked at again, from scratch."""
@@ -169,7 +175,8 @@ class Worker:
             self._own_hashes[res.stream] = mine | {desired.spec_hash(res)}
         self.config = config
         self.generation += 1
-        self._managed = frozenset(config.by_stream())
+        self._by_stream = config.by_stream()
+        self._managed = frozenset(self._by_stream)
         self.backoff = self._new_backoff()
         self.guard.reset()
         self._causes.clear()
@@ -207,16 +214,49 @@ class Worker:
                 # Nothing to do until the reconnect callback marks everything.
                 await self._connected.wait()
                 continue
-            await self.run_pass(batch)
+            if batch.full is None:
+                await self.run_pass(batch)
+                continue
+            full = asyncio.ensure_future(self.run_pass(batch))
+            try:
+                await self._fast_lane(full)
+                await full
+            finally:
+                full.cancel()  # no-op once done; the worker's own stop otherwise
+                for stream, trigger in self._deferred.items():
+                    self.queue.mark(stream, trigger)
+                self._deferred.clear()
+
+    async def _fast_lane(self, full: asyncio.Future[PassReport]) -> None:
+        """While a full pass runs, marks of single streams (advisories, the
+        second look after a write) are served by partial passes beside it, one
+        at a time, instead of waiting for the whole broker to be looked at. A
+        stream the full pass is writing right then is left to after it
+        (`Claims`); a new full mark waits for the next full pass."""
+        while not full.done():
+            waiting = asyncio.ensure_future(self.queue.wait_streams())
+            try:
+                await asyncio.wait((full, waiting), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()
+            if full.done() or not self._connected.is_set():
+                return
+            batch = self.queue.take_streams()
+            if batch:
+                await self.run_pass(batch)
 
     async def run_pass(self, batch: Batch) -> PassReport:
         """One pass over `batch`, within pass_deadline; reported, and returned."""
         assert self._broker is not None
-        started = self._busy_since = self.clock()
+        started = self.clock()
+        if self._busy_since is None:
+            self._busy_since = started
+        self._active += 1
+        self._numbered += 1
         self._idle.clear()
         deadline = self.config.watchdog.pass_deadline
         head = PassReport(
-            number=self._passes + 1,
+            number=self._numbered,
             generation=self.generation,
             scope=Scope.FULL if batch.full is not None else Scope.PARTIAL,
             trigger=batch.full,
@@ -228,22 +268,27 @@ class Worker:
         rules = Rules(
             decide=self._decider(now), waiting=self._waiting, may_update=self.guard.allows
         )
-        try:
-            self._current = asyncio.ensure_future(
-                reconcile(
-                    self._broker,
-                    batch,
-                    self.config.resources,
-                    rules,
-                    head=head,
-                    now=now,
-                    clock=self.clock,
-                )
+        current = asyncio.ensure_future(
+            reconcile(
+                self._broker,
+                batch,
+                self.config.resources,
+                rules,
+                head=head,
+                now=now,
+                clock=self.clock,
+                claims=self._claims,
+                by_stream=self._by_stream,
             )
+        )
+        self._current.add(current)
+        try:
             # Not wait_for: on 3.11 it returns the result of a pass that ends
             # as the worker is cancelled, and the stop is lost.
             async with asyncio.timeout(deadline):
-                result = await self._current
+                result = await current
+            for stream in result.skipped:
+                self._deferred.setdefault(stream, batch.streams.get(stream, Trigger.RETRY))
             report = self._book(result)
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -254,8 +299,12 @@ class Worker:
             self.backoff.failed(EVERYTHING, transient=True)
             report = replace(head, finished=self.clock(), cut=Cut.DEADLINE)
         finally:
-            self._busy_since = None
-            self._idle.set()
+            current.cancel()  # no-op once done; cut by the deadline or a stop otherwise
+            self._current.discard(current)
+            self._active -= 1
+            if self._active == 0:
+                self._busy_since = None
+                self._idle.set()
             self._passes += 1
         self.reporter.pass_done(report)
         return report
