@@ -120,8 +120,8 @@ def test_bucket_streams_are_checked_against_their_identity_subjects() -> None:
     assert list(consumers_of(text)) == ["KV_b/ok"]
     lines = problems(text + '[consumers.KV_b.bad]\nfilter_subject = "$KV.c.x"\n')
     assert lines == [
-        "w.toml: consumers.KV_b.bad.filter_subject: '$KV.c.x' is outside the stream's "
-        "subjects ('$KV.b.>'), got '$KV.c.x'"
+        "w.toml: consumers.KV_b.bad.filter_subject: '$KV.c.x' matches none of the "
+        "stream's subjects ('$KV.b.>'), got '$KV.c.x'"
     ]
 
 
@@ -134,7 +134,7 @@ def test_bucket_streams_are_checked_against_their_identity_subjects() -> None:
         ('[consumers."S*".c]\n', 'consumers."S*"', "stream name must be printable"),
         ('[consumers.S.c]\ndeliver_group = "a.b"\n', "consumers.S.c.deliver_group", "must be"),
         # filters outside the stream, overlapping, both spellings
-        ('[consumers.S.c]\nfilter_subject = "t.>"\n', "consumers.S.c.filter_subject", "outside"),
+        ('[consumers.S.c]\nfilter_subject = "t.>"\n', "consumers.S.c.filter_subject", "none of"),
         (
             '[consumers.S.c]\nfilter_subjects = ["s.a", "s.*"]\n',
             "consumers.S.c.filter_subjects",
@@ -190,7 +190,7 @@ def test_bucket_streams_are_checked_against_their_identity_subjects() -> None:
         ('[consumers.S.c]\nack_wait = "soon"\n', "consumers.S.c.ack_wait", ""),
         ("[consumers.S.c]\nmax_deliver = 0\n", "consumers.S.c.max_deliver", "at least 1"),
         (
-            '[consumers.S.c]\nbackoff = ["1s", "2s"]\nmax_deliver = 2\n',
+            '[consumers.S.c]\nbackoff = ["1s", "2s"]\nmax_deliver = 1\n',
             "consumers.S.c.backoff",
             "max_deliver",
         ),
@@ -212,14 +212,14 @@ def test_bucket_streams_are_checked_against_their_identity_subjects() -> None:
             "required",
         ),
         (
-            '[consumers.S.c]\npriority_groups = ["a", "b"]\n',
+            '[consumers.S.c]\npriority_groups = ["a"]\n',
             "consumers.S.c.priority_groups",
-            "exactly one",
+            "needs a priority_policy",
         ),
         (
-            '[consumers.S.c]\npriority_groups = ["g"]\npriority_timeout = "1m"\n',
-            "consumers.S.c.priority_timeout",
-            "pinned_client",
+            '[consumers.S.c]\npriority_groups = ["a.b"]\npriority_policy = "overflow"\n',
+            "consumers.S.c.priority_groups",
+            "group names",
         ),
         ('[consumers.S.c]\nresume = "yes"\n', "consumers.S.c.resume", "true or false"),
         ('[consumers.S.c]\nack_wiat = "1s"\n', "consumers.S.c.ack_wiat", "did you mean 'ack_wait'"),

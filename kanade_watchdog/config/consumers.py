@@ -136,8 +136,8 @@ def _sample_freq(value: Any) -> str:
 
 
 def _group_names(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or len(value) != 1:
-        raise ValueError("must be a list of exactly one group name (the broker's limit)")
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a non-empty list of group names")
     for v in value:
         if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9/_=-]{1,16}", v):
             raise ValueError("group names are 1 to 16 of letters, digits, '/', '_', '=', '-'")
@@ -230,23 +230,24 @@ def _shape_problems(declared: Mapping[str, Any]) -> list[tuple[str, str]]:
     backoff = declared.get("backoff")
     if backoff:
         max_deliver = declared.get("max_deliver", -1)
-        if max_deliver != -1 and max_deliver <= len(backoff):
-            out.append(("backoff", "needs max_deliver greater than the number of backoff steps"))
+        if max_deliver != -1 and max_deliver < len(backoff):
+            out.append(("backoff", "has more steps than max_deliver allows (10116)"))
         if declared.get("ack_wait", backoff[0]) != backoff[0]:
             # The broker sets ack_wait to the first step: it would drift forever.
             out.append(("ack_wait", "must equal backoff's first step (or be left out)"))
-    if declared.get("priority_policy", "none") != "none" and "priority_groups" not in declared:
-        out.append(("priority_groups", "is required by priority_policy"))
-    if "priority_timeout" in declared and declared.get("priority_policy") != "pinned_client":
-        out.append(("priority_timeout", "is only for priority_policy = 'pinned_client'"))
+    policy_set = declared.get("priority_policy", "none") != "none"
+    if policy_set and "priority_groups" not in declared:
+        out.append(("priority_groups", "is required by priority_policy (10159)"))
+    if "priority_groups" in declared and not policy_set:
+        out.append(("priority_groups", "needs a priority_policy other than 'none' (10196)"))
     return out
 
 
 def _filter_problems(
     declared: Mapping[str, Any], stream_subjects: tuple[str, ...] | None
 ) -> list[tuple[str, str]]:
-    """Filters no declared subject of the stream can match: the broker refuses
-    them (10093), or, on a stream fed by sources, they would never see a message."""
+    """Filters no declared subject of the stream can match. nats-server 2.15
+    accepts them, and the consumer would never see a message: a typo."""
     if not stream_subjects:
         return []  # an undeclared stream, a mirror, or one fed by sources only
     out: list[tuple[str, str]] = []
@@ -256,7 +257,7 @@ def _filter_problems(
         for f in filters:
             if not any(subjects_overlap(f, s) for s in stream_subjects):
                 shown = ", ".join(repr(s) for s in stream_subjects)
-                out.append((key, f"{f!r} is outside the stream's subjects ({shown})"))
+                out.append((key, f"{f!r} matches none of the stream's subjects ({shown})"))
     return out
 
 
