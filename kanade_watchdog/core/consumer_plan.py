@@ -16,12 +16,13 @@ overwrites.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kanade_watchdog.core import consumer_desired as cd
 from kanade_watchdog.core import desired
+from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action, Change
 from kanade_watchdog.model.consumers import Consumer
 
@@ -57,6 +58,20 @@ class ConsumerDecision:
     def api_action(self) -> str:
         """The `action` of the CONSUMER.CREATE request."""
         return "create" if self.action is Action.CREATE else "update"
+
+
+@dataclass(frozen=True)
+class ConsumerOutcome:
+    """What became of one decision: `broker.consumers.execute` fills it in."""
+
+    decision: ConsumerDecision
+    result: Result
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """As for streams: blocked and newer_spec are not converged."""
+        return self.result in (Result.CREATED, Result.UPDATED, Result.IN_SYNC)
 
 
 def diff(consumer: Consumer, observed: Mapping[str, Any]) -> list[Change]:
@@ -120,3 +135,33 @@ def decide(
     return ConsumerDecision(
         consumer, Action.UPDATE, changes=changes, send=cd.overlay(consumer, observed)
     )
+
+
+def plan_all(
+    consumers: Iterable[Consumer],
+    *,
+    streams: Mapping[str, Mapping[str, Any]],
+    observed: Mapping[str, Mapping[str, Any]],
+    declared_streams: Iterable[str] = (),
+    resume_at: Mapping[str, int | None] | None = None,
+) -> list[ConsumerDecision]:
+    """One decision per declared consumer. `streams` maps the streams that
+    exist to their config; `observed` maps `STREAM/DURABLE` to the consumer's
+    config (absent: missing); `resume_at` maps it to its resume sequence.
+    A missing consumer on a missing stream is created after its stream when
+    the stream is declared, and blocked when nobody here creates it."""
+    ours = set(declared_streams)
+    out: list[ConsumerDecision] = []
+    for consumer in consumers:
+        if consumer.stream not in streams and consumer.stream not in ours:
+            out.append(
+                ConsumerDecision(
+                    consumer,
+                    Action.BLOCKED,
+                    reason=f"its stream {consumer.stream} does not exist and is not declared",
+                )
+            )
+            continue
+        start = (resume_at or {}).get(consumer.name)
+        out.append(decide(consumer, observed.get(consumer.name), resume_from=start))
+    return out
