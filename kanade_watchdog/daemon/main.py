@@ -197,6 +197,11 @@ class Daemon:
         stream = advisories.stream_of(subject, payload)
         if stream is not None:
             self.worker.advisory(stream)
+        elif (name := advisories.consumer_of(subject, payload)) is not None:
+            # Applications' ephemeral consumers come and go: only ours mark work.
+            declared = {c.name: c.stream for c in self.config.consumers}
+            if name in declared:
+                self.worker.mark(declared[name], Trigger.ADVISORY)
 
     def _on_client_error(self, text: str) -> None:
         log.warning(text, extra=fields(action=Event.FAILED, message_id=Event.FAILED))
