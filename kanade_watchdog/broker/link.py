@@ -77,6 +77,9 @@ class Link:
         self._broker: Broker | None = None
         self._sub: Subscription | None = None
         self._consumer_sub: Subscription | None = None
+        # Subscribed only when consumers are declared, so a grant without the
+        # consumer advisories is no problem to a declaration without consumers.
+        self.consumer_advisories = False
         self._connecting: asyncio.Future[Client] | None = None
         self._rebuild = False  # the next close (or cancelled attempt) is ours: start over
         self._closing = False
@@ -179,7 +182,7 @@ class Link:
             sub, self._sub = self._sub, None
             with contextlib.suppress(Exception):  # the subscription dies with its client anyway
                 await sub.unsubscribe()
-        if self.advisories and self._consumer_sub is None:
+        if self.advisories and self.consumer_advisories and self._consumer_sub is None:
             self._consumer_sub = await nc.subscribe(CONSUMER_ADVISORY_SUBJECT, cb=self._advisory)
 
     # --- reload and shutdown ------------------------------------------------------------

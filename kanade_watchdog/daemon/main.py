@@ -126,6 +126,8 @@ class Daemon:
             on_advisory=self._on_advisory,
             on_error=self._on_client_error,
         )
+        if isinstance(self.link, Link):
+            self.link.consumer_advisories = bool(config.consumers)
         self.watchdog = watchdog if watchdog is not None else watchdog_period()
         self.abandoned: list[str] = []  # tasks that ignored their cancellation at stop
         self._timer: ResyncTimer | None = None
@@ -242,6 +244,8 @@ class Daemon:
                 self.config.http.where if self.config.http.host else "nothing",
             )
         self.config = replace(config, http=self.config.http)
+        if isinstance(self.link, Link):
+            self.link.consumer_advisories = bool(config.consumers)
         self.link.reconfigure(config.nats, advisories=config.watchdog.advisories)
         if self._timer is not None:
             self._timer.reschedule(
