@@ -16,7 +16,8 @@ from nats.errors import TimeoutError as NatsTimeout
 from tests.audit import ApiAudit
 from tests.daemonproc import WATCHDOG_NAME, DaemonProc, daemon_config, eventually, has_message
 from tests.jsapi import ok, request
-from tests.natsserver import NatsServer
+from tests.natsserver import NatsServer, free_port
+from tests.test_http_daemon import get, until_status
 
 RESOURCES = """
 [streams.S]
@@ -163,3 +164,30 @@ async def test_a_lost_consumer_resumes_after_its_ack_floor(
     writes = audit.writes
     await audit.settle(1.0)
     assert audit.writes == writes
+
+
+async def test_ready_waits_for_the_declared_consumers(
+    server: NatsServer, client: Client, tmp_path: Path, spawn: Spawn
+) -> None:
+    """/readyz names a declared consumer that cannot exist yet (its stream is
+    another tool's and missing), and turns 200 once it is healed."""
+    port = free_port()
+    resources = RESOURCES + '\n[consumers.OTHER.reader]\nack_policy = "explicit"\n'
+    path = daemon_config(
+        tmp_path / "w.toml",
+        server.url,
+        resources=resources,
+        watchdog={"resync_interval": "300ms"},
+        http=f"127.0.0.1:{port}",
+    )
+    spawn(path)
+    await back(client, "worker", "push")
+
+    async def names_the_consumer() -> bool:
+        reply = await get(port, "/readyz")
+        return reply.status == 503 and "consumer:OTHER/reader" in reply.body
+
+    await eventually(names_the_consumer, what="/readyz naming the missing consumer")
+    await ok(client, "$JS.API.STREAM.CREATE.OTHER", {"name": "OTHER", "subjects": ["other.>"]})
+    await until_status(port, "/readyz", 200)
+    assert "error" not in await request(client, "$JS.API.CONSUMER.INFO.OTHER.reader")

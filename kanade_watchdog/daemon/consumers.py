@@ -33,6 +33,11 @@ log = logging.getLogger("kanade_watchdog.consumers")
 class ConsumerKeeper:
     def __init__(self) -> None:
         self.positions: dict[str, Position] = {}  # STREAM/DURABLE -> last ack floor seen
+        self._present: dict[str, bool] = {}  # STREAM/DURABLE -> on the broker when last seen
+
+    def missing(self, config: Config) -> frozenset[str]:
+        """Declared consumers not known to be on the broker (READY waits for them)."""
+        return frozenset(c.name for c in config.consumers if not self._present.get(c.name))
 
     async def after_pass(
         self,
@@ -67,6 +72,8 @@ class ConsumerKeeper:
             return []
         for name, consumer_info in observed.infos.items():
             self.positions[name] = position_of(consumer_info)
+        for c in wanted:
+            self._present[c.name] = c.name in observed.infos
         resume_at: dict[str, int | None] = {}
         for c in wanted:
             if c.name not in observed.infos and c.stream in view:
@@ -86,6 +93,8 @@ class ConsumerKeeper:
             return []
         for o in outcomes:
             _report(o)
+            if o.result is Result.CREATED:
+                self._present[o.decision.consumer.name] = True
         return outcomes
 
 

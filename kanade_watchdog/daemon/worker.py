@@ -253,7 +253,9 @@ class Worker:
                     listed=result.listed,
                     seen=result.seen,
                 )
-            report = self._book(result)
+            report = replace(
+                self._book(result), consumers_missing=self.consumers.missing(self.config)
+            )
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
