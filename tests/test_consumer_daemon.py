@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from tests.audit import ApiAudit
 from tests.daemonproc import WATCHDOG_NAME, DaemonProc, daemon_config, eventually, has_message
-from tests.jsapi import ok, request
+from tests.jsapi import connect, ok, request
 from tests.natsserver import NatsServer, free_port
 from tests.test_http_daemon import get, until_status
 
@@ -60,7 +61,11 @@ async def audit(client: Client) -> AsyncIterator[ApiAudit]:
 
 
 async def consumer_info(nc: Client, durable: str) -> dict[str, Any] | None:
-    answer = await request(nc, f"$JS.API.CONSUMER.INFO.S.{durable}")
+    """The consumer's info; None while it is missing (or the broker restarts)."""
+    try:
+        answer = await request(nc, f"$JS.API.CONSUMER.INFO.S.{durable}", wait=0.5)
+    except (NatsTimeout, NoRespondersError):
+        return None
     return None if "error" in answer else answer
 
 
@@ -191,3 +196,24 @@ async def test_ready_waits_for_the_declared_consumers(
     await ok(client, "$JS.API.STREAM.CREATE.OTHER", {"name": "OTHER", "subjects": ["other.>"]})
     await until_status(port, "/readyz", 200)
     assert "error" not in await request(client, "$JS.API.CONSUMER.INFO.OTHER.reader")
+
+
+async def test_a_memory_stream_lost_in_a_restart_comes_back_with_its_consumers(
+    server: NatsServer, tmp_path: Path, spawn: Spawn
+) -> None:
+    """A broker restart loses a memory stream and its consumers; the reconnect's
+    full pass creates the stream and, in the same pass, its consumers."""
+    resources = RESOURCES.replace('subjects = ["s.>"]', 'subjects = ["s.>"]\nstorage = "memory"')
+    path = daemon_config(tmp_path / "w.toml", server.url, resources=resources)
+    proc = spawn(path)
+    nc = await connect(server.url, "test-client")
+    try:
+        await back(nc, "worker", "push")
+        server.restart()
+        await back(nc, "worker", "push", within=15)
+        info = await consumer_info(nc, "worker")
+        assert info is not None
+        assert info["config"]["ack_wait"] == 30 * 1_000_000_000
+        assert proc.alive
+    finally:
+        await nc.close()
