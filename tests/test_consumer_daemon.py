@@ -145,7 +145,12 @@ async def test_a_lost_consumer_resumes_after_its_ack_floor(
 
     await eventually(observed_twice, what="two observations after the acks")
     await ok(client, "$JS.API.CONSUMER.DELETE.S.worker")
-    await proc.wait_for(has_message("resumed at stream sequence 61"), within=10)
+    (line,) = await proc.wait_for(has_message("resumed at stream sequence 61"), within=10)
+    assert line["level"] == "info"
+    assert line["kind"] == "consumer"
+    assert line["resource"] == "S/worker"
+    assert line["action"] == "created"
+    assert line["resumed_from"] == 61
     await back(client, "worker")
     info = await consumer_info(client, "worker")
     assert info is not None
@@ -217,3 +222,30 @@ async def test_a_memory_stream_lost_in_a_restart_comes_back_with_its_consumers(
         assert proc.alive
     finally:
         await nc.close()
+
+
+async def test_an_edit_is_found_by_the_resync_and_reverted_without_a_loop(
+    server: NatsServer, client: Client, tmp_path: Path, spawn: Spawn, audit: ApiAudit
+) -> None:
+    """No advisory tells of a consumer update: the resync finds it, updates it
+    in place (the same consumer), and its own update reads back in sync."""
+    proc = spawn(config(tmp_path, server, resync_interval="300ms"))
+    await back(client, "worker", "push")
+    before = await consumer_info(client, "worker")
+    assert before is not None
+    edited = {**before["config"], "ack_wait": 90 * 1_000_000_000}
+    await ok(
+        client,
+        "$JS.API.CONSUMER.CREATE.S.worker",
+        {"stream_name": "S", "config": edited, "action": "update"},
+    )
+    (line,) = await proc.wait_for(has_message("consumer S/worker: updated"), within=10)
+    assert line["diff"].startswith("ack_wait")
+    after = await consumer_info(client, "worker")
+    assert after is not None
+    assert after["config"]["ack_wait"] == 30 * 1_000_000_000
+    assert after["created"] == before["created"]
+    await audit.settle()
+    writes = audit.writes
+    await audit.settle(1.0)  # three resyncs
+    assert audit.writes == writes

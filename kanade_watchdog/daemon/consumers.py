@@ -24,8 +24,11 @@ from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Observed
 from kanade_watchdog.core.position import Position, resume_from
 from kanade_watchdog.core.position import observe as position_of
+from kanade_watchdog.model.consumers import CONSUMER_KIND
 from kanade_watchdog.model.errors import BrokerError
+from kanade_watchdog.model.events import Event
 from kanade_watchdog.model.settings import Config
+from kanade_watchdog.report.logs import fields
 
 log = logging.getLogger("kanade_watchdog.consumers")
 
@@ -98,16 +101,42 @@ class ConsumerKeeper:
         return outcomes
 
 
+_EVENT = {
+    Result.CREATED: Event.CREATED,
+    Result.UPDATED: Event.UPDATED,
+    Result.BLOCKED: Event.BLOCKED,
+    Result.NEWER_SPEC: Event.NEWER_SPEC,
+    Result.FAILED: Event.FAILED,
+}
+
+
 def _report(o: ConsumerOutcome) -> None:
+    """One line per action, with the journal fields streams carry (kind `consumer`)."""
     d = o.decision
     name = d.consumer.name
+    event = _EVENT.get(o.result)
+    if event is None:
+        return  # in sync: nothing to say
+    diff = "; ".join(str(c) for c in d.changes)
+    extra = fields(
+        resource=name,
+        stream=d.consumer.stream,
+        kind=CONSUMER_KIND,
+        action=event,
+        message_id=event,
+        diff=diff,
+        error=o.error,
+        resumed_from=d.resume_from,
+    )
     if o.result is Result.CREATED and d.resume_from is not None:
-        log.info("consumer %s: created, resumed at stream sequence %d", name, d.resume_from)
+        log.info(
+            "consumer %s: created, resumed at stream sequence %d", name, d.resume_from, extra=extra
+        )
     elif o.result is Result.CREATED:
-        log.info("consumer %s: created", name)
+        log.info("consumer %s: created", name, extra=extra)
     elif o.result is Result.UPDATED:
-        log.info("consumer %s: updated (%s)", name, "; ".join(str(c) for c in d.changes))
-    elif o.result in (Result.BLOCKED, Result.NEWER_SPEC):
-        log.warning("consumer %s: %s (%s)", name, o.result, d.reason)
+        log.info("consumer %s: updated (%s)", name, diff, extra=extra)
     elif o.result is Result.FAILED:
-        log.warning("consumer %s: failed: %s", name, o.error)
+        log.warning("consumer %s: failed: %s", name, o.error, extra=extra)
+    else:
+        log.warning("consumer %s: %s (%s)", name, o.result, d.reason, extra=extra)
