@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from kanade_watchdog import __version__
 from kanade_watchdog.broker.api import Broker
 from kanade_watchdog.broker.connect import connect_once
+from kanade_watchdog.broker.consumers import execute as execute_consumers
+from kanade_watchdog.broker.consumers import plan_consumers
 from kanade_watchdog.commands.export_args import add_arguments as add_export_arguments
 from kanade_watchdog.config.load import load
 from kanade_watchdog.core.cluster import cluster_facts
@@ -37,6 +39,7 @@ from kanade_watchdog.model.errors import BrokerError, ConfigError
 from kanade_watchdog.model.printable import escape
 from kanade_watchdog.model.settings import DEFAULT_PATH, ENV_PATH, Config
 from kanade_watchdog.report import check, render
+from kanade_watchdog.report import consumers as consumer_report
 
 # `plan` and `check` start often (a monitoring plugin runs `check` every few
 # minutes), so their import path holds only what they use: applying, export
@@ -138,24 +141,36 @@ async def _observe(config: Config) -> tuple[Broker, dict[str, Observed]]:
 
 async def _observe_and_plan(
     config: Config,
-) -> tuple[Broker, list[Decision], list[render.Undeclared]]:
+) -> tuple[Broker, list[Decision], list[render.Undeclared], set[str]]:
+    """The stream decisions, what is undeclared, and the streams that exist."""
     broker, observed = await _observe(config)
     extra = undeclared(set(config.by_stream()), observed, config.ignore)
-    return broker, plan(config.resources, observed, utcnow(), server=broker.server), extra
+    decisions = plan(config.resources, observed, utcnow(), server=broker.server)
+    return broker, decisions, extra, set(observed)
 
 
 async def _plan(config: Config, args: argparse.Namespace, path: str) -> Output:
     started = time.perf_counter()
-    broker, decisions, extra = await _observe_and_plan(config)
-    await broker.nc.close()
+    broker, decisions, extra, streams = await _observe_and_plan(config)
+    try:
+        consumer_decisions, _ = await plan_consumers(
+            broker,
+            config.consumers,
+            existing_streams=streams,
+            declared_streams=config.by_stream(),
+        )
+    finally:
+        await broker.nc.close()
     elapsed = time.perf_counter() - started
     pending = any(d.action is not Action.IN_SYNC for d in decisions)
+    pending = pending or consumer_report.pending(consumer_decisions)
     code = exitcodes.CHANGES_PENDING if pending else exitcodes.OK
     if args.json:
         doc = render.report_json(
             in_sync=not pending,
             summary=render.plan_summary(decisions),
-            resources=[render.decision_json(d) for d in decisions],
+            resources=[render.decision_json(d) for d in decisions]
+            + [consumer_report.decision_json(d) for d in consumer_decisions],
             requests=broker.requests,
             seconds=elapsed,
             config=path,
@@ -164,6 +179,11 @@ async def _plan(config: Config, args: argparse.Namespace, path: str) -> Output:
         )
         return Output(code, [doc], raw=True)
     lines = [line for d in decisions for line in render.decision_lines(d, verbose=args.verbose)]
+    lines += [
+        line
+        for d in consumer_decisions
+        for line in consumer_report.decision_lines(d, verbose=args.verbose)
+    ]
     lines += render.undeclared_lines(extra)
     lines.append(render.plan_footer(decisions, config=path, undeclared=extra))
     return Output(code, lines)
@@ -173,19 +193,28 @@ async def _apply(config: Config, args: argparse.Namespace, path: str) -> Output:
     from kanade_watchdog.broker.apply import execute_all  # noqa: PLC0415 - see the imports
 
     started = time.perf_counter()
-    broker, decisions, _ = await _observe_and_plan(config)
+    broker, decisions, _, streams = await _observe_and_plan(config)
     try:
         outcomes = await execute_all(broker, decisions, config.resources, utcnow())
+        # After the streams: a stream created just now takes its consumers.
+        consumer_decisions, _ = await plan_consumers(
+            broker,
+            config.consumers,
+            existing_streams=streams | {o.decision.resource.stream for o in outcomes if o.ok},
+            declared_streams=config.by_stream(),
+        )
+        consumer_outcomes = await execute_consumers(broker, consumer_decisions)
     finally:
         await broker.nc.close()
     elapsed = time.perf_counter() - started
-    ok = all(o.ok for o in outcomes)
+    ok = all(o.ok for o in outcomes) and all(o.ok for o in consumer_outcomes)
     code = exitcodes.OK if ok else exitcodes.FAILURE
     if args.json:
         doc = render.report_json(
             in_sync=ok,
             summary=render.apply_summary(outcomes),
-            resources=[render.outcome_json(o) for o in outcomes],
+            resources=[render.outcome_json(o) for o in outcomes]
+            + [consumer_report.outcome_json(o) for o in consumer_outcomes],
             requests=broker.requests,
             seconds=elapsed,
             config=path,
@@ -193,6 +222,11 @@ async def _apply(config: Config, args: argparse.Namespace, path: str) -> Output:
         )
         return Output(code, [doc], raw=True)
     lines = [line for o in outcomes for line in render.outcome_lines(o, verbose=args.verbose)]
+    lines += [
+        line
+        for o in consumer_outcomes
+        for line in consumer_report.outcome_lines(o, verbose=args.verbose)
+    ]
     lines.append(
         render.apply_footer(outcomes, requests=broker.requests, seconds=elapsed, config=path)
     )
@@ -206,7 +240,17 @@ async def _check(config: Config) -> check.CheckReport:
     except BrokerError as exc:
         return check.check_failure("CRITICAL", [check.broker_problem(exc)])
     server = broker.server
-    await broker.nc.close()
+    try:
+        consumer_decisions, _ = await plan_consumers(
+            broker,
+            config.consumers,
+            existing_streams=set(observed),
+            declared_streams=config.by_stream(),
+        )
+    except BrokerError as exc:
+        return check.check_failure("CRITICAL", [check.broker_problem(exc)])
+    finally:
+        await broker.nc.close()
     decisions = plan(config.resources, observed, utcnow(), server=server)
     facts = cluster_facts(config.resources, observed)
     extra = undeclared(set(config.by_stream()), observed, config.ignore)
@@ -216,6 +260,7 @@ async def _check(config: Config) -> check.CheckReport:
         seconds=time.perf_counter() - started,
         undeclared=extra,
         needs_newer=needs_newer_text(decisions, server),
+        consumers=[(d.action, d.consumer.name) for d in consumer_decisions],
     )
 
 

@@ -40,6 +40,7 @@ from kanade_watchdog.model.settings import NatsSettings
 log = logging.getLogger("kanade_watchdog.connection")
 
 ADVISORY_SUBJECT = "$JS.EVENT.ADVISORY.STREAM.*.*"
+CONSUMER_ADVISORY_SUBJECT = "$JS.EVENT.ADVISORY.CONSUMER.*.*.*"
 CLOSE_TIMEOUT = 2.0  # closing at shutdown is best effort, within this
 REBUILD_PAUSE = 1.0  # never a tight loop, whatever closed the client
 # Readiness: a broker that accepts connections may not answer JetStream
@@ -87,6 +88,10 @@ class Link:
         self._nc: Client | None = None
         self._broker: Broker | None = None
         self._sub: Subscription | None = None
+        self._consumer_sub: Subscription | None = None
+        # Subscribed only when consumers are declared, so a grant without the
+        # consumer advisories is no problem to a declaration without consumers.
+        self.consumer_advisories = False
         self._connecting: asyncio.Future[Client] | None = None
         self._rebuild = False  # the next close (or cancelled attempt) is ours: start over
         self._closing = False
@@ -130,7 +135,7 @@ class Link:
             self._broker = Broker(
                 nc, timeout=self.settings.request_timeout, domain=self.settings.jetstream_domain
             )
-            self._sub = None
+            self._sub = self._consumer_sub = None
             await self._subscribe(nc)
             await jetstream_ready(nc, self._broker.prefix)
             self._up(resumed=False)
@@ -207,6 +212,8 @@ class Link:
             sub, self._sub = self._sub, None
             with contextlib.suppress(Exception):  # the subscription dies with its client anyway
                 await sub.unsubscribe()
+        if self.advisories and self.consumer_advisories and self._consumer_sub is None:
+            self._consumer_sub = await nc.subscribe(CONSUMER_ADVISORY_SUBJECT, cb=self._advisory)
 
     # --- reload and shutdown ------------------------------------------------------------
 

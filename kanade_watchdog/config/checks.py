@@ -10,7 +10,7 @@ from kanade_watchdog.model.resources import SECTION, Kind, Resource, identity_su
 from kanade_watchdog.model.subjects import SubjectIndex
 
 
-def _identity_subjects(resource: Resource) -> tuple[str, ...]:
+def declared_subjects(resource: Resource) -> tuple[str, ...]:
     if "mirror" in resource.declared:  # a mirror listens on no subjects
         return ()
     if resource.kind is not Kind.STREAM:
@@ -47,7 +47,7 @@ def cross_checks(problems: Problems, resources: list[Resource]) -> None:
     index = SubjectIndex()
     claimed_by: dict[str, Resource] = {}
     for res in resources:
-        subjects = _identity_subjects(res)
+        subjects = declared_subjects(res)
         # One line per resource, naming the first overlap found: listing every
         # pair would be n * n lines for n streams that all overlap.
         for subject in subjects:

@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from kanade_watchdog.config import consumers as consumerfields
 from kanade_watchdog.config import fieldchecks, streamfields, values
 from kanade_watchdog.config import files as configfile
-from kanade_watchdog.config.checks import cross_checks
+from kanade_watchdog.config.checks import cross_checks, declared_subjects
 from kanade_watchdog.config.files import read_config, resolve_secrets
 from kanade_watchdog.config.problems import Parser, Problems, unknown_key
 from kanade_watchdog.config.problems import key as _key
@@ -204,7 +205,7 @@ _WATCHDOG_KEYS: dict[str, Parser] = {
     "force_spec": _bool,
 }
 _HTTP_KEYS: dict[str, Parser] = {"listen": values.parse_listen}
-_TOP_KEYS = ("spec_version", "ignore", "nats", "watchdog", "http", *SECTION.values())
+_TOP_KEYS = ("spec_version", "ignore", "nats", "watchdog", "http", *SECTION.values(), "consumers")
 MAX_SPEC_VERSION = 2**31 - 1
 
 
@@ -325,7 +326,12 @@ def parse(document: Mapping[str, Any], path: str, *, require_resources: bool = T
             if res is not None:
                 resources.append(res)
     cross_checks(problems, resources)
-    if require_resources and not resources and not problems.found:
+    consumers = consumerfields.parse(
+        problems,
+        document.get("consumers"),
+        {r.stream: declared_subjects(r) for r in resources},
+    )
+    if require_resources and not resources and not consumers and not problems.found:
         problems.add(
             "streams",
             "no resources declared (need [streams.*], [kv_buckets.*] or [object_stores.*])",
@@ -345,6 +351,10 @@ def parse(document: Mapping[str, Any], path: str, *, require_resources: bool = T
         resources=tuple(
             replace(r, spec_version=spec_version, writer=writer, force_spec=settings.force_spec)
             for r in resources
+        ),
+        consumers=tuple(
+            replace(c, spec_version=spec_version, writer=writer, force_spec=settings.force_spec)
+            for c in consumers
         ),
     )
 

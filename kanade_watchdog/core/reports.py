@@ -157,6 +157,8 @@ class PassReport:
     writes: int = 0  # create and update requests sent
     cut: Cut | None = None
     deadline: float = 0.0  # the pass_deadline it ran under
+    # Declared consumers not on the broker after the pass (None: not looked at).
+    consumers_missing: frozenset[str] | None = None
 
     @property
     def label(self) -> str:

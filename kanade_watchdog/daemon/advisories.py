@@ -42,3 +42,35 @@ def stream_of(subject: str, payload: bytes) -> str | None:
         log.debug("ignoring advisory on %s: not a stream action for %s", subject, stream)
         return None
     return stream
+
+
+_CONSUMER_PREFIX = "$JS.EVENT.ADVISORY.CONSUMER."
+_CONSUMER_TYPE = "io.nats.jetstream.advisory.v1.consumer_action"
+# The server sends no consumer-updated advisory: an edit is found by the resync.
+_CONSUMER_ACTIONS = ("CREATED", "DELETED")
+
+
+def consumer_of(subject: str, payload: bytes) -> str | None:
+    """`STREAM/CONSUMER` of a genuine consumer advisory
+    (`$JS.EVENT.ADVISORY.CONSUMER.{CREATED,DELETED}.<stream>.<consumer>`), or None."""
+    if not subject.startswith(_CONSUMER_PREFIX):
+        return None
+    parts = subject[len(_CONSUMER_PREFIX) :].split(".")
+    if len(parts) != 3 or parts[0] not in _CONSUMER_ACTIONS or not all(parts):
+        return None
+    _, stream, consumer = parts
+    if len(payload) > MAX_PAYLOAD:
+        return None
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("type") != _CONSUMER_TYPE
+        or doc.get("stream") != stream
+        or doc.get("consumer") != consumer
+    ):
+        log.debug("ignoring advisory on %s: not a consumer action", subject)
+        return None
+    return f"{stream}/{consumer}"

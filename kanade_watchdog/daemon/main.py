@@ -126,6 +126,8 @@ class Daemon:
             on_advisory=self._on_advisory,
             on_error=self._on_client_error,
         )
+        if isinstance(self.link, Link):
+            self.link.consumer_advisories = bool(config.consumers)
         self.watchdog = watchdog if watchdog is not None else watchdog_period()
         self.abandoned: list[str] = []  # tasks that ignored their cancellation at stop
         self._timer: ResyncTimer | None = None
@@ -197,6 +199,11 @@ class Daemon:
         stream = advisories.stream_of(subject, payload)
         if stream is not None:
             self.worker.advisory(stream)
+        elif (name := advisories.consumer_of(subject, payload)) is not None:
+            # Applications' ephemeral consumers come and go: only ours mark work.
+            declared = {c.name: c.stream for c in self.config.consumers}
+            if name in declared:
+                self.worker.mark(declared[name], Trigger.ADVISORY)
 
     def _on_client_error(self, text: str) -> None:
         log.warning(text, extra=fields(action=Event.FAILED, message_id=Event.FAILED))
@@ -237,6 +244,8 @@ class Daemon:
                 self.config.http.where if self.config.http.host else "nothing",
             )
         self.config = replace(config, http=self.config.http)
+        if isinstance(self.link, Link):
+            self.link.consumer_advisories = bool(config.consumers)
         self.link.reconfigure(config.nats, advisories=config.watchdog.advisories)
         if self._timer is not None:
             self._timer.reschedule(

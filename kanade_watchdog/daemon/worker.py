@@ -28,6 +28,7 @@ from kanade_watchdog.core.ports import Broker, Reporter
 from kanade_watchdog.core.reports import Cut, Done, Failed, Held, PassReport, Scope
 from kanade_watchdog.core.serverinfo import ServerInfo
 from kanade_watchdog.daemon.backoff import Backoff
+from kanade_watchdog.daemon.consumers import ConsumerKeeper
 from kanade_watchdog.daemon.guard import WriteGuard
 from kanade_watchdog.daemon.queue import Batch, WorkQueue
 from kanade_watchdog.daemon.reconcile import Claims, Pass, Rules, reconcile
@@ -100,6 +101,7 @@ class Worker:
         # The broker as last seen: a full pass's list, then each read and write.
         self._view: dict[str, Observed] = {}
         self._causes: dict[str, causes.Cause] = {}  # stream -> why it failed for good
+        self.consumers = ConsumerKeeper()  # declared consumers, healed after each pass
 
     def _new_backoff(self) -> Backoff:
         w = self.config.watchdog
@@ -287,9 +289,19 @@ class Worker:
             # as the worker is cancelled, and the stop is lost.
             async with asyncio.timeout(deadline):
                 result = await current
+                await self.consumers.after_pass(
+                    self._broker,
+                    config=self.config,
+                    full=batch.full is not None,
+                    marked=batch.streams,
+                    listed=result.listed,
+                    seen=result.seen,
+                )
             for stream in result.skipped:
                 self._deferred.setdefault(stream, batch.streams.get(stream, Trigger.RETRY))
-            report = self._book(result)
+            report = replace(
+                self._book(result), consumers_missing=self.consumers.missing(self.config)
+            )
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.resources import Resource
 from kanade_watchdog.model.secret import Secret
 
@@ -80,6 +81,7 @@ class Config:
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     resources: tuple[Resource, ...] = ()
+    consumers: tuple[Consumer, ...] = ()  # [consumers.<STREAM>.<DURABLE>]
     # Globs of broker streams (or bucket names) that plan and check do not
     # report as undeclared: the ones another tool is expected to own.
     ignore: tuple[str, ...] = ()

@@ -110,12 +110,15 @@ def check_report(
     seconds: float,
     undeclared: Sequence[Undeclared] = (),
     needs_newer: str = "",
+    consumers: Sequence[tuple[Action, str]] = (),
 ) -> CheckReport:
     """Every fact at once, worst status first: a CRITICAL still names what
-    drifted or is blocked."""
+    drifted or is blocked. `consumers` are (action, `STREAM/DURABLE`)."""
     by_action: dict[Action, list[str]] = {a: [] for a in Action}
     for d in decisions:
         by_action[d.action].append(d.resource.label)
+    for action, name in consumers:
+        by_action[action].append(f"consumer:{name}")
     groups = {
         "missing": by_action[Action.CREATE],
         "leaderless": list(facts.leaderless),
@@ -127,7 +130,7 @@ def check_report(
         # is not obeyed, but an operator should know (docs/SECURITY.md).
         "suspicious_marker": [d.resource.label for d in decisions if d.suspicious_marker],
     }
-    total = len(decisions)
+    total = len(decisions) + len(consumers)
     perf = {
         "resources": total,
         "in_sync": len(by_action[Action.IN_SYNC]),

@@ -48,6 +48,7 @@ class StatusBoard(Quiet):
         self.last_full_seconds = 0.0  # how long it took
         self.listed: frozenset[str] = frozenset()  # every stream name it saw on the broker
         self.facts = ClusterFacts()
+        self.consumers_missing: frozenset[str] = frozenset()  # `STREAM/DURABLE`s
         self.declared(resources)
 
     # --- what the reporters' protocol brings --------------------------------------
@@ -87,6 +88,8 @@ class StatusBoard(Quiet):
             self._set(d.resource, Result.BLOCKED, present=True, reason=held.reason, seen=d)
         if report.facts is not None:
             self.facts = report.facts
+        if report.consumers_missing is not None:
+            self.consumers_missing = report.consumers_missing
         self.last_pass = report.finished
         self.last_pass_generation = report.generation
         if report.listed is not None and report.cut is None:
@@ -125,7 +128,8 @@ class StatusBoard(Quiet):
         return all(e.present for e in self._entries.values())
 
     def missing(self) -> list[str]:
-        return [e.label for e in self._entries.values() if not e.present]
+        missing = [e.label for e in self._entries.values() if not e.present]
+        return missing + [f"consumer:{name}" for name in sorted(self.consumers_missing)]
 
     def ready(self, *, now: float, max_age: float) -> tuple[bool, str]:
         """Ready: the broker is reachable, every declared resource exists, and a
