@@ -12,6 +12,7 @@ tests/fakebroker.SlowBroker wraps one: no hook inside the package.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -24,7 +25,7 @@ import pytest
 from nats.aio.client import Client
 
 from kanade_watchdog.broker.api import Broker, NoAnswer
-from kanade_watchdog.broker.apply import MAX_IN_FLIGHT, execute_all
+from kanade_watchdog.broker.apply import MAX_IN_FLIGHT, bounded, execute_all
 from kanade_watchdog.config.load import parse
 from kanade_watchdog.core.outcome import Outcome
 from kanade_watchdog.core.plan import Action, Observed, plan
@@ -348,3 +349,23 @@ async def test_a_failed_explanation_read_is_not_repeated(broker: Broker) -> None
     assert results(outcomes) == {"failed": 30}
     assert all("find it with `nats stream ls`" in str(o.error) for o in outcomes)
     assert broker.requests["list"] == 1
+
+
+async def test_a_request_cancelled_under_the_pool_cuts_the_caller_short() -> None:
+    """nats-py cancels the requests in flight when its connection goes. In the
+    bounded pool that ends one worker quietly (a TaskGroup does not count a
+    cancelled child as an error): the caller must get CancelledError, the
+    pass cut short, never a result list with holes (the daemon once crashed
+    on an assertion there and exited 70)."""
+
+    async def run(i: int) -> int:
+        if i == 3:
+            raise asyncio.CancelledError  # what a request cut by a closing client raises
+        await asyncio.sleep(0)
+        return i
+
+    with pytest.raises(asyncio.CancelledError):
+        await bounded(list(range(8)), run, limit=4)
+    assert await bounded(list(range(8)), lambda i: asyncio.sleep(0, result=i), limit=4) == list(
+        range(8)
+    )

@@ -304,7 +304,11 @@ async def bounded(
             # A bug in one worker stops them all; its own error is the one to report.
             raise failed.exceptions[0] from None
     done = [o for o in outcomes if o is not None]
-    assert len(done) == len(items)
+    if len(done) != len(items):
+        # A request cancelled under a worker (nats-py cancels what is in flight
+        # when the connection goes) ends that worker quietly in a TaskGroup;
+        # the caller must see the pass cut short, as gather would have said.
+        raise asyncio.CancelledError
     return done
 
 
