@@ -18,28 +18,24 @@ import errno
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from kanade_watchdog import __version__
-from kanade_watchdog.broker.api import Broker
-from kanade_watchdog.broker.connect import connect_once
-from kanade_watchdog.broker.consumers import execute as execute_consumers
-from kanade_watchdog.broker.consumers import plan_consumers
 from kanade_watchdog.commands.export_args import add_arguments as add_export_arguments
+from kanade_watchdog.commands.oneshot import (
+    Output,
+    apply_command,
+    check_command,
+    check_output,
+    plan_command,
+    validate_output,
+)
 from kanade_watchdog.config.load import load
-from kanade_watchdog.core.cluster import cluster_facts
-from kanade_watchdog.core.export import undeclared
-from kanade_watchdog.core.plan import Action, Decision, Observed, plan
-from kanade_watchdog.core.serverinfo import needs_newer_text
 from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.errors import BrokerError, ConfigError
 from kanade_watchdog.model.printable import escape
-from kanade_watchdog.model.settings import DEFAULT_PATH, ENV_PATH, Config
+from kanade_watchdog.model.settings import DEFAULT_PATH, ENV_PATH
 from kanade_watchdog.report import check, render
-from kanade_watchdog.report import consumers as consumer_report
 
 # `plan` and `check` start often (a monitoring plugin runs `check` every few
 # minutes), so their import path holds only what they use: applying, export
@@ -48,20 +44,6 @@ from kanade_watchdog.report import consumers as consumer_report
 # (tests/test_cli_imports.py).
 
 log = logging.getLogger("kanade_watchdog")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-@dataclass
-class Output:
-    """What a one-shot command prints and how it exits."""
-
-    code: int
-    out: list[str] = field(default_factory=list)  # stdout: text lines, or one JSON document
-    err: list[str] = field(default_factory=list)  # stderr lines
-    raw: bool = False  # `out` is JSON: it escapes its own strings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,159 +105,6 @@ def config_path(args: argparse.Namespace) -> str:
     return os.path.abspath(given)
 
 
-async def _observe(config: Config) -> tuple[Broker, dict[str, Observed]]:
-    """Connect and read every stream (one request per 256)."""
-    broker_ref: list[Broker] = []
-    nc = await connect_once(
-        config.nats, on_error=lambda text: broker_ref[0].note_error(text) if broker_ref else None
-    )
-    broker = Broker(nc, timeout=config.nats.request_timeout, domain=config.nats.jetstream_domain)
-    broker_ref.append(broker)
-    try:
-        observed = await broker.list_streams()
-    except BaseException:
-        await nc.close()
-        raise
-    return broker, observed
-
-
-async def _observe_and_plan(
-    config: Config,
-) -> tuple[Broker, list[Decision], list[render.Undeclared], set[str]]:
-    """The stream decisions, what is undeclared, and the streams that exist."""
-    broker, observed = await _observe(config)
-    extra = undeclared(set(config.by_stream()), observed, config.ignore)
-    decisions = plan(config.resources, observed, utcnow(), server=broker.server)
-    return broker, decisions, extra, set(observed)
-
-
-async def _plan(config: Config, args: argparse.Namespace, path: str) -> Output:
-    started = time.perf_counter()
-    broker, decisions, extra, streams = await _observe_and_plan(config)
-    try:
-        consumer_decisions, _ = await plan_consumers(
-            broker,
-            config.consumers,
-            existing_streams=streams,
-            declared_streams=config.by_stream(),
-        )
-    finally:
-        await broker.nc.close()
-    elapsed = time.perf_counter() - started
-    pending = any(d.action is not Action.IN_SYNC for d in decisions)
-    pending = pending or consumer_report.pending(consumer_decisions)
-    code = exitcodes.CHANGES_PENDING if pending else exitcodes.OK
-    if args.json:
-        doc = render.report_json(
-            in_sync=not pending,
-            summary=render.plan_summary(decisions),
-            resources=[render.decision_json(d) for d in decisions]
-            + [consumer_report.decision_json(d) for d in consumer_decisions],
-            requests=broker.requests,
-            seconds=elapsed,
-            config=path,
-            exit_code=code,
-            undeclared=extra,
-        )
-        return Output(code, [doc], raw=True)
-    lines = [line for d in decisions for line in render.decision_lines(d, verbose=args.verbose)]
-    lines += [
-        line
-        for d in consumer_decisions
-        for line in consumer_report.decision_lines(d, verbose=args.verbose)
-    ]
-    lines += render.undeclared_lines(extra)
-    lines.append(render.plan_footer(decisions, config=path, undeclared=extra))
-    return Output(code, lines)
-
-
-async def _apply(config: Config, args: argparse.Namespace, path: str) -> Output:
-    from kanade_watchdog.broker.apply import execute_all  # noqa: PLC0415 - see the imports
-
-    started = time.perf_counter()
-    broker, decisions, _, streams = await _observe_and_plan(config)
-    try:
-        outcomes = await execute_all(broker, decisions, config.resources, utcnow())
-        # After the streams: a stream created just now takes its consumers.
-        consumer_decisions, _ = await plan_consumers(
-            broker,
-            config.consumers,
-            existing_streams=streams | {o.decision.resource.stream for o in outcomes if o.ok},
-            declared_streams=config.by_stream(),
-        )
-        consumer_outcomes = await execute_consumers(broker, consumer_decisions)
-    finally:
-        await broker.nc.close()
-    elapsed = time.perf_counter() - started
-    ok = all(o.ok for o in outcomes) and all(o.ok for o in consumer_outcomes)
-    code = exitcodes.OK if ok else exitcodes.FAILURE
-    if args.json:
-        doc = render.report_json(
-            in_sync=ok,
-            summary=render.apply_summary(outcomes),
-            resources=[render.outcome_json(o) for o in outcomes]
-            + [consumer_report.outcome_json(o) for o in consumer_outcomes],
-            requests=broker.requests,
-            seconds=elapsed,
-            config=path,
-            exit_code=code,
-        )
-        return Output(code, [doc], raw=True)
-    lines = [line for o in outcomes for line in render.outcome_lines(o, verbose=args.verbose)]
-    lines += [
-        line
-        for o in consumer_outcomes
-        for line in consumer_report.outcome_lines(o, verbose=args.verbose)
-    ]
-    lines.append(
-        render.apply_footer(outcomes, requests=broker.requests, seconds=elapsed, config=path)
-    )
-    return Output(code, lines)
-
-
-async def _check(config: Config) -> check.CheckReport:
-    started = time.perf_counter()
-    try:
-        broker, observed = await _observe(config)
-    except BrokerError as exc:
-        return check.check_failure("CRITICAL", [check.broker_problem(exc)])
-    server = broker.server
-    try:
-        consumer_decisions, _ = await plan_consumers(
-            broker,
-            config.consumers,
-            existing_streams=set(observed),
-            declared_streams=config.by_stream(),
-        )
-    except BrokerError as exc:
-        return check.check_failure("CRITICAL", [check.broker_problem(exc)])
-    finally:
-        await broker.nc.close()
-    decisions = plan(config.resources, observed, utcnow(), server=server)
-    facts = cluster_facts(config.resources, observed)
-    extra = undeclared(set(config.by_stream()), observed, config.ignore)
-    return check.check_report(
-        decisions,
-        facts,
-        seconds=time.perf_counter() - started,
-        undeclared=extra,
-        needs_newer=needs_newer_text(decisions, server),
-        consumers=[(d.action, d.consumer.name) for d in consumer_decisions],
-    )
-
-
-def _check_output(report: check.CheckReport, *, as_json: bool, path: str) -> Output:
-    if as_json:
-        return Output(report.code, [report.json(config=path)], raw=True)
-    return Output(report.code, [report.line()])
-
-
-def _validate(config: Config, *, as_json: bool, path: str) -> Output:
-    if as_json:
-        return Output(exitcodes.OK, [render.validate_json(config.resources, config=path)], raw=True)
-    return Output(exitcodes.OK, [f"{path}: OK ({len(config.resources)} resources)"])
-
-
 def _failure(args: argparse.Namespace, path: str, *, code: int, problems: list[str]) -> Output:
     """A command that could not do its work: the lines on stderr, and with
     --json the same as a document on stdout. `check` speaks plugin instead:
@@ -283,7 +112,7 @@ def _failure(args: argparse.Namespace, path: str, *, code: int, problems: list[s
     as_json = bool(getattr(args, "json", False))
     if args.command == "check" and code != exitcodes.INTERRUPTED:
         status = "CRITICAL" if code == exitcodes.FAILURE else "UNKNOWN"
-        out = _check_output(check.check_failure(status, problems), as_json=as_json, path=path)
+        out = check_output(check.check_failure(status, problems), as_json=as_json, path=path)
         if code == exitcodes.CONFIG:  # every problem, not just the one the status line has
             out.err = problems
         return out
@@ -323,13 +152,13 @@ def _dispatch(args: argparse.Namespace, path: str) -> Output:
     config = load(path)
     as_json = bool(getattr(args, "json", False))
     if args.command == "validate":
-        return _validate(config, as_json=as_json, path=path)
+        return validate_output(config, as_json=as_json, path=path)
     if args.command == "plan":
-        return asyncio.run(_plan(config, args, path))
+        return asyncio.run(plan_command(config, args, path))
     if args.command == "apply":
-        return asyncio.run(_apply(config, args, path))
+        return asyncio.run(apply_command(config, args, path))
     if args.command == "check":
-        return _check_output(asyncio.run(_check(config)), as_json=as_json, path=path)
+        return check_output(asyncio.run(check_command(config)), as_json=as_json, path=path)
     raise AssertionError(args.command)  # argparse allows nothing else
 
 

@@ -25,7 +25,8 @@ import pytest
 from nats.aio.client import Client
 
 from kanade_watchdog.broker.api import Broker, NoAnswer
-from kanade_watchdog.broker.apply import MAX_IN_FLIGHT, bounded, execute_all
+from kanade_watchdog.broker.apply import execute_all
+from kanade_watchdog.broker.pool import MAX_IN_FLIGHT, bounded
 from kanade_watchdog.config.load import parse
 from kanade_watchdog.core.outcome import Outcome
 from kanade_watchdog.core.plan import Action, Observed, plan

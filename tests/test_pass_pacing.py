@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from kanade_watchdog.broker.apply import MAX_IN_FLIGHT
+from kanade_watchdog.broker.pool import MAX_IN_FLIGHT
 from kanade_watchdog.config.load import parse
 from kanade_watchdog.core import desired, plan
 from kanade_watchdog.core.outcome import Result

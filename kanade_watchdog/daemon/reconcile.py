@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from kanade_watchdog.broker.apply import MAX_IN_FLIGHT, execute, in_waves
+from kanade_watchdog.broker.apply import execute
+from kanade_watchdog.broker.pool import MAX_IN_FLIGHT, in_waves
 from kanade_watchdog.core.cluster import cluster_facts
 from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Decision, Observed
