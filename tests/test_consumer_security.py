@@ -77,6 +77,9 @@ async def test_the_documented_consumer_grants_are_enough(
             await eventually(present, within=5, what="the consumer healed")
         finally:
             daemon.close()
-    assert audit.count("CONSUMER.CREATE") == 2, audit.verbs
+    # The create and the heal; a heal raced by a second pass may send one more
+    # create, which the broker refuses (action "create" never overwrites).
+    assert audit.count("CONSUMER.CREATE") >= 2, audit.verbs
+    assert audit.destructive == 0, audit.verbs
     assert violations(srv) == []
     assert daemon.raw == []

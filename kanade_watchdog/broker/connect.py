@@ -222,6 +222,11 @@ def describe(exc: BaseException, settings: NatsSettings | None = None) -> str:
         text = f"TLS handshake failed: {_SSL_NOISE.sub('', text) or type(exc).__name__}"
         if settings is not None and tls is None:
             text += " (the broker requires TLS: set [nats.tls] ca_file to its CA)"
+        elif tls is not None and not tls.cert_file and "certificate required" in text.lower():
+            # TLS 1.3 reports a missing client certificate as an alert.
+            text += (
+                " (the broker requires a client certificate: set [nats.tls] cert_file and key_file)"
+            )
         return text
     text = text or type(exc).__name__
     if tls is not None and not tls.cert_file and any(d in text.lower() for d in _DROPPED):
