@@ -134,21 +134,29 @@ class Broker:
         """Every stream, one request per page of 256. A clustered broker waits
         for slow stream leaders before answering and then lists leaderless
         streams by name only: they come back as `leaderless` observations."""
+        items, missing = await self.list_raw()
         out: dict[str, Observed] = {}
-        offset = 0
+        for item in items:
+            obs = self._observed(item)
+            out[str(obs.config.get("name", ""))] = obs
+        for name in missing:
+            out.setdefault(name, Observed(config={"name": name}, leaderless=True))
+        return out
+
+    async def list_raw(self) -> tuple[list[Mapping[str, Any]], list[str]]:
+        """The stream list's answers as the broker sent them, page after page,
+        and the names of the streams it listed without a leader."""
+        items: list[Mapping[str, Any]] = []
+        missing: list[str] = []
         while True:
             answer = await self._request(
-                "list", f"{self.prefix}.STREAM.LIST", {"offset": offset}, wait=LIST_WAIT
+                "list", f"{self.prefix}.STREAM.LIST", {"offset": len(items)}, wait=LIST_WAIT
             )
             page = answer.get("streams") or []
-            for item in page:
-                obs = self._observed(item)
-                out[str(obs.config.get("name", ""))] = obs
-            for name in answer.get("missing") or []:
-                out.setdefault(str(name), Observed(config={"name": name}, leaderless=True))
-            offset += len(page)
-            if not page or offset >= int(answer.get("total", 0) or 0):
-                return out
+            items += page
+            missing += [str(name) for name in answer.get("missing") or []]
+            if not page or len(items) >= int(answer.get("total", 0) or 0):
+                return items, missing
 
     async def stream_info(self, name: str) -> Observed | None:
         """One stream, or None when it does not exist."""

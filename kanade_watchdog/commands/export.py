@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from kanade_watchdog.broker.api import LIST_WAIT, Broker
+from kanade_watchdog.broker.api import Broker
 from kanade_watchdog.broker.connect import connect_once
 from kanade_watchdog.commands.export_args import KIND_CHOICES
 from kanade_watchdog.config.load import ENV_TOKEN, MAX_FILE_BYTES, SECRET_KEYS, load, parse
@@ -39,23 +39,16 @@ NEW_FILE_MODE = 0o644
 
 class _Lister(Broker):
     async def list_held(self) -> dict[str, Held]:
-        """Every stream with its state and creation time, one request per
-        page of 256 (the same paging as `Broker.list_streams`)."""
+        """Every stream with its state and creation time (`Broker.list_raw`:
+        one request per page of 256)."""
+        items, missing = await self.list_raw()
         out: dict[str, Held] = {}
-        offset = 0
-        while True:
-            answer = await self._request(
-                "list", f"{self.prefix}.STREAM.LIST", {"offset": offset}, wait=LIST_WAIT
-            )
-            page = answer.get("streams") or []
-            for item in page:
-                held = Held.from_info(item)
-                out[str(held.config.get("name", ""))] = held
-            for name in answer.get("missing") or []:
-                out.setdefault(str(name), Held(config={"name": name}, leaderless=True))
-            offset += len(page)
-            if not page or offset >= int(answer.get("total", 0) or 0):
-                return out
+        for item in items:
+            held = Held.from_info(item)
+            out[str(held.config.get("name", ""))] = held
+        for name in missing:
+            out.setdefault(name, Held(config={"name": name}, leaderless=True))
+        return out
 
 
 async def fetch(settings: NatsSettings) -> tuple[dict[str, Held], Counter[str]]:
