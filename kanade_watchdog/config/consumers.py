@@ -31,8 +31,6 @@ INT32_MAX = 2**31 - 1
 MAX_BACKOFF = 64  # a longer list is a mistake, not a policy
 # The broker refuses a consumer name with these (`isValidName` and the
 # file-store path check); its length is capped like a stream's.
-_BAD_NAME = re.compile(r"[.*>/\\\s]|[^\x21-\x7e]")
-MAX_DURABLE_LEN = 255
 
 DELIVER_POLICIES = ("all", "last", "new", "by_start_sequence", "by_start_time", "last_per_subject")
 # Watchdog settings in a consumer table, not JetStream fields.
@@ -40,14 +38,9 @@ WATCHDOG_KEYS = ("resume",)
 
 
 def durable_problem(name: str) -> str | None:
-    """Why the broker would refuse `name` as a durable consumer name, or None."""
-    if not name:
-        return "must not be empty"
-    if len(name) > MAX_DURABLE_LEN:
-        return f"longer than {MAX_DURABLE_LEN} characters"
-    if _BAD_NAME.search(name):
-        return "must be printable ASCII without spaces, '.', '*', '>', '/' or '\\'"
-    return None
+    """Why the broker would refuse `name` as a durable consumer name, or None:
+    the server holds durable names to the stream-name rules."""
+    return stream_name_problem(name)
 
 
 def _positive_duration(value: Any) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 
 from kanade_watchdog.config.problems import Invalid, Part, unknown_key
 from kanade_watchdog.config.problems import key as _key
+from kanade_watchdog.config.values import stream_name
 from kanade_watchdog.model.fieldvalues import Items, Table, canon, plain, utc_time
 from kanade_watchdog.model.mappings import destination_problem, source_problem
 from kanade_watchdog.model.subjects import (
@@ -89,13 +90,6 @@ def _require(parsed: Mapping[str, Any], *keys: str) -> None:
 
 
 # --- leaf values ---------------------------------------------------------------------------
-
-
-def _stream_name(value: Any) -> str:
-    problem = stream_name_problem(value) if isinstance(value, str) else "must be a string"
-    if problem:
-        raise ValueError(problem)
-    return str(value)
 
 
 def _bucket_name(value: Any) -> str:
@@ -179,7 +173,7 @@ _ORIGIN_COMMON: dict[str, Parser] = {
     "domain": _domain,
 }
 _STREAM_ORIGIN: dict[str, Parser] = {
-    "name": _stream_name,
+    "name": stream_name,
     **_ORIGIN_COMMON,
     "filter_subject": _subject,
     "subject_transforms": _transforms,

@@ -296,11 +296,14 @@ def servers(value: Any) -> tuple[str, ...]:
     return tuple(urls)
 
 
-def domain(value: Any) -> str:
+def stream_name(value: Any) -> str:
     problem = stream_name_problem(value) if isinstance(value, str) else "must be a string"
     if problem:
         raise ValueError(problem)
     return str(value)
+
+
+domain = stream_name  # a JetStream domain follows the stream-name rules
 
 
 def secret(value: Any) -> Secret:
