@@ -1,8 +1,11 @@
 """What the daemon knows about each resource, summed up in one line.
 
 A `ports.Reporter`: each pass report updates the resources it names (O(1)
-each) and nothing is rendered then; `line()` renders the STATUS= text once,
-when asked (`systemd` asks once per pass and per connection change). It
+each), and the board keeps the groups the line names (results with a
+reason, missing, too new for the server) up to date as it goes, so
+`line()` costs O(what it shows), not O(resources): `systemd` asks once per
+pass, and a heal's partial pass at 10,000 declared resources must not pay
+a walk over all of them. It
 answers what systemd and the HTTP endpoint ask: is every declared resource
 present on the broker, when did the last full pass succeed, and what is
 the one-line summary right now, and what `check --json` would say (the
@@ -11,7 +14,9 @@ HTTP /status).
 
 from __future__ import annotations
 
+import heapq
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +35,7 @@ _REASONED = (Result.BLOCKED, Result.NEWER_SPEC, Result.FAILED)
 @dataclass
 class _Entry:
     label: str
+    index: int  # declaration order: the line names the first few of a group
     result: Result | None = None
     present: bool = False
     reason: str = ""
@@ -49,15 +55,24 @@ class StatusBoard(Quiet):
         self.listed: frozenset[str] = frozenset()  # every stream name it saw on the broker
         self.facts = ClusterFacts()
         self.consumers_missing: frozenset[str] = frozenset()  # `STREAM/DURABLE`s
+        # Kept as entries change: stream -> entry, for each group the line names.
+        self._counts: Counter[Result] = Counter()
+        self._grouped: dict[Result, dict[str, _Entry]] = {r: {} for r in _REASONED}
+        self._missing: dict[str, _Entry] = {}
+        self._too_new: dict[str, _Entry] = {}
         self.declared(resources)
 
     # --- what the reporters' protocol brings --------------------------------------
 
     def declared(self, resources: Sequence[Resource]) -> None:
         old, self._entries = self._entries, {}
-        for res in resources:
-            entry = self._entries[res.stream] = old.get(res.stream) or _Entry(res.label)
-            entry.label = res.label
+        self._counts.clear()
+        for group in (*self._grouped.values(), self._missing, self._too_new):
+            group.clear()
+        for i, res in enumerate(resources):
+            entry = self._entries[res.stream] = old.get(res.stream) or _Entry(res.label, i)
+            entry.label, entry.index = res.label, i
+            self._file(res.stream, entry)
 
     def broker(self, state: BrokerState) -> None:
         up = state.state is LinkState.UP
@@ -109,6 +124,7 @@ class StatusBoard(Quiet):
         entry = self._entries.get(res.stream)
         if entry is None:  # dropped by a reload while the pass ran
             return
+        self._unfile(res.stream, entry)
         if seen is not None:  # a failed read leaves the last known state
             entry.decision = seen
         entry.result = result
@@ -117,6 +133,26 @@ class StatusBoard(Quiet):
         if result in (Result.CREATED, Result.UPDATED):
             entry.present = True
         entry.reason = reason
+        self._file(res.stream, entry)
+
+    def _file(self, stream: str, entry: _Entry) -> None:
+        """Count `entry` in the groups it belongs to now."""
+        if entry.result is not None:
+            self._counts[entry.result] += 1
+            if entry.result in self._grouped:
+                self._grouped[entry.result][stream] = entry
+        if not entry.present:
+            self._missing[stream] = entry
+        if entry.decision is not None and entry.decision.too_new:
+            self._too_new[stream] = entry
+
+    def _unfile(self, stream: str, entry: _Entry) -> None:
+        """Take `entry` out of the groups it was counted in, before it changes."""
+        if entry.result is not None:
+            self._counts[entry.result] -= 1
+            self._grouped.get(entry.result, {}).pop(stream, None)
+        self._missing.pop(stream, None)
+        self._too_new.pop(stream, None)
 
     # --- questions -----------------------------------------------------------------
 
@@ -125,10 +161,10 @@ class StatusBoard(Quiet):
         return len(self._entries)
 
     def all_present(self) -> bool:
-        return all(e.present for e in self._entries.values())
+        return not self._missing
 
     def missing(self) -> list[str]:
-        missing = [e.label for e in self._entries.values() if not e.present]
+        missing = [e.label for e in _in_order(self._missing)]
         return missing + [f"consumer:{name}" for name in sorted(self.consumers_missing)]
 
     def ready(self, *, now: float, max_age: float) -> tuple[bool, str]:
@@ -163,19 +199,10 @@ class StatusBoard(Quiet):
         return report.json(config=config)
 
     def line(self) -> str:
-        """The STATUS= text: the most urgent fact first. O(resources)."""
+        """The STATUS= text: the most urgent fact first. O(what it names)."""
         if self.broker_text:
             return self.broker_text
-        counts = dict.fromkeys(Result, 0)
-        grouped: dict[Result, list[str]] = {r: [] for r in _REASONED}
-        missing: list[str] = []
-        for e in self._entries.values():
-            if e.result is not None:
-                counts[e.result] += 1
-                if e.result in grouped:
-                    grouped[e.result].append(e.label)
-            if not e.present:
-                missing.append(e.label)
+        counts = self._counts
         ok = counts[Result.IN_SYNC] + counts[Result.CREATED] + counts[Result.UPDATED]
         parts = [f"{ok}/{self.total} in sync"]
         for result, words in (
@@ -183,30 +210,44 @@ class StatusBoard(Quiet):
             (Result.NEWER_SPEC, "newer spec present"),
             (Result.FAILED, "failing"),
         ):
-            if grouped[result]:
-                parts.append(f"{len(grouped[result])} {words}: {_few(grouped[result])}")
+            group = self._grouped[result]
+            if group:
+                parts.append(f"{len(group)} {words}: {_few_of(group)}")
         if self.facts.leaderless:
             parts.append(
                 f"{len(self.facts.leaderless)} without leader: {_few(self.facts.leaderless)}"
             )
         if self.facts.behind:
             parts.append(f"{len(self.facts.behind)} replicas behind: {_few(self.facts.behind)}")
-        if missing and self.last_pass is not None:
-            parts.append(f"{len(missing)} missing: {_few(missing)}")
-        too_new = [
-            f"{e.label} needs {', '.join(e.decision.too_new)}"
-            for e in self._entries.values()
-            if e.decision is not None and e.decision.too_new
-        ]
-        if too_new:  # a declared field the connected server cannot keep
+        if self._missing and self.last_pass is not None:
+            parts.append(f"{len(self._missing)} missing: {_few_of(self._missing)}")
+        if self._too_new:  # a declared field the connected server cannot keep
+            too_new = [
+                f"{e.label} needs {', '.join(e.decision.too_new)}"
+                for e in _in_order(self._too_new, limit=3)
+                if e.decision is not None
+            ]
             server = f"nats-server {self.server_version}" if self.server_version else "the server"
-            parts.append(f"{server} too old: {_few(too_new)}")
+            parts.append(f"{server} too old: {_few(too_new, total=len(self._too_new))}")
         if self.last_heal:
             label, at = self.last_heal
             parts.append(f"last heal {label} {time.strftime('%H:%M:%S', time.localtime(at))}")
         return ", ".join(parts)
 
 
-def _few(labels: list[str], limit: int = 3) -> str:
+def _in_order(group: dict[str, _Entry], limit: int | None = None) -> list[_Entry]:
+    """A group's entries in declaration order; only the first `limit` of them."""
+    if limit is None:
+        return sorted(group.values(), key=lambda e: e.index)
+    return heapq.nsmallest(limit, group.values(), key=lambda e: e.index)
+
+
+def _few_of(group: dict[str, _Entry], limit: int = 3) -> str:
+    return _few([e.label for e in _in_order(group, limit)], limit, total=len(group))
+
+
+def _few(labels: list[str], limit: int = 3, *, total: int | None = None) -> str:
+    """The first `limit` labels, and how many more there are (of `total`)."""
+    total = len(labels) if total is None else total
     shown = ", ".join(labels[:limit])
-    return shown + (f" +{len(labels) - limit} more" if len(labels) > limit else "")
+    return shown + (f" +{total - limit} more" if total > limit else "")
