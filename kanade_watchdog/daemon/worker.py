@@ -30,6 +30,7 @@ from kanade_watchdog.core.serverinfo import ServerInfo
 from kanade_watchdog.daemon.backoff import Backoff
 from kanade_watchdog.daemon.consumers import ConsumerKeeper
 from kanade_watchdog.daemon.guard import WriteGuard
+from kanade_watchdog.daemon.memo import InSyncMemo
 from kanade_watchdog.daemon.queue import Batch, WorkQueue
 from kanade_watchdog.daemon.reconcile import Claims, Pass, Rules, reconcile
 from kanade_watchdog.model.events import Trigger
@@ -101,6 +102,7 @@ class Worker:
         # The broker as last seen: a full pass's list, then each read and write.
         self._view: dict[str, Observed] = {}
         self._causes: dict[str, causes.Cause] = {}  # stream -> why it failed for good
+        self._memo = InSyncMemo()  # a resync at 10,000 resources plans only what changed
         self.consumers = ConsumerKeeper()  # declared consumers, healed after each pass
 
     def _new_backoff(self) -> Backoff:
@@ -182,6 +184,7 @@ class Worker:
         self.backoff = self._new_backoff()
         self.guard.reset()
         self._causes.clear()
+        self._memo.clear()
         self.queue.mark_all(Trigger.RELOAD)
 
     def advisory(self, stream: str) -> None:
@@ -324,9 +327,12 @@ class Worker:
     def _decider(self, now: datetime) -> Callable[[Resource, Observed | None], Decision]:
         server = self._broker.server if self._broker is not None else None
 
-        def decide(res: Resource, observed: Observed | None) -> Decision:
+        def planned(res: Resource, observed: Observed | None) -> Decision:
             mine = self._own_hashes.get(res.stream, frozenset())
             return self.decide(res, observed, now, own_hashes=mine, server=server)
+
+        def decide(res: Resource, observed: Observed | None) -> Decision:
+            return self._memo.decide(res, observed, server, planned)
 
         return decide
 
