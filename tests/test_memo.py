@@ -84,7 +84,8 @@ def test_the_memo_answers_what_the_planner_answers(
 
 def test_an_unchanged_in_sync_resource_is_not_planned_again() -> None:
     """The second look at an unchanged in-sync resource does not ask the
-    planner; a changed config, another server or a reload's new resource do."""
+    planner, nor does an equal resource a reload made; a changed config, another
+    server or a changed declaration do."""
     declared = Declared(Kind.STREAM, {"subjects": ["a"]}, spec_version=1, writer="w1")
     res = declared.resource("X1")
     seen = looks(res, Foreign({}, ("a",), None, {}), stored=True)
@@ -102,7 +103,10 @@ def test_an_unchanged_in_sync_resource_is_not_planned_again() -> None:
     assert len(asked) == 1
     memo.decide(res, Observed(config={**seen.config, "description": "theirs"}), None, planner)
     memo.decide(res, seen, SERVERS[1], planner)
-    memo.decide(declared.resource("X1"), seen, SERVERS[1], planner)
+    memo.decide(declared.resource("X1"), seen, SERVERS[1], planner)  # a reload left it alone
+    assert len(asked) == 3
+    raised = Declared(Kind.STREAM, {"subjects": ["a"]}, spec_version=2, writer="w1")
+    memo.decide(raised.resource("X1"), seen, SERVERS[1], planner)
     assert len(asked) == 4
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action
-from kanade_watchdog.core.reports import Failed
+from kanade_watchdog.core.reports import Done, Failed
 from kanade_watchdog.model.errors import BrokerUnavailable
 from kanade_watchdog.model.events import Trigger
 from kanade_watchdog.model.resources import Kind, Resource
@@ -92,13 +92,20 @@ step = st.one_of(
 )
 
 
+DECISIONS: dict[tuple[Any, ...], Done] = {}
+
+
 def apply(board: StatusBoard, item: tuple[Any, ...]) -> None:
     if item[0] == "done":
         _, name, result, present, too_new = item
         extra: dict[str, Any] = {"present": present, "reason": f"why {name}"}
         if too_new:
             extra["too_new"] = ("allow_msg_ttl (nats-server 2.11.0)",)
-        board.pass_done(report(done=(done(result, DONE[result], res=RESOURCES[name], **extra),)))
+        # The same decision object again, as a resync hands back an unchanged
+        # in-sync resource's (`daemon.memo`), or a new one.
+        key = (name, result, present, too_new)
+        made = DECISIONS.setdefault(key, done(result, DONE[result], res=RESOURCES[name], **extra))
+        board.pass_done(report(done=(made,)))
     elif item[0] == "failed":
         _, name, present = item
         failure = Failed(RESOURCES[name], BrokerUnavailable("down"), Trigger.RETRY, present)
@@ -108,15 +115,37 @@ def apply(board: StatusBoard, item: tuple[Any, ...]) -> None:
         board.declared([RESOURCES[n] for n in order[:keep]])
 
 
+def expected(
+    model: dict[str, tuple[Result | None, bool]], item: tuple[Any, ...]
+) -> dict[str, tuple[Result | None, bool]]:
+    """Each resource's (result, present) after `item`, by the board's rules."""
+    if item[0] == "reload":
+        _, order, keep = item
+        return {n: model.get(n, (None, False)) for n in order[:keep]}
+    name = item[1]
+    if name not in model:  # dropped by a reload: the report is ignored
+        return model
+    if item[0] == "done":
+        _, _, result, present, _ = item
+        writes = result in (Result.CREATED, Result.UPDATED)
+        if present is None:  # derived from the decision's action
+            present = result not in (Result.CREATED, Result.BLOCKED)  # no changes: absent
+        return {**model, name: (result, bool(present) or writes)}
+    present = item[2]
+    return {**model, name: (Result.FAILED, model[name][1] if present is None else present)}
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(step, max_size=30))
 def test_the_kept_groups_say_what_a_walk_over_every_entry_says(steps: list[Any]) -> None:
     """Whatever reports and reloads came, the line, the missing list and
     readiness are those of a walk over every entry."""
     board = StatusBoard([RESOURCES[n] for n in NAMES])
+    model: dict[str, tuple[Result | None, bool]] = dict.fromkeys(NAMES, (None, False))
     for item in steps:
         apply(board, item)
-        assert board.line() == walked_line(board)
+        model = expected(model, item)
+        assert {n: (e.result, e.present) for n, e in board._entries.items()} == model
         walked_missing = [e.label for e in board._entries.values() if not e.present]
         assert board.missing() == walked_missing
         assert board.all_present() is (not walked_missing)

@@ -44,7 +44,7 @@ class InSyncMemo:
             kept = self._kept.get(res.stream)
             if kept is not None:
                 was, config, on, decision = kept
-                if was is res and on == server and config == observed.config:
+                if on == server and config == observed.config and was == res:
                     return decision
         decision = planner(res, observed)
         if decision.action is Action.IN_SYNC and observed is not None and not observed.leaderless:

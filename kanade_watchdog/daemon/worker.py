@@ -184,7 +184,6 @@ class Worker:
         self.backoff = self._new_backoff()
         self.guard.reset()
         self._causes.clear()
-        self._memo.clear()
         self.queue.mark_all(Trigger.RELOAD)
 
     def advisory(self, stream: str) -> None:

@@ -115,7 +115,8 @@ class OutcomeLog(Quiet):
             log.warning("reconcile pass exceeded its %gs deadline; retrying", report.deadline)
         elif report.cut is Cut.LOST:
             log.debug("pass cut short: the connection was lost")
-        elif report.read_error is None:
+        elif report.read_error is None and log.isEnabledFor(logging.DEBUG):
+            # Counting a 10,000-resource pass's outcomes is not free; only when said.
             log.debug(
                 "pass (%s): %d looked at, %d in sync",
                 report.label,
@@ -152,10 +153,14 @@ class OutcomeLog(Quiet):
         """Anything but a failure."""
         d = done.outcome.decision
         res, trigger = d.resource, done.trigger
+        result = done.result
+        if result is Result.IN_SYNC and self.memory.cleared(res.stream) is None:
+            return  # a resync's common case: nothing to say, nothing to build for it
+        # In sync now, it had failed before: the memory said so and is clear.
+        recovered = result is Result.IN_SYNC
         common = _common(res, trigger)
         what = f"{kind_word(res.kind)} {res.name}"
         diff = "; ".join(str(c) for c in d.changes)
-        result = done.result
         if result in (Result.BLOCKED, Result.NEWER_SPEC):
             news = self.memory.standing(res.stream, d.reason)
             if result is Result.BLOCKED and d.conflict:
@@ -180,7 +185,7 @@ class OutcomeLog(Quiet):
                     extra=fields(action=Event.NEWER_SPEC, message_id=Event.NEWER_SPEC, **common),
                 )
             return
-        was = self.memory.cleared(res.stream)
+        self.memory.cleared(res.stream)  # a write: whatever was failing is fixed
         if result is Result.CREATED:
             log.info(
                 "created %s (trigger %s)",
@@ -203,7 +208,7 @@ class OutcomeLog(Quiet):
                     stake,
                     extra=fields(action=Event.UPDATED, **common),
                 )
-        elif was is not None:
+        elif recovered:
             log.info(
                 "%s is in sync again",
                 what,

@@ -124,6 +124,14 @@ class StatusBoard(Quiet):
         entry = self._entries.get(res.stream)
         if entry is None:  # dropped by a reload while the pass ran
             return
+        if (
+            seen is entry.decision
+            and result is entry.result
+            and reason == entry.reason
+            and present in (None, entry.present)
+            and result not in (Result.CREATED, Result.UPDATED)
+        ):
+            return  # as it was (a resync's in-sync resource): nothing to move
         self._unfile(res.stream, entry)
         if seen is not None:  # a failed read leaves the last known state
             entry.decision = seen
