@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import pytest
+
+from kanade_watchdog.broker import apply
 from kanade_watchdog.broker.pool import MAX_IN_FLIGHT
 from kanade_watchdog.config.load import parse
 from kanade_watchdog.core import desired, plan
-from kanade_watchdog.core.outcome import Result
+from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Decision, Observed
 from kanade_watchdog.core.serverinfo import ServerInfo
+from kanade_watchdog.daemon import reconcile
 from kanade_watchdog.daemon.queue import Batch
 from kanade_watchdog.daemon.worker import Worker
 from kanade_watchdog.model.events import Trigger
@@ -157,3 +162,38 @@ async def test_an_advisory_during_a_held_full_pass_is_healed_before_it_ends() ->
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_resync_answers_in_sync_resources_without_holding_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nearly every decision of a resync sends nothing; their outcomes are
+    recorded a few at a time between loop turns, as the decisions are made,
+    so a heal arriving then waits for a few of them, not for thousands."""
+    config = many(2000)
+    turns = 0
+    per_turn: Counter[int] = Counter()
+    answer = apply.without_write
+
+    def counted(decision: Decision) -> Outcome:
+        per_turn[turns] += 1
+        return answer(decision)
+
+    async def ticking() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(reconcile, "without_write", counted)
+    worker = Worker(config, reporter=Capture())
+    worker.attach(converged(config))
+    ticker = asyncio.create_task(ticking())
+    try:
+        await asyncio.sleep(0)
+        report = await worker.run_pass(Batch(full=Trigger.RESYNC))
+    finally:
+        ticker.cancel()
+    assert report.in_sync == 2000
+    assert sum(per_turn.values()) == 2000
+    assert max(per_turn.values()) <= reconcile.YIELD_EVERY

@@ -259,7 +259,7 @@ async def _execute_wave(
 ) -> list[Outcome]:
     # Decisions that need no write are answered without taking a place in the pool.
     outcomes: list[Outcome | None] = [
-        None if d.action in _WRITES else _without_write(d) for d in decisions
+        None if d.action in _WRITES else without_write(d) for d in decisions
     ]
     writes = [i for i, o in enumerate(outcomes) if o is None]
 
@@ -273,7 +273,8 @@ async def _execute_wave(
     return done
 
 
-def _without_write(decision: Decision) -> Outcome:
+def without_write(decision: Decision) -> Outcome:
+    """The outcome of a decision that sends nothing (in sync, blocked, newer spec)."""
     if decision.action is Action.IN_SYNC:
         return Outcome(decision, Result.IN_SYNC)
     if decision.action is Action.BLOCKED:
@@ -294,7 +295,7 @@ async def _execute(
     """The write, or none; a write with no answer in time is looked at
     again (`_after_silence`) when `look_again`."""
     if decision.action not in _WRITES:
-        return _without_write(decision)
+        return without_write(decision)
     assert decision.send is not None
     everything = lookups.everything
     try:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from kanade_watchdog.broker.apply import execute
+from kanade_watchdog.broker.apply import execute, without_write
 from kanade_watchdog.broker.pool import MAX_IN_FLIGHT, in_waves
 from kanade_watchdog.core.cluster import cluster_facts
 from kanade_watchdog.core.outcome import Outcome, Result
@@ -157,13 +157,19 @@ async def reconcile(
             group, lambda d: _execute(broker, d, resources, now, clock, claims=claims), limit=limit
         )
 
-    first = [d for d, _ in writing if d.action is not Action.CREATE]
+    # Decisions that send nothing (nearly all of a resync's) are answered here,
+    # not through the pool: its workers would run them back to back without
+    # handing the loop back, one block of ~50 ms at 10,000 resources.
+    first = [d for d, _ in writing if d.writes and d.action is not Action.CREATE]
     then = [d for d, _ in writing if d.action is Action.CREATE]
     answered = dict(zip(map(id, first), await run(first), strict=True))
     answered.update(zip(map(id, then), await run(then), strict=True))
-    answers = [answered[id(d)] for d, _ in writing]
+    at = clock()
     done: list[Done] = []
-    for (decision, trigger), answer in zip(writing, answers, strict=True):
+    for i, (decision, trigger) in enumerate(writing):
+        if i % YIELD_EVERY == YIELD_EVERY - 1:
+            await asyncio.sleep(0)
+        answer = answered[id(decision)] if decision.writes else (without_write(decision), at)
         if answer is None:
             out.skipped.append(decision.resource.stream)
             continue
