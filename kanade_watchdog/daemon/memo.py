@@ -45,6 +45,9 @@ class InSyncMemo:
             if kept is not None:
                 was, config, on, decision = kept
                 if on == server and config == observed.config and was == res:
+                    # Keep the config just seen, the one the worker's view holds
+                    # now: the older copy goes (at 10,000 streams, ~18 MiB).
+                    self._kept[res.stream] = (res, observed.config, server, decision)
                     return decision
         decision = planner(res, observed)
         if decision.action is Action.IN_SYNC and observed is not None and not observed.leaderless:
