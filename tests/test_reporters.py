@@ -21,10 +21,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kanade_watchdog.config.load import parse
+from kanade_watchdog.core.consumer_plan import ConsumerDecision, ConsumerOutcome
 from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Change, Decision
 from kanade_watchdog.core.reports import (
     BrokerState,
+    ConsumerDone,
     Done,
     Failed,
     Held,
@@ -33,6 +35,7 @@ from kanade_watchdog.core.reports import (
     Scope,
 )
 from kanade_watchdog.daemon.main import Daemon
+from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.errors import ApiError, BrokerUnavailable, ResourceError
 from kanade_watchdog.model.events import Trigger
 from kanade_watchdog.model.resources import Kind, Resource
@@ -204,6 +207,67 @@ def test_the_pass_summary_carries_its_counts_as_fields(
         "looked": 1,
         "in_sync": 1,
     }
+
+
+# --- OutcomeLog: the declared consumers -------------------------------------------------------
+
+WORKER = Consumer(stream="ORDERS", durable="worker", declared={"ack_wait": 30_000_000_000})
+
+
+def consumer(
+    result: Result,
+    action: Action,
+    *,
+    delay: float = 0.0,
+    error: str = "",
+    transient: bool = True,
+    code: str = "",
+    **decision: Any,
+) -> ConsumerDone:
+    outcome = ConsumerOutcome(
+        ConsumerDecision(WORKER, action, **decision),
+        result,
+        error=error,
+        transient=transient,
+        code=code,
+    )
+    return ConsumerDone(outcome, Trigger.RETRY, marked_at=0.0, answered_at=0.0, delay=delay)
+
+
+def test_consumer_actions_are_the_lines_and_fields_they_were(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Created, resumed, updated and blocked consumers are one line each with
+    kind `consumer`, the `STREAM/DURABLE` name and the event's fields; an
+    in-sync consumer says nothing."""
+    out = OutcomeLog(clock=FakeClock())
+    change = Change("ack_wait", 90_000_000_000, 30_000_000_000)
+    consumers = (
+        consumer(Result.CREATED, Action.CREATE),
+        consumer(Result.CREATED, Action.CREATE, resume_from=61),
+        consumer(Result.UPDATED, Action.UPDATE, changes=(change,)),
+        consumer(Result.IN_SYNC, Action.IN_SYNC),
+        consumer(Result.BLOCKED, Action.BLOCKED, reason="ack policy can not be updated"),
+    )
+    with caplog.at_level(logging.DEBUG, logger="kanade_watchdog.consumers"):
+        out.pass_done(report(consumers=consumers))
+    records = [r for r in caplog.records if r.name == "kanade_watchdog.consumers"]
+    assert [r.getMessage() for r in records] == [
+        "consumer ORDERS/worker: created",
+        "consumer ORDERS/worker: created, resumed at stream sequence 61",
+        f"consumer ORDERS/worker: updated ({change})",
+        "consumer ORDERS/worker: blocked (ack policy can not be updated)",
+    ]
+    assert [r.levelno for r in records] == [logging.INFO] * 3 + [logging.WARNING]
+    common = {"resource": "ORDERS/worker", "stream": "ORDERS", "kind": "consumer"}
+    assert record_fields(records[1]) == {
+        **common,
+        "action": "created",
+        "message_id": "created",
+        "trigger": "retry",
+        "resumed_from": 61,
+    }
+    assert record_fields(records[2])["diff"] == str(change)
 
 
 # --- StatusBoard: rendered once per pass ----------------------------------------------------

@@ -252,7 +252,7 @@ class Daemon:
                 interval=config.watchdog.resync_interval, jitter=config.watchdog.resync_jitter
             )
         self.worker.reload(config)
-        self.reporters.declared(config.resources)
+        self.reporters.declared(config.resources, config.consumers)
         self.reporters.reloaded(
             Reloaded(
                 config.path,
@@ -285,7 +285,7 @@ class Daemon:
             self.config.path,
             extra=fields(action=Event.STARTED, message_id=Event.STARTED),
         )
-        self.reporters.declared(self.config.resources)
+        self.reporters.declared(self.config.resources, self.config.consumers)
         if self.endpoint is not None:
             try:
                 await self.endpoint.start()

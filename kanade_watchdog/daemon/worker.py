@@ -101,7 +101,7 @@ class Worker:
         # The broker as last seen: a full pass's list, then each read and write.
         self._view: dict[str, Observed] = {}
         self._causes: dict[str, causes.Cause] = {}  # stream -> why it failed for good
-        self.consumers = ConsumerKeeper()  # declared consumers, healed after each pass
+        self.consumers = ConsumerKeeper(clock)  # declared consumers, healed after each pass
 
     def _new_backoff(self) -> Backoff:
         w = self.config.watchdog
@@ -289,18 +289,19 @@ class Worker:
             # as the worker is cancelled, and the stop is lost.
             async with asyncio.timeout(deadline):
                 result = await current
-                await self.consumers.after_pass(
+                consumers = await self.consumers.after_pass(
                     self._broker,
                     config=self.config,
-                    full=batch.full is not None,
-                    marked=batch.streams,
+                    batch=batch,
                     listed=result.listed,
                     seen=result.seen,
                 )
             for stream in result.skipped:
                 self._deferred.setdefault(stream, batch.streams.get(stream, Trigger.RETRY))
             report = replace(
-                self._book(result), consumers_missing=self.consumers.missing(self.config)
+                self._book(result),
+                consumers=tuple(consumers),
+                consumers_missing=self.consumers.missing(self.config),
             )
         except asyncio.CancelledError:
             task = asyncio.current_task()
