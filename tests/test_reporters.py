@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,53 @@ def test_consumer_actions_are_the_lines_and_fields_they_were(
         "resumed_from": 61,
     }
     assert record_fields(records[2])["diff"] == str(change)
+
+
+def test_a_failed_consumer_says_when_it_is_tried_again_once_per_code(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A permanent failure is one WARNING naming its delay; the same code
+    again is a debug line; a transient one stays quiet until it has lasted;
+    a later in-sync look says "in sync again" once."""
+    clock = FakeClock()
+    out = OutcomeLog(clock=clock)
+    denied = partial(
+        consumer,
+        Result.FAILED,
+        Action.CREATE,
+        error="permission denied",
+        transient=False,
+        code="PermissionDenied",
+    )
+    timeout = partial(
+        consumer, Result.FAILED, Action.CREATE, error="no answer within 2s", code="NoAnswer"
+    )
+    with caplog.at_level(logging.DEBUG, logger="kanade_watchdog.consumers"):
+        for _ in range(2):
+            out.pass_done(report(consumers=(denied(delay=300.0),)))
+        out.pass_done(report(consumers=(consumer(Result.IN_SYNC, Action.IN_SYNC),)))
+        out.pass_done(report(consumers=(consumer(Result.IN_SYNC, Action.IN_SYNC),)))
+        out.pass_done(report(consumers=(timeout(delay=1.5),)))
+        assert said(caplog) == [
+            "consumer ORDERS/worker: failed: permission denied (permanent; retry in 300.0s; "
+            "trigger retry)"
+        ]
+        clock.advance(TRANSIENT_QUIET)
+        out.pass_done(report(consumers=(timeout(delay=3.0),)))
+    assert said(caplog)[-1] == (
+        "consumer ORDERS/worker: failed: no answer within 2s (transient; retry in 3.0s; "
+        "trigger retry)"
+    )
+    infos = said(caplog, logging.INFO)
+    assert infos.count("consumer ORDERS/worker is in sync again") == 1
+    debug = said(caplog, logging.DEBUG)
+    assert "consumer ORDERS/worker failing: permission denied (retry in 300.00s)" in debug
+    assert "consumer ORDERS/worker failing: no answer within 2s (retry in 1.50s)" in debug
+    [warning] = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "permission" in r.getMessage()
+    ]
+    assert record_fields(warning)["error"] == "permission denied"
+    assert record_fields(warning)["action"] == "failed"
 
 
 # --- StatusBoard: rendered once per pass ----------------------------------------------------

@@ -203,7 +203,7 @@ class Daemon:
             # Applications' ephemeral consumers come and go: only ours mark work.
             declared = {c.name: c.stream for c in self.config.consumers}
             if name in declared:
-                self.worker.mark(declared[name], Trigger.ADVISORY)
+                self.worker.consumer_advisory(name, declared[name])
 
     def _on_client_error(self, text: str) -> None:
         log.warning(text, extra=fields(action=Event.FAILED, message_id=Event.FAILED))

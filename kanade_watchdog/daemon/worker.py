@@ -190,6 +190,13 @@ class Worker:
         if stream in self._managed:
             self.queue.mark(stream, Trigger.ADVISORY)
         self._wake_dependents(stream, Trigger.ADVISORY)
+        self.consumers.wake(stream, self.config)  # its consumers, backoff or not
+
+    def consumer_advisory(self, consumer: str, stream: str) -> None:
+        """A declared consumer (`STREAM/DURABLE`) changed on the broker: look at
+        it now, even while its backoff runs."""
+        self.consumers.wake(consumer, self.config)
+        self.queue.mark(stream, Trigger.ADVISORY)
 
     def _wake_dependents(self, stream: str, trigger: Trigger) -> None:
         for blocked, cause in list(self._causes.items()):
@@ -205,8 +212,8 @@ class Worker:
             for key in self.backoff.pop_due():
                 if key == EVERYTHING:
                     self.queue.mark_all(Trigger.RETRY)
-                else:
-                    self.queue.mark(key, Trigger.RETRY)
+                else:  # a stream, or a consumer (STREAM/DURABLE): its stream's pass
+                    self.queue.mark(key.partition("/")[0], Trigger.RETRY)
             for key in self.backoff.pop_checks():
                 self.queue.mark(key, Trigger.VERIFY)
             batch = self.queue.take()
@@ -293,6 +300,7 @@ class Worker:
                     self._broker,
                     config=self.config,
                     batch=batch,
+                    backoff=self.backoff,
                     listed=result.listed,
                     seen=result.seen,
                 )

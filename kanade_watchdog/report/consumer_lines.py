@@ -2,8 +2,10 @@
 
 `outcomes.OutcomeLog` hands each `reports.ConsumerDone` here with its
 `failures.FailureMemory`: one INFO line per action (created, resumed at a
-stream sequence, updated with the diff), a WARNING for each failure and for
-each blocked or newer-spec consumer. The fields are
+stream sequence, updated with the diff), a WARNING for a failure once per
+error code with when it is tried again (a transient one only once it has
+lasted, debug lines meanwhile), "in sync again" after a failure that was
+said, and a WARNING for each blocked or newer-spec consumer. The fields are
 the streams' (`logs.fields`: KANADE_* and MESSAGE_ID in the journal), with
 kind `consumer` and the resource named `STREAM/DURABLE`, which no stream
 name can be: the memory's keys cannot collide.
@@ -66,11 +68,17 @@ def say(done: ConsumerDone, memory: FailureMemory) -> None:
 def _failed(done: ConsumerDone, memory: FailureMemory) -> None:
     o = done.outcome
     name = o.decision.consumer.name
+    if not memory.failing(name, o.code or o.error, transient=o.transient):
+        log.debug("consumer %s failing: %s (retry in %.2fs)", name, o.error, done.delay)
+        return
     diff = "; ".join(str(c) for c in o.decision.changes)
     log.warning(
-        "consumer %s: failed: %s",
+        "consumer %s: failed: %s (%s; retry in %.1fs; trigger %s)",
         name,
         o.error,
+        "transient" if o.transient else "permanent",
+        done.delay,
+        done.trigger,
         extra=_fields(done, Event.FAILED, diff=diff, error=o.error),
     )
 
