@@ -16,6 +16,7 @@ from kanade_watchdog.core.reports import (
     Reloaded,
     RunState,
 )
+from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.resources import Resource
 
 
@@ -32,7 +33,7 @@ class Capture:
     def run_state(self, state: RunState) -> None:
         self.states.append(state)
 
-    def declared(self, resources: Sequence[Resource]) -> None:
+    def declared(self, resources: Sequence[Resource], consumers: Sequence[Consumer] = ()) -> None:
         self.declarations.append(tuple(r.stream for r in resources))
 
     def broker(self, state: BrokerState) -> None:

@@ -1,11 +1,14 @@
-"""An in-memory broker that speaks `core.ports.Broker`, for pure daemon tests.
+"""An in-memory broker that speaks `core.ports.Broker` and `ConsumerBroker`,
+for pure daemon tests.
 
 It keeps stream configs the way nats-server 2.15 answers them (server
 defaults filled in, `_nats.*` metadata added) and refuses what the server
 refuses for the fields the watchdog writes: a name in use with another
 config (10058), a missing stream on update or info (10059), overlapping
 subjects (10065), a storage or retention-to/from-workqueue change and a
-dedupe window longer than max_age (10052).
+dedupe window longer than max_age (10052); for consumers, a create over a
+different one (10148), an update of a missing one (10149), either on a
+missing stream (10059). `consumer_faults` makes the next consumer writes fail.
 tests/test_broker_contract.py runs the same cases against this fake and a
 real nats-server, so the fake cannot drift from the real thing unnoticed.
 
@@ -24,7 +27,7 @@ from typing import Any
 from kanade_watchdog.core.plan import Observed
 from kanade_watchdog.core.ports import Broker
 from kanade_watchdog.core.serverinfo import ServerInfo, from_info
-from kanade_watchdog.model.errors import ApiError
+from kanade_watchdog.model.errors import ApiError, BrokerError
 from kanade_watchdog.model.subjects import subjects_overlap
 
 SERVER_VERSION = "2.15.1"
@@ -68,11 +71,15 @@ def _error(code: int, err_code: int, description: str, subject: str) -> ApiError
 
 
 class FakeBroker:
-    """Streams in a dict. `deleted()` and `drift()` act like another client."""
+    """Streams and consumers in dicts. `delete()`, `drift()` and
+    `delete_consumer()` act like another client."""
 
     def __init__(self, server: ServerInfo | None = None) -> None:
         self.streams: dict[str, dict[str, Any]] = {}
         self.requests: Counter[str] = Counter()
+        self.consumers: dict[tuple[str, str], dict[str, Any]] = {}  # (stream, durable) -> config
+        # Errors the next consumer writes raise, in order (a test's broker faults).
+        self.consumer_faults: list[BrokerError] = []
         self._server = server or from_info({"version": SERVER_VERSION, "api_lvl": 2})
 
     @property
@@ -136,10 +143,50 @@ class FakeBroker:
         self.requests["account"] += 1
         return {"streams": len(self.streams), "reserved_storage": 0, "reserved_memory": 0}
 
+    # --- the ConsumerBroker protocol ------------------------------------------------
+
+    async def list_consumers(self, stream: str) -> list[Mapping[str, Any]]:
+        self.requests["consumer_list"] += 1
+        if stream not in self.streams:
+            raise _error(404, 10059, "stream not found", f"$JS.API.CONSUMER.LIST.{stream}")
+        return [
+            {
+                "stream_name": stream,
+                "name": durable,
+                "config": copy.deepcopy(config),
+                "ack_floor": {"consumer_seq": 0, "stream_seq": 0},
+            }
+            for (s, durable), config in sorted(self.consumers.items())
+            if s == stream
+        ]
+
+    async def put_consumer(
+        self, stream: str, durable: str, config: Mapping[str, Any], *, action: str
+    ) -> Mapping[str, Any]:
+        self.requests[f"consumer_{action}"] += 1
+        subject = f"$JS.API.CONSUMER.CREATE.{stream}.{durable}"
+        if self.consumer_faults:
+            raise self.consumer_faults.pop(0)
+        if stream not in self.streams:
+            raise _error(404, 10059, "stream not found", subject)
+        key = (stream, durable)
+        stored = {**copy.deepcopy(dict(config)), "durable_name": durable, "name": durable}
+        if action == "create" and key in self.consumers and self.consumers[key] != stored:
+            raise _error(400, 10148, "consumer already exists", subject)
+        if action == "update" and key not in self.consumers:
+            raise _error(404, 10149, "consumer does not exist", subject)
+        self.consumers[key] = stored
+        return {"stream_name": stream, "name": durable, "config": copy.deepcopy(stored)}
+
     # --- another client's hands ---------------------------------------------------------
+
+    def delete_consumer(self, stream: str, durable: str) -> None:
+        del self.consumers[(stream, durable)]
 
     def delete(self, name: str) -> None:
         del self.streams[name]
+        for key in [k for k in self.consumers if k[0] == name]:
+            del self.consumers[key]  # a stream's consumers go with it
 
     def drift(self, name: str, **fields: Any) -> None:
         self.streams[name].update(fields)

@@ -13,7 +13,7 @@ import nats
 import pytest
 
 from kanade_watchdog.broker.api import Broker as NatsBroker
-from kanade_watchdog.core.ports import Broker
+from kanade_watchdog.core.ports import Broker, ConsumerBroker
 from kanade_watchdog.model.errors import ApiError
 from tests.fakebroker import FakeBroker
 from tests.natsserver import NatsServer
@@ -142,3 +142,36 @@ async def test_the_list_holds_every_stream_and_requests_are_counted(broker: Brok
     assert listed["B"].config["subjects"] == ["b.>"]
     assert broker.requests["create"] == 3
     assert broker.requests["list"] == 1
+
+
+# --- durable consumers (ports.ConsumerBroker) -----------------------------------------
+
+
+async def test_consumer_create_update_and_their_refusals(broker: Broker) -> None:
+    """A create lists the consumer with what was sent; the same create again
+    is accepted; a create over another config is 10148, an update of a missing
+    consumer 10149, any consumer request on a missing stream 10059."""
+    assert isinstance(broker, ConsumerBroker)
+    await broker.create(stream())
+    sent = {"durable_name": "worker", "ack_policy": "explicit", "ack_wait": 30 * SECOND}
+    await broker.put_consumer("ORDERS", "worker", sent, action="create")
+    await broker.put_consumer("ORDERS", "worker", sent, action="create")
+    [listed] = await broker.list_consumers("ORDERS")
+    assert listed["name"] == "worker"
+    assert listed["config"]["ack_wait"] == 30 * SECOND
+    with pytest.raises(ApiError) as info:
+        await broker.put_consumer(
+            "ORDERS", "worker", {**sent, "ack_wait": 60 * SECOND}, action="create"
+        )
+    assert info.value.err_code == 10148
+    with pytest.raises(ApiError) as info:
+        await broker.put_consumer(
+            "ORDERS", "other", {**sent, "durable_name": "other"}, action="update"
+        )
+    assert info.value.err_code == 10149
+    with pytest.raises(ApiError) as info:
+        await broker.list_consumers("NOPE")
+    assert info.value.err_code == 10059
+    with pytest.raises(ApiError) as info:
+        await broker.put_consumer("NOPE", "worker", sent, action="create")
+    assert info.value.err_code == 10059

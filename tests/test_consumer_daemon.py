@@ -18,7 +18,7 @@ from tests.audit import ApiAudit
 from tests.daemonproc import WATCHDOG_NAME, DaemonProc, daemon_config, eventually, has_message
 from tests.jsapi import connect, ok, request
 from tests.natsserver import NatsServer, free_port
-from tests.test_http_daemon import get, until_status
+from tests.test_http_daemon import P, get, samples, until_status
 
 RESOURCES = """
 [streams.S]
@@ -128,10 +128,9 @@ async def test_a_lost_consumer_resumes_after_its_ack_floor(
     1, and every message from 61 to 100 is delivered."""
     proc = spawn(config(tmp_path, server, resync_interval="300ms"))
     await back(client, "worker")
-    for i in range(1, 101):
-        await client.publish("s.x", str(i).encode())
-    await client.flush()
     js = client.jetstream()
+    for i in range(1, 101):  # acknowledged: all 100 are stored before the fetch
+        await js.publish("s.x", str(i).encode())
     sub = await js.pull_subscribe_bind("worker", stream="S")
     got = await sub.fetch(60, timeout=5)
     assert [m.metadata.sequence.stream for m in got] == list(range(1, 61))
@@ -162,7 +161,7 @@ async def test_a_lost_consumer_resumes_after_its_ack_floor(
     while True:
         try:
             batch = await sub.fetch(50, timeout=1)
-        except NatsTimeout:
+        except (NatsTimeout, TimeoutError):  # nats-py raises either when nothing is left
             break
         for m in batch:
             seqs.append(m.metadata.sequence.stream)
@@ -249,3 +248,34 @@ async def test_an_edit_is_found_by_the_resync_and_reverted_without_a_loop(
     writes = audit.writes
     await audit.settle(1.0)  # three resyncs
     assert audit.writes == writes
+
+
+async def test_a_consumer_heal_moves_the_consumer_metrics(
+    server: NatsServer, client: Client, tmp_path: Path, spawn: Spawn
+) -> None:
+    """Over HTTP: the declared consumers are in resource_state, in sync after
+    the startup pass created them; a delete healed through its advisory moves
+    heals_total{kind=consumer,trigger=advisory} and the advisory latency
+    count by one, and the consumer is in sync again."""
+    port = free_port()
+    path = daemon_config(
+        tmp_path / "w.toml", server.url, resources=RESOURCES, http=f"127.0.0.1:{port}"
+    )
+    proc = spawn(path)
+    await back(client, "worker", "push")
+    await until_status(port, "/readyz", 200)
+    heals = (f"{P}heals_total", (("kind", "consumer"), ("trigger", "advisory")))
+    latency = (f"{P}heal_latency_seconds_count", (("trigger", "advisory"),))
+    in_sync = (("kind", "consumer"), ("name", "S/worker"), ("state", "in_sync"))
+    before = await samples(port)
+    assert before[heals] == 0
+    assert before[(f"{P}heals_total", (("kind", "consumer"), ("trigger", "startup")))] == 2
+    assert before[(f"{P}resource_state", in_sync)] == 1
+
+    mark = proc.mark()
+    await ok(client, "$JS.API.CONSUMER.DELETE.S.worker")
+    await proc.wait_for(has_message("consumer S/worker: created"), after=mark, within=10)
+    after = await samples(port)
+    assert after[heals] == 1
+    assert after[latency] == before.get(latency, 0) + 1
+    assert after[(f"{P}resource_state", in_sync)] == 1

@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from kanade_watchdog import __version__
+from kanade_watchdog.core.consumer_plan import ConsumerDecision, ConsumerOutcome
+from kanade_watchdog.core.outcome import Result
+from kanade_watchdog.core.plan import Action
+from kanade_watchdog.core.reports import ConsumerDone, PassReport, Scope
+from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.events import Trigger
+from kanade_watchdog.report.meter import MetricsReporter
 from kanade_watchdog.report.metrics import (
     CONTENT_TYPE,
     HEAL_BUCKETS,
@@ -62,8 +69,16 @@ def states_of(m: Metrics, kind: str, name: str) -> dict[str, float | None]:
 def busy_metrics() -> Metrics:
     """A Metrics instance on which every method has been called."""
     m = Metrics(clock=lambda: 1_700_000_000.0)
-    m.declare([("stream", "ORDERS"), ("kv", "settings"), ("object_store", "blobs")])
+    m.declare(
+        [
+            ("stream", "ORDERS"),
+            ("kv", "settings"),
+            ("object_store", "blobs"),
+            ("consumer", "ORDERS/worker"),
+        ]
+    )
     m.resource_state("stream", "ORDERS", "in_sync")
+    m.resource_state("consumer", "ORDERS/worker", "missing")
     m.resource_state("kv", "settings", "drifted")
     m.resource_state("object_store", "blobs", "missing")
     m.healed("object_store", "advisory", 0.004)
@@ -162,6 +177,53 @@ def test_a_heal_moves_its_counter_and_the_latency_histogram() -> None:
     assert value(m, bucket, trigger="advisory", le="+Inf") == 2
     assert value(m, f"{P}heal_latency_seconds_count", trigger="advisory") == 2
     assert value(m, f"{P}heal_latency_seconds_sum", trigger="advisory") == pytest.approx(0.204)
+
+
+def consumer_done(
+    result: Result, action: Action, *, at: float = 0.0, code: str = ""
+) -> ConsumerDone:
+    decision = ConsumerDecision(Consumer(stream="S", durable="worker", declared={}), action)
+    outcome = ConsumerOutcome(decision, result, error="x" if code else "", code=code)
+    return ConsumerDone(outcome, Trigger.RETRY, marked_at=10.0, answered_at=10.0 + at)
+
+
+def test_consumer_outcomes_count_as_kind_consumer() -> None:
+    """A declared consumer has its state series and zeroed counters from its
+    declaration; a failed create counts its code and leaves it missing; a
+    heal moves heals{kind=consumer} and the latency histogram by the time from
+    the trigger to the answer; an update moves updates{kind=consumer}; each
+    write is counted."""
+    m = Metrics(process=False)
+    reporter = MetricsReporter(m)
+    worker = Consumer(stream="S", durable="worker", declared={})
+    reporter.declared([], [worker])
+    assert states_of(m, "consumer", "S/worker") == dict.fromkeys(STATES, 0)
+    heals = f"{P}heals_total"
+    assert value(m, heals, kind="consumer", trigger="retry") == 0
+    base = PassReport(
+        number=1, generation=0, scope=Scope.PARTIAL, trigger=None, started=0.0, finished=0.0
+    )
+
+    reporter.pass_done(
+        replace(base, consumers=(consumer_done(Result.FAILED, Action.CREATE, code="10013"),))
+    )
+    assert value(m, f"{P}failures_total", code="10013") == 1
+    assert states_of(m, "consumer", "S/worker")["missing"] == 1
+    reporter.pass_done(
+        replace(base, consumers=(consumer_done(Result.CREATED, Action.CREATE, at=0.004),))
+    )
+    assert value(m, heals, kind="consumer", trigger="retry") == 1
+    assert value(m, f"{P}heal_latency_seconds_count", trigger="retry") == 1
+    assert value(m, f"{P}heal_latency_seconds_bucket", trigger="retry", le="0.005") == 1
+    assert value(m, f"{P}heal_latency_seconds_bucket", trigger="retry", le="0.0025") == 0
+    assert states_of(m, "consumer", "S/worker")["in_sync"] == 1
+    reporter.pass_done(replace(base, consumers=(consumer_done(Result.UPDATED, Action.UPDATE),)))
+    assert value(m, f"{P}updates_total", kind="consumer", trigger="retry") == 1
+    assert value(m, f"{P}writes_total") == 3
+    reporter.pass_done(replace(base, consumers=(consumer_done(Result.BLOCKED, Action.BLOCKED),)))
+    assert states_of(m, "consumer", "S/worker")["blocked"] == 1
+    reporter.declared([])
+    assert 'kind="consumer",name="S/worker"' not in m.render().decode()
 
 
 @settings(max_examples=60, deadline=None)

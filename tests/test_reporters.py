@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kanade_watchdog.config.load import parse
+from kanade_watchdog.core.consumer_plan import ConsumerDecision, ConsumerOutcome
 from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Change, Decision
 from kanade_watchdog.core.reports import (
     BrokerState,
+    ConsumerDone,
     Done,
     Failed,
     Held,
@@ -33,6 +36,7 @@ from kanade_watchdog.core.reports import (
     Scope,
 )
 from kanade_watchdog.daemon.main import Daemon
+from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.errors import ApiError, BrokerUnavailable, ResourceError
 from kanade_watchdog.model.events import Trigger
 from kanade_watchdog.model.resources import Kind, Resource
@@ -204,6 +208,114 @@ def test_the_pass_summary_carries_its_counts_as_fields(
         "looked": 1,
         "in_sync": 1,
     }
+
+
+# --- OutcomeLog: the declared consumers -------------------------------------------------------
+
+WORKER = Consumer(stream="ORDERS", durable="worker", declared={"ack_wait": 30_000_000_000})
+
+
+def consumer(
+    result: Result,
+    action: Action,
+    *,
+    delay: float = 0.0,
+    error: str = "",
+    transient: bool = True,
+    code: str = "",
+    **decision: Any,
+) -> ConsumerDone:
+    outcome = ConsumerOutcome(
+        ConsumerDecision(WORKER, action, **decision),
+        result,
+        error=error,
+        transient=transient,
+        code=code,
+    )
+    return ConsumerDone(outcome, Trigger.RETRY, marked_at=0.0, answered_at=0.0, delay=delay)
+
+
+def test_consumer_actions_are_the_lines_and_fields_they_were(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Created, resumed, updated and blocked consumers are one line each with
+    kind `consumer`, the `STREAM/DURABLE` name and the event's fields; an
+    in-sync consumer says nothing."""
+    out = OutcomeLog(clock=FakeClock())
+    change = Change("ack_wait", 90_000_000_000, 30_000_000_000)
+    consumers = (
+        consumer(Result.CREATED, Action.CREATE),
+        consumer(Result.CREATED, Action.CREATE, resume_from=61),
+        consumer(Result.UPDATED, Action.UPDATE, changes=(change,)),
+        consumer(Result.IN_SYNC, Action.IN_SYNC),
+        consumer(Result.BLOCKED, Action.BLOCKED, reason="ack policy can not be updated"),
+    )
+    with caplog.at_level(logging.DEBUG, logger="kanade_watchdog.consumers"):
+        out.pass_done(report(consumers=consumers))
+    records = [r for r in caplog.records if r.name == "kanade_watchdog.consumers"]
+    assert [r.getMessage() for r in records] == [
+        "consumer ORDERS/worker: created",
+        "consumer ORDERS/worker: created, resumed at stream sequence 61",
+        f"consumer ORDERS/worker: updated ({change})",
+        "consumer ORDERS/worker: blocked (ack policy can not be updated)",
+    ]
+    assert [r.levelno for r in records] == [logging.INFO] * 3 + [logging.WARNING]
+    common = {"resource": "ORDERS/worker", "stream": "ORDERS", "kind": "consumer"}
+    assert record_fields(records[1]) == {
+        **common,
+        "action": "created",
+        "message_id": "created",
+        "trigger": "retry",
+        "resumed_from": 61,
+    }
+    assert record_fields(records[2])["diff"] == str(change)
+
+
+def test_a_failed_consumer_says_when_it_is_tried_again_once_per_code(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A permanent failure is one WARNING naming its delay; the same code
+    again is a debug line; a transient one stays quiet until it has lasted;
+    a later in-sync look says "in sync again" once."""
+    clock = FakeClock()
+    out = OutcomeLog(clock=clock)
+    denied = partial(
+        consumer,
+        Result.FAILED,
+        Action.CREATE,
+        error="permission denied",
+        transient=False,
+        code="PermissionDenied",
+    )
+    timeout = partial(
+        consumer, Result.FAILED, Action.CREATE, error="no answer within 2s", code="NoAnswer"
+    )
+    with caplog.at_level(logging.DEBUG, logger="kanade_watchdog.consumers"):
+        for _ in range(2):
+            out.pass_done(report(consumers=(denied(delay=300.0),)))
+        out.pass_done(report(consumers=(consumer(Result.IN_SYNC, Action.IN_SYNC),)))
+        out.pass_done(report(consumers=(consumer(Result.IN_SYNC, Action.IN_SYNC),)))
+        out.pass_done(report(consumers=(timeout(delay=1.5),)))
+        assert said(caplog) == [
+            "consumer ORDERS/worker: failed: permission denied (permanent; retry in 300.0s; "
+            "trigger retry)"
+        ]
+        clock.advance(TRANSIENT_QUIET)
+        out.pass_done(report(consumers=(timeout(delay=3.0),)))
+    assert said(caplog)[-1] == (
+        "consumer ORDERS/worker: failed: no answer within 2s (transient; retry in 3.0s; "
+        "trigger retry)"
+    )
+    infos = said(caplog, logging.INFO)
+    assert infos.count("consumer ORDERS/worker is in sync again") == 1
+    debug = said(caplog, logging.DEBUG)
+    assert "consumer ORDERS/worker failing: permission denied (retry in 300.00s)" in debug
+    assert "consumer ORDERS/worker failing: no answer within 2s (retry in 1.50s)" in debug
+    [warning] = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "permission" in r.getMessage()
+    ]
+    assert record_fields(warning)["error"] == "permission denied"
+    assert record_fields(warning)["action"] == "failed"
 
 
 # --- StatusBoard: rendered once per pass ----------------------------------------------------

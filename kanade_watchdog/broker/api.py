@@ -198,3 +198,26 @@ class Broker:
     async def account_info(self) -> dict[str, Any]:
         answer: dict[str, Any] = await self._request("account", f"{self.prefix}.INFO", None)
         return answer
+
+    # --- durable consumers (`ports.ConsumerBroker`) -----------------------------------
+
+    async def list_consumers(self, stream: str) -> list[Mapping[str, Any]]:
+        """Every consumer of `stream`, one request per page of 256."""
+        out: list[Mapping[str, Any]] = []
+        while True:
+            answer = await self._request(
+                "consumer_list", f"{self.prefix}.CONSUMER.LIST.{stream}", {"offset": len(out)}
+            )
+            page = answer.get("consumers") or []
+            out.extend(page)
+            if not page or len(out) >= int(answer.get("total", 0) or 0):
+                return out
+
+    async def put_consumer(
+        self, stream: str, durable: str, config: Mapping[str, Any], *, action: str
+    ) -> Mapping[str, Any]:
+        body = {"stream_name": stream, "config": dict(config), "action": action}
+        answer: Mapping[str, Any] = await self._request(
+            f"consumer_{action}", f"{self.prefix}.CONSUMER.CREATE.{stream}.{durable}", body
+        )
+        return answer

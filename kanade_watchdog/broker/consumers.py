@@ -6,8 +6,9 @@ CONSUMER.LIST request per 256 consumers; `execute` sends each decision's
 config to `$JS.API.CONSUMER.CREATE.<stream>.<durable>` with the body
 `{"stream_name", "config", "action"}`: "create" never overwrites (10148),
 "update" never creates (10149). Nothing here deletes. Built on
-`api.Broker` (its `_request`: the one edge for errors and request counts);
-`cli` and the daemon call it.
+`ports.ConsumerBroker` (`api.Broker` over nats-py, the one edge for errors
+and request counts; tests/fakebroker.py in memory); the one-shot commands
+and the daemon call it.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kanade_watchdog.broker.api import PAGE_SIZE, Broker
+from kanade_watchdog.broker.api import PAGE_SIZE
 from kanade_watchdog.core.consumer_plan import ConsumerDecision, ConsumerOutcome, plan_all
 from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action
+from kanade_watchdog.core.ports import ConsumerBroker
 from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.errors import BrokerError
 
-__all__ = ["PAGE_SIZE", "ConsumerOutcome", "Observation", "execute", "list_consumers", "observe"]
+__all__ = ["PAGE_SIZE", "ConsumerOutcome", "Observation", "execute", "observe"]
 
 
 @dataclass
@@ -37,23 +39,8 @@ class Observation:
         return {name: info.get("config") or {} for name, info in self.infos.items()}
 
 
-async def list_consumers(broker: Broker, stream: str) -> list[Mapping[str, Any]]:
-    """Every consumer of `stream`, one request per page of 256."""
-    out: list[Mapping[str, Any]] = []
-    offset = 0
-    while True:
-        answer = await broker._request(
-            "consumer_list", f"{broker.prefix}.CONSUMER.LIST.{stream}", {"offset": offset}
-        )
-        page = answer.get("consumers") or []
-        out.extend(page)
-        offset += len(page)
-        if not page or offset >= int(answer.get("total", 0) or 0):
-            return out
-
-
 async def observe(
-    broker: Broker, consumers: Iterable[Consumer], existing_streams: Iterable[str]
+    broker: ConsumerBroker, consumers: Iterable[Consumer], existing_streams: Iterable[str]
 ) -> Observation:
     """The consumers of the streams a declared consumer uses and that exist;
     every other stream's consumers are never read."""
@@ -61,25 +48,17 @@ async def observe(
     wanted = sorted({c.stream for c in consumers} & exists)
     seen = Observation()
     for stream in wanted:
-        for info in await list_consumers(broker, stream):
+        for info in await broker.list_consumers(stream):
             name = str(info.get("name") or (info.get("config") or {}).get("durable_name", ""))
             seen.infos[f"{stream}/{name}"] = info
     return seen
 
 
-async def write(broker: Broker, decision: ConsumerDecision) -> Mapping[str, Any]:
+async def write(broker: ConsumerBroker, decision: ConsumerDecision) -> Mapping[str, Any]:
     c = decision.consumer
-    body = {
-        "stream_name": c.stream,
-        "config": dict(decision.send or {}),
-        "action": decision.api_action,
-    }
-    answer: Mapping[str, Any] = await broker._request(
-        f"consumer_{decision.api_action}",
-        f"{broker.prefix}.CONSUMER.CREATE.{c.stream}.{c.durable}",
-        body,
+    return await broker.put_consumer(
+        c.stream, c.durable, decision.send or {}, action=decision.api_action
     )
-    return answer
 
 
 _DONE = {
@@ -91,7 +70,9 @@ _DONE = {
 }
 
 
-async def execute(broker: Broker, decisions: Sequence[ConsumerDecision]) -> list[ConsumerOutcome]:
+async def execute(
+    broker: ConsumerBroker, decisions: Sequence[ConsumerDecision]
+) -> list[ConsumerOutcome]:
     """Carry out each decision in turn; a failure is that consumer's outcome,
     never the others'."""
     out: list[ConsumerOutcome] = []
@@ -102,14 +83,23 @@ async def execute(broker: Broker, decisions: Sequence[ConsumerDecision]) -> list
         try:
             await write(broker, d)
         except BrokerError as exc:
-            out.append(ConsumerOutcome(d, Result.FAILED, error=str(exc)))
+            code = getattr(exc, "err_code", 0)
+            out.append(
+                ConsumerOutcome(
+                    d,
+                    Result.FAILED,
+                    error=str(exc),
+                    transient=exc.transient,
+                    code=str(code) if code else type(exc).__name__,
+                )
+            )
             continue
         out.append(ConsumerOutcome(d, _DONE[d.action]))
     return out
 
 
 async def plan_consumers(
-    broker: Broker,
+    broker: ConsumerBroker,
     consumers: Sequence[Consumer],
     *,
     existing_streams: Iterable[str],

@@ -67,6 +67,8 @@ class ConsumerOutcome:
     decision: ConsumerDecision
     result: Result
     error: str = ""
+    transient: bool = True  # a failure: the broker error's retry policy
+    code: str = ""  # a failure: the broker's err_code, else the error's class name
 
     @property
     def ok(self) -> bool:

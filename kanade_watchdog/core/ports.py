@@ -5,6 +5,9 @@ commands use; `broker.api.Broker` speaks it over a nats-py connection, and
 tests/fakebroker.py keeps it in memory (tests/test_broker_contract.py runs
 one suite against both, so the fake stays honest).
 
+`ConsumerBroker` is the durable-consumer part of the same API, kept apart
+so a broker without it (a wrapper in a test) simply has no consumers healed.
+
 `Reporter` is how the daemon says what happened (`reports`): the log and
 journal, the status board, systemd and the metrics each implement it, and
 `Reporters` hands every call to each of them in turn. Pure: no I/O here.
@@ -14,11 +17,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from kanade_watchdog.core.plan import Observed
 from kanade_watchdog.core.reports import BrokerState, PassReport, Reloaded, RunState
 from kanade_watchdog.core.serverinfo import ServerInfo
+from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.resources import Resource
 
 
@@ -53,6 +57,24 @@ class Broker(Protocol):
         ...
 
 
+@runtime_checkable
+class ConsumerBroker(Protocol):
+    """Durable consumers on one broker (`broker.consumers` builds on it). Every
+    failure is an `errors.BrokerError`."""
+
+    async def list_consumers(self, stream: str) -> list[Mapping[str, Any]]:
+        """Every consumer of `stream`, CONSUMER.INFO-shaped (name, config,
+        delivered, ack_floor)."""
+        ...
+
+    async def put_consumer(
+        self, stream: str, durable: str, config: Mapping[str, Any], *, action: str
+    ) -> Mapping[str, Any]:
+        """CONSUMER.CREATE with `action` "create" (never overwrites, 10148) or
+        "update" (never creates, 10149)."""
+        ...
+
+
 class Reporter(Protocol):
     """An observer of the daemon. Called on the event loop: quick, no I/O
     that can block, never raising on purpose."""
@@ -60,7 +82,7 @@ class Reporter(Protocol):
     def run_state(self, state: RunState) -> None:
         """The daemon started, runs, reloads or stops."""
 
-    def declared(self, resources: Sequence[Resource]) -> None:
+    def declared(self, resources: Sequence[Resource], consumers: Sequence[Consumer] = ()) -> None:
         """What the config declares: at start and after every applied reload."""
 
     def broker(self, state: BrokerState) -> None:
@@ -79,7 +101,7 @@ class Quiet:
     def run_state(self, state: RunState) -> None:
         pass
 
-    def declared(self, resources: Sequence[Resource]) -> None:
+    def declared(self, resources: Sequence[Resource], consumers: Sequence[Consumer] = ()) -> None:
         pass
 
     def broker(self, state: BrokerState) -> None:
@@ -103,9 +125,9 @@ class Reporters:
         for r in self.reporters:
             r.run_state(state)
 
-    def declared(self, resources: Sequence[Resource]) -> None:
+    def declared(self, resources: Sequence[Resource], consumers: Sequence[Consumer] = ()) -> None:
         for r in self.reporters:
-            r.declared(resources)
+            r.declared(resources, consumers)
 
     def broker(self, state: BrokerState) -> None:
         for r in self.reporters:

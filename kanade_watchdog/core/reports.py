@@ -4,7 +4,7 @@ Pure. The supervisor (`daemon.main`), the connection and the worker
 produce these; the reporters (`report.outcomes` for the log and journal,
 `report.status`, `report.systemd`, `report.meter` for metrics) receive them
 through `ports.Reporter`. A pass is one `PassReport`: what was looked at,
-what came of each resource, and the bookkeeping the worker added (when a
+what came of each resource and each declared consumer, and the bookkeeping the worker added (when a
 failed resource is tried again, whether a held update is news).
 """
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from kanade_watchdog.core.cluster import ClusterFacts
+from kanade_watchdog.core.consumer_plan import ConsumerOutcome
 from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Decision
 from kanade_watchdog.model.events import Trigger
@@ -108,6 +109,27 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class ConsumerDone:
+    """A declared consumer looked at after the pass's streams, and what came
+    of it, a failure included (its `delay` is the consumer's own backoff)."""
+
+    outcome: ConsumerOutcome
+    trigger: Trigger
+    marked_at: float  # monotonic: when the trigger that brought its stream in arrived
+    answered_at: float  # monotonic: when the broker answered (a write's acknowledgement)
+    delay: float = 0.0  # a failure: seconds until it is tried again
+
+    @property
+    def name(self) -> str:
+        """`STREAM/DURABLE`."""
+        return self.outcome.decision.consumer.name
+
+    @property
+    def result(self) -> Result:
+        return self.outcome.result
+
+
+@dataclass(frozen=True)
 class Held:
     """An update the write guard refused: the resource does not converge."""
 
@@ -157,6 +179,7 @@ class PassReport:
     writes: int = 0  # create and update requests sent
     cut: Cut | None = None
     deadline: float = 0.0  # the pass_deadline it ran under
+    consumers: tuple[ConsumerDone, ...] = ()  # the declared consumers it looked at
     # Declared consumers not on the broker after the pass (None: not looked at).
     consumers_missing: frozenset[str] | None = None
 

@@ -6,37 +6,62 @@ the streams it was marked for (a stream or consumer advisory). The streams
 a pass just created are in its `seen`, so a stream re-created after a
 delete gets its consumers back in the same pass. Each read keeps every
 declared consumer's ack floor (`core.position`); a consumer found missing
-while its stream kept its messages is created again at floor + 1 and the
-resume is logged at INFO with the sequence. Broker errors end the consumer
-part of a pass with a warning; the next resync or advisory retries.
+while its stream kept its messages is created again at floor + 1. What
+came of each consumer goes back to the worker as `reports.ConsumerDone`
+data, into the pass's report: the reporters (`report.consumer_lines` for
+the log and journal, `report.meter`) say it.
+
+Each declared consumer has its own retry timing in the worker's `Backoff`,
+keyed `STREAM/DURABLE` (no stream key holds a '/'): a failed write is tried
+again when its backoff says (the worker marks the consumer's stream, trigger
+`retry`), not at the next resync; until then full passes and other
+consumers' retries leave it alone, and only an advisory for it or its stream
+brings it in sooner. A failed read of the consumers ends the consumer part
+of a pass with a warning and backs off each consumer it was to look at.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from kanade_watchdog.broker import consumers as edge
-from kanade_watchdog.broker.api import Broker
-from kanade_watchdog.core.consumer_plan import ConsumerOutcome, plan_all
+from kanade_watchdog.core.consumer_plan import plan_all
 from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Observed
+from kanade_watchdog.core.ports import Broker, ConsumerBroker
 from kanade_watchdog.core.position import Position, resume_from
 from kanade_watchdog.core.position import observe as position_of
-from kanade_watchdog.model.consumers import CONSUMER_KIND
+from kanade_watchdog.core.reports import ConsumerDone
+from kanade_watchdog.daemon.backoff import Backoff
+from kanade_watchdog.daemon.queue import Batch
+from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.errors import BrokerError
-from kanade_watchdog.model.events import Event
+from kanade_watchdog.model.events import Trigger
 from kanade_watchdog.model.settings import Config
-from kanade_watchdog.report.logs import fields
 
 log = logging.getLogger("kanade_watchdog.consumers")
 
 
 class ConsumerKeeper:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.positions: dict[str, Position] = {}  # STREAM/DURABLE -> last ack floor seen
         self._present: dict[str, bool] = {}  # STREAM/DURABLE -> on the broker when last seen
+        self._lock = asyncio.Lock()
+        # Consumers (STREAM/DURABLE) and streams an advisory named since their
+        # last look: brought in even while their backoff runs. The two kinds of
+        # name cannot collide, a stream name holds no '/'.
+        self._woken: set[str] = set()
+
+    def wake(self, name: str, config: Config) -> None:
+        """An advisory named a declared consumer, or the stream of some: look at
+        it in the next pass that covers its stream, backoff or not."""
+        if any(name in (c.name, c.stream) for c in config.consumers):
+            self._woken.add(name)
 
     def missing(self, config: Config) -> frozenset[str]:
         """Declared consumers not known to be on the broker (READY waits for them)."""
@@ -44,20 +69,69 @@ class ConsumerKeeper:
 
     async def after_pass(
         self,
-        broker: Any,
+        broker: Broker,
         *,
         config: Config,
-        full: bool,
-        marked: Mapping[str, Any],
+        batch: Batch,
+        backoff: Backoff,
         listed: Mapping[str, Observed] | None,
         seen: Mapping[str, Observed | None],
-    ) -> list[ConsumerOutcome]:
-        """Heal the declared consumers this pass covers; never raises a broker error."""
-        if not config.consumers or not isinstance(broker, Broker):
+    ) -> list[ConsumerDone]:
+        """Heal the declared consumers this pass covers; never raises a broker
+        error. Each failure goes to `backoff` under the consumer's name, and
+        its delay into its `ConsumerDone`."""
+        if not config.consumers or not isinstance(broker, ConsumerBroker):
             return []
-        wanted = [c for c in config.consumers if full or c.stream in marked]
-        if not wanted:
-            return []
+        # A partial pass in the fast lane ends beside the full one: one after
+        # the other, the second reads what the first wrote instead of sending
+        # the same create again (and counting a second heal).
+        async with self._lock:
+            wanted = self._covered(config, batch, backoff)
+            if not wanted:
+                return []
+            out = await self._heal(
+                broker, broker, wanted, config=config, batch=batch, listed=listed, seen=seen
+            )
+            if isinstance(out, BrokerError):  # not read: each is tried again on its backoff
+                for c in wanted:
+                    backoff.failed(c.name, transient=out.transient)
+                return []
+            return [self._booked(done, backoff) for done in out]
+
+    def _covered(self, config: Config, batch: Batch, backoff: Backoff) -> list[Consumer]:
+        """The consumers of the streams this pass covers, but not one whose
+        backoff runs (unless an advisory named it or its stream)."""
+        full = batch.full is not None
+        wanted = [
+            c
+            for c in config.consumers
+            if (full or c.stream in batch.streams)
+            and (backoff.due(c.name) or not self._woken.isdisjoint((c.name, c.stream)))
+        ]
+        self._woken -= {c.name for c in wanted} | {c.stream for c in wanted}
+        return wanted
+
+    @staticmethod
+    def _booked(done: ConsumerDone, backoff: Backoff) -> ConsumerDone:
+        """Success (blocked and newer_spec included: decisions, not errors)
+        resets the consumer's backoff; a failure sets its next try."""
+        if done.result is not Result.FAILED:
+            backoff.succeeded(done.name)
+            return done
+        return replace(done, delay=backoff.failed(done.name, transient=done.outcome.transient))
+
+    async def _heal(
+        self,
+        streams: Broker,
+        broker: ConsumerBroker,  # the same broker, as its consumer API
+        wanted: list[Consumer],
+        *,
+        config: Config,
+        batch: Batch,
+        listed: Mapping[str, Observed] | None,
+        seen: Mapping[str, Observed | None],
+    ) -> list[ConsumerDone] | BrokerError:
+        """The error when the consumers could not be read."""
         view: dict[str, Observed] = {k: v for k, v in (listed or {}).items() if not v.leaderless}
         for stream, obs in seen.items():
             if obs is None:
@@ -66,13 +140,14 @@ class ConsumerKeeper:
                 view[stream] = obs
         try:
             for stream in sorted({c.stream for c in wanted} - set(view)):
-                info = await broker.stream_info(stream)
+                info = await streams.stream_info(stream)
                 if info is not None:
                     view[stream] = info
             observed = await edge.observe(broker, wanted, view)
         except BrokerError as exc:
             log.warning("consumers not verified this pass: %s", exc)
-            return []
+            return exc
+        read_at = self.clock()
         for name, consumer_info in observed.infos.items():
             self.positions[name] = position_of(consumer_info)
         for c in wanted:
@@ -89,54 +164,19 @@ class ConsumerKeeper:
             declared_streams=config.by_stream(),
             resume_at=resume_at,
         )
-        try:
-            outcomes = await edge.execute(broker, decisions)
-        except BrokerError as exc:  # pragma: no cover - execute keeps errors per consumer
-            log.warning("consumers not healed this pass: %s", exc)
-            return []
-        for o in outcomes:
-            _report(o)
+        out: list[ConsumerDone] = []
+        for d in decisions:
+            # One at a time, so each heal's latency ends at its own answer.
+            [o] = await edge.execute(broker, [d])
+            stream = d.consumer.stream
+            out.append(
+                ConsumerDone(
+                    o,
+                    trigger=batch.streams.get(stream) or batch.full or Trigger.RETRY,
+                    marked_at=batch.arrived(stream),
+                    answered_at=self.clock() if d.writes else read_at,
+                )
+            )
             if o.result is Result.CREATED:
-                self._present[o.decision.consumer.name] = True
-        return outcomes
-
-
-_EVENT = {
-    Result.CREATED: Event.CREATED,
-    Result.UPDATED: Event.UPDATED,
-    Result.BLOCKED: Event.BLOCKED,
-    Result.NEWER_SPEC: Event.NEWER_SPEC,
-    Result.FAILED: Event.FAILED,
-}
-
-
-def _report(o: ConsumerOutcome) -> None:
-    """One line per action, with the journal fields streams carry (kind `consumer`)."""
-    d = o.decision
-    name = d.consumer.name
-    event = _EVENT.get(o.result)
-    if event is None:
-        return  # in sync: nothing to say
-    diff = "; ".join(str(c) for c in d.changes)
-    extra = fields(
-        resource=name,
-        stream=d.consumer.stream,
-        kind=CONSUMER_KIND,
-        action=event,
-        message_id=event,
-        diff=diff,
-        error=o.error,
-        resumed_from=d.resume_from,
-    )
-    if o.result is Result.CREATED and d.resume_from is not None:
-        log.info(
-            "consumer %s: created, resumed at stream sequence %d", name, d.resume_from, extra=extra
-        )
-    elif o.result is Result.CREATED:
-        log.info("consumer %s: created", name, extra=extra)
-    elif o.result is Result.UPDATED:
-        log.info("consumer %s: updated (%s)", name, diff, extra=extra)
-    elif o.result is Result.FAILED:
-        log.warning("consumer %s: failed: %s", name, o.error, extra=extra)
-    else:
-        log.warning("consumer %s: %s (%s)", name, o.result, d.reason, extra=extra)
+                self._present[d.consumer.name] = True
+        return out

@@ -203,7 +203,7 @@ class Daemon:
             # Applications' ephemeral consumers come and go: only ours mark work.
             declared = {c.name: c.stream for c in self.config.consumers}
             if name in declared:
-                self.worker.mark(declared[name], Trigger.ADVISORY)
+                self.worker.consumer_advisory(name, declared[name])
 
     def _on_client_error(self, text: str) -> None:
         log.warning(text, extra=fields(action=Event.FAILED, message_id=Event.FAILED))
@@ -252,7 +252,7 @@ class Daemon:
                 interval=config.watchdog.resync_interval, jitter=config.watchdog.resync_jitter
             )
         self.worker.reload(config)
-        self.reporters.declared(config.resources)
+        self.reporters.declared(config.resources, config.consumers)
         self.reporters.reloaded(
             Reloaded(
                 config.path,
@@ -285,7 +285,7 @@ class Daemon:
             self.config.path,
             extra=fields(action=Event.STARTED, message_id=Event.STARTED),
         )
-        self.reporters.declared(self.config.resources)
+        self.reporters.declared(self.config.resources, self.config.consumers)
         if self.endpoint is not None:
             try:
                 await self.endpoint.start()

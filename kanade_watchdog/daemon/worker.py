@@ -103,7 +103,7 @@ class Worker:
         self._view: dict[str, Observed] = {}
         self._causes: dict[str, causes.Cause] = {}  # stream -> why it failed for good
         self._memo = InSyncMemo()  # a resync at 10,000 resources plans only what changed
-        self.consumers = ConsumerKeeper()  # declared consumers, healed after each pass
+        self.consumers = ConsumerKeeper(clock)  # declared consumers, healed after each pass
 
     def _new_backoff(self) -> Backoff:
         w = self.config.watchdog
@@ -192,6 +192,13 @@ class Worker:
         if stream in self._managed:
             self.queue.mark(stream, Trigger.ADVISORY)
         self._wake_dependents(stream, Trigger.ADVISORY)
+        self.consumers.wake(stream, self.config)  # its consumers, backoff or not
+
+    def consumer_advisory(self, consumer: str, stream: str) -> None:
+        """A declared consumer (`STREAM/DURABLE`) changed on the broker: look at
+        it now, even while its backoff runs."""
+        self.consumers.wake(consumer, self.config)
+        self.queue.mark(stream, Trigger.ADVISORY)
 
     def _wake_dependents(self, stream: str, trigger: Trigger) -> None:
         for blocked, cause in list(self._causes.items()):
@@ -207,8 +214,8 @@ class Worker:
             for key in self.backoff.pop_due():
                 if key == EVERYTHING:
                     self.queue.mark_all(Trigger.RETRY)
-                else:
-                    self.queue.mark(key, Trigger.RETRY)
+                else:  # a stream, or a consumer (STREAM/DURABLE): its stream's pass
+                    self.queue.mark(key.partition("/")[0], Trigger.RETRY)
             for key in self.backoff.pop_checks():
                 self.queue.mark(key, Trigger.VERIFY)
             batch = self.queue.take()
@@ -291,18 +298,20 @@ class Worker:
             # as the worker is cancelled, and the stop is lost.
             async with asyncio.timeout(deadline):
                 result = await current
-                await self.consumers.after_pass(
+                consumers = await self.consumers.after_pass(
                     self._broker,
                     config=self.config,
-                    full=batch.full is not None,
-                    marked=batch.streams,
+                    batch=batch,
+                    backoff=self.backoff,
                     listed=result.listed,
                     seen=result.seen,
                 )
             for stream in result.skipped:
                 self._deferred.setdefault(stream, batch.streams.get(stream, Trigger.RETRY))
             report = replace(
-                self._book(result), consumers_missing=self.consumers.missing(self.config)
+                self._book(result),
+                consumers=tuple(consumers),
+                consumers_missing=self.consumers.missing(self.config),
             )
         except asyncio.CancelledError:
             task = asyncio.current_task()

@@ -5,7 +5,9 @@ A `ports.Reporter`, like the log and the status board, so the metrics say
 what those say: a heal is a `created` outcome (its latency runs from the
 arrival of the trigger that brought the resource into the pass to the
 broker's answer to the create), a failure is counted by its broker error
-code, and each resource's state is what the broker last showed.
+code, and each resource's state is what the broker last showed. Declared
+consumers count the same way, with kind `consumer` and their `STREAM/DURABLE`
+name.
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ from kanade_watchdog import __version__
 from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action
 from kanade_watchdog.core.ports import Quiet
-from kanade_watchdog.core.reports import BrokerState, Failed, LinkState, PassReport, Reloaded, Scope
+from kanade_watchdog.core.reports import (
+    BrokerState,
+    ConsumerDone,
+    Failed,
+    LinkState,
+    PassReport,
+    Reloaded,
+    Scope,
+)
+from kanade_watchdog.model.consumers import CONSUMER_KIND, Consumer
 from kanade_watchdog.model.resources import Resource
 from kanade_watchdog.report.metrics import Metrics
 
@@ -43,8 +54,9 @@ class MetricsReporter(Quiet):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def declared(self, resources: Sequence[Resource]) -> None:
-        self.metrics.declare((str(r.kind), r.name) for r in resources)
+    def declared(self, resources: Sequence[Resource], consumers: Sequence[Consumer] = ()) -> None:
+        pairs = [(str(r.kind), r.name) for r in resources]
+        self.metrics.declare(pairs + [(CONSUMER_KIND, c.name) for c in consumers])
 
     def broker(self, state: BrokerState) -> None:
         up = state.state is LinkState.UP
@@ -70,13 +82,31 @@ class MetricsReporter(Quiet):
         for held in report.held:
             res = held.decision.resource
             m.resource_state(str(res.kind), res.name, "blocked")
+        for consumer in report.consumers:
+            self._consumer(consumer)
         if report.read_error is not None:
             error = report.read_error.error
             code = getattr(error, "err_code", 0)
             m.failure(str(code) if code else type(error).__name__)
-        if report.writes:
-            m.writes(report.writes)
+        writes = report.writes + sum(c.outcome.decision.writes for c in report.consumers)
+        if writes:
+            m.writes(writes)
         m.pass_done(report.seconds, full=report.scope is Scope.FULL, ok=report.ok)
+
+    def _consumer(self, done: ConsumerDone) -> None:
+        """As for streams, kind `consumer`: a failed create leaves it missing,
+        a failed update drifted."""
+        m, o = self.metrics, done.outcome
+        if o.result is Result.FAILED:
+            m.failure(o.code)
+            state = "missing" if o.decision.action is Action.CREATE else "drifted"
+        else:
+            state = _STATE_OF[o.result]
+        m.resource_state(CONSUMER_KIND, done.name, state)
+        if o.result is Result.CREATED:
+            m.healed(CONSUMER_KIND, done.trigger, done.answered_at - done.marked_at)
+        elif o.result is Result.UPDATED:
+            m.updated(CONSUMER_KIND, done.trigger)
 
     def reloaded(self, result: Reloaded) -> None:
         self.metrics.reload(result.ok)

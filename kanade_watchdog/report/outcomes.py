@@ -7,6 +7,7 @@ line per action taken (created, updated with the diff), a WARNING for a
 failure once per change (`failures.FailureMemory`: the same broker error
 repeated is said at debug level, a transient one only once it has lasted),
 an ERROR for an update that never converges, and a debug summary per pass.
+The declared consumers' lines are `consumer_lines`', on the same memory.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from kanade_watchdog.core.reports import (
 )
 from kanade_watchdog.model.events import Event, Trigger
 from kanade_watchdog.model.resources import Resource, kind_word
+from kanade_watchdog.report import consumer_lines
 from kanade_watchdog.report.failures import FailureMemory
 from kanade_watchdog.report.logs import fields
 
@@ -111,6 +113,8 @@ class OutcomeLog(Quiet):
             self._held(held)
         for done in report.done:
             self._done(done)
+        for consumer in report.consumers:
+            consumer_lines.say(consumer, self.memory)
         if report.cut is Cut.DEADLINE:
             log.warning("reconcile pass exceeded its %gs deadline; retrying", report.deadline)
         elif report.cut is Cut.LOST:

@@ -26,6 +26,7 @@ from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action, Decision
 from kanade_watchdog.core.ports import Quiet
 from kanade_watchdog.core.reports import BrokerState, LinkState, PassReport, present_after
+from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.resources import Resource
 from kanade_watchdog.report import check
 
@@ -64,7 +65,7 @@ class StatusBoard(Quiet):
 
     # --- what the reporters' protocol brings --------------------------------------
 
-    def declared(self, resources: Sequence[Resource]) -> None:
+    def declared(self, resources: Sequence[Resource], consumers: Sequence[Consumer] = ()) -> None:
         old, self._entries = self._entries, {}
         self._counts.clear()
         for group in (*self._grouped.values(), self._missing, self._too_new):

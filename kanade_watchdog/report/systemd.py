@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from kanade_watchdog.core.ports import Quiet
 from kanade_watchdog.core.reports import BrokerState, PassReport, Reloaded, RunState
+from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.events import Event
 from kanade_watchdog.model.resources import Resource
 from kanade_watchdog.report.logs import fields
@@ -210,7 +211,7 @@ class SystemdReporter(Quiet):
         elif state is RunState.STOPPING:
             self.notifier.stopping()
 
-    def declared(self, resources: Sequence[Resource]) -> None:
+    def declared(self, resources: Sequence[Resource], consumers: Sequence[Consumer] = ()) -> None:
         if self.board.last_pass is not None:  # at start there is nothing to say yet
             self._refresh()
 
