@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kanade_watchdog.core.plan import Observed
-from kanade_watchdog.core.ports import Broker
+from kanade_watchdog.core.ports import Broker, StreamNames
 from kanade_watchdog.core.serverinfo import ServerInfo, from_info
 from kanade_watchdog.model.errors import ApiError, BrokerError
 from kanade_watchdog.model.subjects import subjects_overlap
@@ -70,6 +70,9 @@ def _error(code: int, err_code: int, description: str, subject: str) -> ApiError
     return ApiError(code=code, err_code=err_code, description=description, subject=subject)
 
 
+NAMES_PAGE = 1024  # STREAM.NAMES answers this many names a request
+
+
 class FakeBroker:
     """Streams and consumers in dicts. `delete()`, `drift()` and
     `delete_consumer()` act like another client."""
@@ -91,6 +94,10 @@ class FakeBroker:
     async def list_streams(self) -> dict[str, Observed]:
         self.requests["list"] += 1
         return {name: self._observed(name) for name in self.streams}
+
+    async def stream_names(self) -> set[str]:
+        self.requests["names"] += 1 + max(0, len(self.streams) - 1) // NAMES_PAGE
+        return set(self.streams)
 
     async def stream_info(self, name: str) -> Observed | None:
         self.requests["info"] += 1
@@ -247,6 +254,11 @@ class SlowBroker:
     async def list_streams(self) -> dict[str, Observed]:
         await self._gate("list")
         return await self.inner.list_streams()
+
+    async def stream_names(self) -> set[str]:
+        await self._gate("names")
+        assert isinstance(self.inner, StreamNames)
+        return await self.inner.stream_names()
 
     async def stream_info(self, name: str) -> Observed | None:
         await self._gate("info")

@@ -5,6 +5,7 @@ real thing."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import nats
 import pytest
 
 from kanade_watchdog.broker.api import Broker as NatsBroker
-from kanade_watchdog.core.ports import Broker, ConsumerBroker
+from kanade_watchdog.core.ports import Broker, ConsumerBroker, StreamNames
 from kanade_watchdog.model.errors import ApiError
 from tests.fakebroker import FakeBroker
 from tests.natsserver import NatsServer
@@ -142,6 +143,22 @@ async def test_the_list_holds_every_stream_and_requests_are_counted(broker: Brok
     assert listed["B"].config["subjects"] == ["b.>"]
     assert broker.requests["create"] == 3
     assert broker.requests["list"] == 1
+
+
+async def test_the_names_hold_every_stream_past_one_page(broker: Broker) -> None:
+    """`StreamNames`: every stream's name, across pages of 1,024, one request
+    per page."""
+    assert isinstance(broker, StreamNames)
+    configs = [stream(f"N{i:04d}", storage="memory") for i in range(1030)]
+    gate = asyncio.Semaphore(64)
+
+    async def create(config: dict[str, Any]) -> None:
+        async with gate:
+            await broker.create(config)
+
+    await asyncio.gather(*(create(c) for c in configs))
+    assert await broker.stream_names() == {c["name"] for c in configs}
+    assert broker.requests["names"] == 2
 
 
 # --- durable consumers (ports.ConsumerBroker) -----------------------------------------

@@ -57,6 +57,7 @@ class Broker:
         self.requests: Counter[str] = Counter()  # by API verb, for plans and benchmarks
         self._denied: dict[str, float] = {}
         self._inbox_denied = False  # replies can never reach us: every request times out
+        self._names_denied: PermissionDenied | None = None  # STREAM.NAMES not granted
 
     def note_error(self, message: str) -> tuple[str, str] | None:
         """Fed from the client's error callback: the broker reports a denied
@@ -157,6 +158,28 @@ class Broker:
             missing += [str(name) for name in answer.get("missing") or []]
             if not page or len(items) >= int(answer.get("total", 0) or 0):
                 return items, missing
+
+    async def stream_names(self) -> set[str]:
+        """Every stream's name, one request per page of 1,024 (`ports.StreamNames`).
+        A user granted no STREAM.NAMES (an older grant) is refused at once after
+        the first denial: a denied request costs a whole request timeout."""
+        if self._names_denied is not None:
+            raise self._names_denied
+        names: set[str] = set()
+        offset = 0
+        while True:
+            try:
+                answer = await self._request(
+                    "names", f"{self.prefix}.STREAM.NAMES", {"offset": offset}, wait=LIST_WAIT
+                )
+            except PermissionDenied as exc:
+                self._names_denied = exc
+                raise
+            page = answer.get("streams") or []
+            names.update(str(name) for name in page)
+            offset += len(page)
+            if not page or offset >= int(answer.get("total", 0) or 0):
+                return names
 
     async def stream_info(self, name: str) -> Observed | None:
         """One stream, or None when it does not exist."""

@@ -58,6 +58,17 @@ class Broker(Protocol):
 
 
 @runtime_checkable
+class StreamNames(Protocol):
+    """A broker that lists stream names alone (one request per 1,024): the
+    cheap way to learn which of many streams exist. Every failure is an
+    `errors.BrokerError`."""
+
+    async def stream_names(self) -> set[str]:
+        """The name of every stream on the broker."""
+        ...
+
+
+@runtime_checkable
 class ConsumerBroker(Protocol):
     """Durable consumers on one broker (`broker.consumers` builds on it). Every
     failure is an `errors.BrokerError`."""

@@ -22,8 +22,15 @@ MAX_PAYLOAD = 64 * 1024  # real advisories are ~300 bytes
 
 def stream_of(subject: str, payload: bytes) -> str | None:
     """The stream a genuine stream advisory is about (declared or not), or None
-    to ignore it. Only the stream matters: whatever happened, the worker reads
-    it and compares."""
+    to ignore it. Whatever happened, the worker reads it and compares."""
+    action = stream_action(subject, payload)
+    return None if action is None else action[0]
+
+
+def stream_action(subject: str, payload: bytes) -> tuple[str, str] | None:
+    """(stream, action) of a genuine stream advisory, the action being
+    "create", "delete" or "modify" as the advisory's own field says; or None
+    to ignore it."""
     if not subject.startswith(_PREFIX):
         return None
     verb, _, stream = subject[len(_PREFIX) :].partition(".")
@@ -41,7 +48,7 @@ def stream_of(subject: str, payload: bytes) -> str | None:
     if not isinstance(doc, dict) or doc.get("type") != _TYPE or doc.get("stream") != stream:
         log.debug("ignoring advisory on %s: not a stream action for %s", subject, stream)
         return None
-    return stream
+    return stream, _ACTIONS[verb]
 
 
 _CONSUMER_PREFIX = "$JS.EVENT.ADVISORY.CONSUMER."

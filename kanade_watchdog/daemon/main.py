@@ -196,9 +196,10 @@ class Daemon:
         self.reporters.broker(BrokerState(LinkState.LOST, ", ".join(self.config.nats.servers)))
 
     def _on_advisory(self, subject: str, payload: bytes) -> None:
-        stream = advisories.stream_of(subject, payload)
-        if stream is not None:
-            self.worker.advisory(stream)
+        action = advisories.stream_action(subject, payload)
+        if action is not None:
+            stream, verb = action
+            self.worker.advisory(stream, created=verb == "create")
         elif (name := advisories.consumer_of(subject, payload)) is not None:
             # Applications' ephemeral consumers come and go: only ours mark work.
             declared = {c.name: c.stream for c in self.config.consumers}

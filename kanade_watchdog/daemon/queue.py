@@ -57,6 +57,10 @@ class WorkQueue:
         if stream not in self._pending.streams:
             self._pending.streams[stream] = trigger
             self._pending.marked_at[stream] = self.clock()
+        elif self._pending.streams[stream] is Trigger.VERIFY:
+            # A second look only asks whether the stream still exists; any
+            # other trigger wants it read and compared.
+            self._pending.streams[stream] = trigger
         self._wake.set()
         self._stream_marked.set()
 

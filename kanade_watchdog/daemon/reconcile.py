@@ -23,7 +23,7 @@ from kanade_watchdog.broker.pool import MAX_IN_FLIGHT, in_waves
 from kanade_watchdog.core.cluster import cluster_facts
 from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Decision, Observed
-from kanade_watchdog.core.ports import Broker
+from kanade_watchdog.core.ports import Broker, StreamNames
 from kanade_watchdog.core.reports import (
     Done,
     Failed,
@@ -43,6 +43,9 @@ from kanade_watchdog.model.resources import Resource
 # the next yield, so a coarser step (200: a 64 ms heal during a 1,000-stream
 # pass) shows in the heal latency; watchdog pings go on all the same.
 YIELD_EVERY = 25
+# From this many second looks in one pass, one STREAM.NAMES request (1,024
+# names a page) answers them instead of a STREAM.INFO each.
+NAMES_FROM = 8
 NO_LEADER = BrokerUnavailable("no leader answers for this stream right now")
 WRITES = ("create", "update")
 
@@ -84,6 +87,7 @@ class Rules:
     decide: Callable[[Resource, Observed | None], Decision]
     waiting: Callable[[Resource, Mapping[str, Observed]], bool]
     may_update: Callable[[str], bool]
+    creating: Callable[[str], None] = lambda _stream: None  # a create is about to be sent
 
 
 async def reconcile(
@@ -132,6 +136,7 @@ async def reconcile(
         if by_stream is None:
             by_stream = {r.stream: r for r in resources}
         targets = [(by_stream[s], t) for s, t in batch.streams.items() if s in by_stream]
+        targets = await _still_there(broker, targets)
         infos = await asyncio.gather(*(_info(broker, r) for r, _ in targets))
         for (res, trigger), info in zip(targets, infos, strict=True):
             if isinstance(info, BrokerError):
@@ -154,7 +159,9 @@ async def reconcile(
     # broker may carry out two requests sent together in either order.
     async def run(group: list[Decision]) -> list[tuple[Outcome, float] | None]:
         return await in_waves(
-            group, lambda d: _execute(broker, d, resources, now, clock, claims=claims), limit=limit
+            group,
+            lambda d: _execute(broker, d, resources, now, clock, claims=claims, rules=rules),
+            limit=limit,
         )
 
     # Decisions that send nothing (nearly all of a resync's) are answered here,
@@ -196,6 +203,26 @@ async def reconcile(
     return out
 
 
+async def _still_there(
+    broker: Broker, targets: list[tuple[Resource, Trigger]]
+) -> list[tuple[Resource, Trigger]]:
+    """The targets left to read once many second looks are answered by one
+    list of names. A second look after a write (`Trigger.VERIFY`) is there
+    for a delete whose advisory the broker dropped: only whether the stream
+    still exists matters, and in a storm of deletes these looks would be a
+    STREAM.INFO per heal on a broker whose API is what the storm saturates.
+    A stream still there needs no read; a missing one is read (and so
+    re-created) like any other."""
+    verify = [r.stream for r, t in targets if t is Trigger.VERIFY]
+    if len(verify) < NAMES_FROM or not isinstance(broker, StreamNames):
+        return targets
+    try:
+        names = await broker.stream_names()
+    except BrokerError:
+        return targets  # each is read instead, and fails or not on its own
+    return [(r, t) for r, t in targets if t is not Trigger.VERIFY or r.stream not in names]
+
+
 async def _info(broker: Broker, res: Resource) -> Observed | BrokerError | None:
     try:
         return await broker.stream_info(res.stream)
@@ -211,15 +238,17 @@ async def _execute(
     clock: Callable[[], float],
     *,
     claims: Claims | None,
+    rules: Rules,
 ) -> tuple[Outcome, float] | None:
     """The decision carried out, and when the broker answered; None when
     another pass is writing the stream."""
-    if claims is None or not decision.writes:
-        return await execute(broker, decision, resources, now), clock()
     stream = decision.resource.stream
-    if not claims.take(stream):
+    if claims is not None and decision.writes and not claims.take(stream):
         return None
     try:
+        if decision.action is Action.CREATE:
+            rules.creating(stream)
         return await execute(broker, decision, resources, now), clock()
     finally:
-        claims.give_back(stream)
+        if claims is not None and decision.writes:
+            claims.give_back(stream)

@@ -29,6 +29,7 @@ from kanade_watchdog.core.reports import Cut, Done, Failed, Held, PassReport, Sc
 from kanade_watchdog.core.serverinfo import ServerInfo
 from kanade_watchdog.daemon.backoff import Backoff
 from kanade_watchdog.daemon.consumers import ConsumerKeeper
+from kanade_watchdog.daemon.echoes import Echoes
 from kanade_watchdog.daemon.guard import WriteGuard
 from kanade_watchdog.daemon.memo import InSyncMemo
 from kanade_watchdog.daemon.queue import Batch, WorkQueue
@@ -103,6 +104,7 @@ class Worker:
         self._view: dict[str, Observed] = {}
         self._causes: dict[str, causes.Cause] = {}  # stream -> why it failed for good
         self._memo = InSyncMemo()  # a resync at 10,000 resources plans only what changed
+        self._echoes = Echoes(clock)  # our own creates' CREATED advisories
         self.consumers = ConsumerKeeper(clock)  # declared consumers, healed after each pass
 
     def _new_backoff(self) -> Backoff:
@@ -186,9 +188,12 @@ class Worker:
         self._causes.clear()
         self.queue.mark_all(Trigger.RELOAD)
 
-    def advisory(self, stream: str) -> None:
+    def advisory(self, stream: str, *, created: bool = False) -> None:
         """A stream changed on the broker: look at it if declared, and at every
-        resource whose permanent failure depends on it."""
+        resource whose permanent failure depends on it; the CREATED advisory of
+        the daemon's own create is its echo, and marks nothing (`echoes`)."""
+        if created and self._echoes.own(stream):
+            return
         if stream in self._managed:
             self.queue.mark(stream, Trigger.ADVISORY)
         self._wake_dependents(stream, Trigger.ADVISORY)
@@ -277,7 +282,10 @@ class Worker:
         )
         now = self.now()
         rules = Rules(
-            decide=self._decider(now), waiting=self._waiting, may_update=self.guard.allows
+            decide=self._decider(now),
+            waiting=self._waiting,
+            may_update=self.guard.allows,
+            creating=self._echoes.expect,
         )
         current = asyncio.ensure_future(
             reconcile(
