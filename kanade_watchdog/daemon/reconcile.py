@@ -137,7 +137,10 @@ async def reconcile(
             by_stream = {r.stream: r for r in resources}
         targets = [(by_stream[s], t) for s, t in batch.streams.items() if s in by_stream]
         targets = await _still_there(broker, targets)
-        infos = await asyncio.gather(*(_info(broker, r) for r, _ in targets))
+        if len(targets) == 1:  # the usual heal: no task to spawn, no loop turn to wait for
+            infos: Sequence[Observed | BrokerError | None] = [await _info(broker, targets[0][0])]
+        else:
+            infos = await asyncio.gather(*(_info(broker, r) for r, _ in targets))
         for (res, trigger), info in zip(targets, infos, strict=True):
             if isinstance(info, BrokerError):
                 failed.append(Failed(res, info, trigger, present=None))
