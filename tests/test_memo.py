@@ -10,6 +10,7 @@ states, clocks and servers, observed in any order and any number of times.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -17,10 +18,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kanade_watchdog.config.load import parse
+from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action, Decision, Observed, decide
+from kanade_watchdog.core.reports import Cut
 from kanade_watchdog.core.serverinfo import ServerInfo
 from kanade_watchdog.daemon.memo import InSyncMemo
+from kanade_watchdog.daemon.queue import Batch
+from kanade_watchdog.daemon.worker import Worker
+from kanade_watchdog.model.errors import BrokerUnavailable
+from kanade_watchdog.model.events import Trigger
 from kanade_watchdog.model.resources import Kind, Resource
+from tests.capture import Capture
+from tests.fakebroker import FakeBroker, SlowBroker
 from tests.test_converge import (
     NOW,
     Declared,
@@ -29,6 +38,23 @@ from tests.test_converge import (
     declarations,
     present_mostly,
 )
+from tests.test_pass_pacing import converged, many
+from tests.test_worker import FakeClock
+
+
+class FlakyInfo(FakeBroker):
+    """Its stream reads fail while `failing`."""
+
+    def __init__(self, inner: FakeBroker) -> None:
+        super().__init__()
+        self.streams = inner.streams
+        self.failing = False
+
+    async def stream_info(self, name: str) -> Observed | None:
+        if self.failing:
+            raise BrokerUnavailable(f"no answer on $JS.API.STREAM.INFO.{name} within 2s")
+        return await super().stream_info(name)
+
 
 SERVERS = [None, ServerInfo((2, 15, 1), 3, "2.15.1"), ServerInfo((2, 10, 22), None, "2.10.22")]
 
@@ -146,3 +172,90 @@ def test_only_in_sync_decisions_are_kept() -> None:
     assert len(memo) == 0
     memo.decide(res, None, None, lambda r, o: decide(r, o, NOW))
     assert len(memo) == 0
+
+
+# --- in the worker: what is unchanged is not reported again ------------------------------
+
+
+async def test_a_resync_reports_only_what_changed() -> None:
+    """The first pass reports every resource; a resync with nothing changed
+    reports none of them (counted as unchanged, in sync), and one whose
+    config drifted meanwhile is reported with its update."""
+    config = many(300)
+    broker = converged(config)
+    worker = Worker(config, reporter=Capture())
+    worker.attach(broker)
+    first = await worker.run_pass(Batch(full=Trigger.STARTUP))
+    assert len(first.done) == 300
+    broker.drift("S00007", subjects=["elsewhere.>"])
+    second = await worker.run_pass(Batch(full=Trigger.RESYNC))
+    assert [d.resource.stream for d in second.done] == ["S00007"]
+    assert second.unchanged == 299
+    assert (second.looked, second.in_sync) == (300, 299)
+    third = await worker.run_pass(Batch(full=Trigger.RESYNC))  # its first in-sync look
+    assert ([d.resource.stream for d in third.done], third.unchanged) == (["S00007"], 299)
+    fourth = await worker.run_pass(Batch(full=Trigger.RESYNC))
+    assert (len(fourth.done), fourth.unchanged) == (0, 300)
+
+
+async def test_a_resource_that_failed_is_reported_in_sync_again() -> None:
+    """A read that failed is reported; the next in-sync look at the same
+    config is news (the reporters say it recovered), not unchanged."""
+    config = many(3)
+    broker = FlakyInfo(converged(config))
+    clock = FakeClock()
+    worker = Worker(config, reporter=Capture(), clock=clock)
+    worker.attach(broker)
+    await worker.run_pass(Batch(full=Trigger.STARTUP))
+    broker.failing = True
+    worker.mark("S00001", Trigger.ADVISORY)
+    failed = await worker.run_pass(worker.queue.take())
+    assert [f.resource.stream for f in failed.failed] == ["S00001"]
+    broker.failing = False
+    clock.advance(3600)  # its backoff has run out
+    again = await worker.run_pass(Batch(full=Trigger.RESYNC))
+    assert [d.resource.stream for d in again.done] == ["S00001"]
+    assert again.done[0].result is Result.IN_SYNC
+
+
+async def test_a_cut_pass_leaves_nothing_taken_as_reported() -> None:
+    """The first pass finds two streams in sync and is cut (the connection
+    goes) while it creates the third: nobody was told about the two, so the
+    pass after the reconnect reports them, and READY can follow."""
+    config = many(3)
+    inner = converged(config)
+    inner.delete("S00002")
+    slow = SlowBroker(inner, hold=frozenset({"create"}))
+    worker = Worker(config, reporter=Capture())
+    worker.attach(slow)
+    cut = asyncio.create_task(worker.run_pass(Batch(full=Trigger.STARTUP)))
+    await slow.held.wait()
+    worker.detach()
+    assert (await cut).cut is Cut.LOST
+    slow.release.set()
+    worker.attach(slow)
+    again = await worker.run_pass(Batch(full=Trigger.RECONNECT))
+    assert sorted(d.resource.stream for d in again.done) == ["S00000", "S00001", "S00002"]
+
+
+async def test_a_stream_declared_again_after_a_reload_is_reported_again() -> None:
+    """Dropped by one reload and declared again by the next: its board entry
+    is new, so its in-sync outcome must be reported, not taken as unchanged."""
+    config = many(3)
+    broker = converged(config)
+    worker = Worker(config, reporter=Capture())
+    worker.attach(broker)
+    await worker.run_pass(Batch(full=Trigger.STARTUP))
+    smaller = parse(
+        {
+            "nats": {"servers": ["nats://127.0.0.1:4222"]},
+            "streams": {"S00000": {"subjects": ["s0.>"]}},
+        },
+        "test.toml",
+    )
+    worker.reload(smaller)
+    await worker.run_pass(worker.queue.take())
+    worker.reload(config)
+    again = await worker.run_pass(worker.queue.take())
+    assert sorted(d.resource.stream for d in again.done) == ["S00001", "S00002"]
+    assert again.unchanged == 1

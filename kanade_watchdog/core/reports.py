@@ -179,6 +179,8 @@ class PassReport:
     writes: int = 0  # create and update requests sent
     cut: Cut | None = None
     deadline: float = 0.0  # the pass_deadline it ran under
+    # In sync as last reported, and not reported again (`daemon.memo`).
+    unchanged: int = 0
     consumers: tuple[ConsumerDone, ...] = ()  # the declared consumers it looked at
     # Declared consumers not on the broker after the pass (None: not looked at).
     consumers_missing: frozenset[str] | None = None
@@ -190,11 +192,11 @@ class PassReport:
 
     @property
     def looked(self) -> int:
-        return len(self.done) + len(self.failed) + len(self.held)
+        return len(self.done) + len(self.failed) + len(self.held) + self.unchanged
 
     @property
     def in_sync(self) -> int:
-        return sum(d.result is Result.IN_SYNC for d in self.done)
+        return sum(d.result is Result.IN_SYNC for d in self.done) + self.unchanged
 
     @property
     def ok(self) -> bool:

@@ -88,6 +88,8 @@ class Rules:
     waiting: Callable[[Resource, Mapping[str, Observed]], bool]
     may_update: Callable[[str], bool]
     creating: Callable[[str], None] = lambda _stream: None  # a create is about to be sent
+    # In sync as last reported (`daemon.memo`): looked at, not reported again.
+    unchanged: Callable[[Resource, Observed | None], bool] = lambda _res, _obs: False
 
 
 async def reconcile(
@@ -110,6 +112,7 @@ async def reconcile(
     out = Pass(head)
     decisions: list[tuple[Decision, Trigger]] = []
     failed: list[Failed] = []
+    unchanged = 0
     if batch.full is not None:
         try:
             observed = await broker.list_streams()
@@ -129,6 +132,9 @@ async def reconcile(
                 # An election, not a fault of this resource: retried quietly.
                 failed.append(Failed(res, NO_LEADER, trigger, present=True))
                 continue
+            if rules.unchanged(res, obs):
+                unchanged += 1
+                continue
             decisions.append((rules.decide(res, obs), trigger))
     else:
         # The map is the worker's, built once per config: a heal at 10,000
@@ -146,6 +152,9 @@ async def reconcile(
                 failed.append(Failed(res, info, trigger, present=None))
             else:
                 out.seen[res.stream] = info
+                if rules.unchanged(res, info):
+                    unchanged += 1
+                    continue
                 decisions.append((rules.decide(res, info), trigger))
     held: list[Held] = []
     writing: list[tuple[Decision, Trigger]] = []
@@ -202,6 +211,7 @@ async def reconcile(
         facts=cluster_facts(resources, out.listed) if out.listed is not None else None,
         listed=frozenset(out.listed) if out.listed is not None else None,
         writes=sum(broker.requests[verb] for verb in WRITES) - writes_before,
+        unchanged=unchanged,
     )
     return out
 

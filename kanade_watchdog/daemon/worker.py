@@ -183,6 +183,7 @@ class Worker:
         self.generation += 1
         self._by_stream = config.by_stream()
         self._managed = frozenset(self._by_stream)
+        self._memo.keep_only(self._managed)  # one declared again must be reported again
         self.backoff = self._new_backoff()
         self.guard.reset()
         self._causes.clear()
@@ -286,6 +287,7 @@ class Worker:
             waiting=self._waiting,
             may_update=self.guard.allows,
             creating=self._echoes.expect,
+            unchanged=self._unchanged,
         )
         current = asyncio.ensure_future(
             reconcile(
@@ -326,9 +328,11 @@ class Worker:
             if task is not None and task.cancelling():
                 raise  # the worker itself is stopping
             report = replace(head, finished=self.clock(), cut=Cut.LOST)
+            self._memo.clear()  # what it decided was never reported
         except TimeoutError:
             self.backoff.failed(EVERYTHING, transient=True)
             report = replace(head, finished=self.clock(), cut=Cut.DEADLINE)
+            self._memo.clear()
         finally:
             current.cancel()  # no-op once done; cut by the deadline or a stop otherwise
             self._current.discard(current)
@@ -351,6 +355,10 @@ class Worker:
             return self._memo.decide(res, observed, server, planned)
 
         return decide
+
+    def _unchanged(self, res: Resource, observed: Observed | None) -> bool:
+        server = self._broker.server if self._broker is not None else None
+        return self._memo.unchanged(res, observed, server)
 
     def _waiting(self, res: Resource, observed: Mapping[str, Observed]) -> bool:
         """A full pass leaves a resource alone while its backoff runs, unless
@@ -396,6 +404,7 @@ class Worker:
 
     def _failed(self, failed: Failed) -> Failed:
         stream = failed.resource.stream
+        self._memo.forget(stream)  # reported failing: the next in-sync look is news
         delay = self.backoff.failed(stream, transient=failed.transient)
         if failed.transient:
             self._causes.pop(stream, None)
@@ -406,6 +415,7 @@ class Worker:
     def _hold(self, held: Held) -> Held:
         """An update refused by the guard: held until the window passes."""
         stream = held.decision.resource.stream
+        self._memo.forget(stream)
         first = self.guard.hold(stream)
         wait = self.guard.reopens_in(stream)
         self.backoff.defer(stream, wait)
