@@ -7,6 +7,7 @@ stops every one of them at teardown, whatever the test left them in.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,15 @@ REPO = Path(__file__).resolve().parent.parent
 REPO_CONFIG = REPO / "config.toml"
 
 StartServer = Callable[[NatsServer], NatsServer]
+
+
+@pytest.fixture(autouse=True)
+def _unfrozen_heap() -> Iterator[None]:
+    """An in-process worker freezes the heap after a full pass (`daemon.heap`),
+    as the daemon does: in the test process that would keep every later
+    test's cycles from the collector, so each test ends unfrozen."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture

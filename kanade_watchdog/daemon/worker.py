@@ -31,6 +31,7 @@ from kanade_watchdog.daemon.backoff import Backoff
 from kanade_watchdog.daemon.consumers import ConsumerKeeper
 from kanade_watchdog.daemon.echoes import Echoes
 from kanade_watchdog.daemon.guard import WriteGuard
+from kanade_watchdog.daemon.heap import Heap
 from kanade_watchdog.daemon.memo import InSyncMemo
 from kanade_watchdog.daemon.queue import Batch, WorkQueue
 from kanade_watchdog.daemon.reconcile import Claims, Pass, Rules, reconcile
@@ -105,6 +106,7 @@ class Worker:
         self._causes: dict[str, causes.Cause] = {}  # stream -> why it failed for good
         self._memo = InSyncMemo()  # a resync at 10,000 resources plans only what changed
         self._echoes = Echoes(clock)  # our own creates' CREATED advisories
+        self._heap = Heap(clock)  # what a full pass keeps, frozen out of the collector
         self.consumers = ConsumerKeeper(clock)  # declared consumers, healed after each pass
 
     def _new_backoff(self) -> Backoff:
@@ -237,7 +239,9 @@ class Worker:
             full = asyncio.ensure_future(self.run_pass(batch))
             try:
                 await self._fast_lane(full)
-                await full
+                done = await full
+                if done.cut is None and done.read_error is None:
+                    self._heap.settled()
             finally:
                 full.cancel()  # no-op once done; the worker's own stop otherwise
                 for stream, trigger in self._deferred.items():
