@@ -69,7 +69,7 @@ def layout(streams: int, consumers: int, *, storage: str = "file") -> dict[str, 
     return out
 
 
-def layout_toml(doc: Mapping[str, Any], *, resume: bool = True) -> str:
+def layout_toml(doc: Mapping[str, Any]) -> str:
     """The same layout as the daemon's `[streams.*]` and `[consumers.*.*]` tables."""
     out: list[str] = []
     for config in doc["streams"]:
@@ -82,8 +82,6 @@ def layout_toml(doc: Mapping[str, Any], *, resume: bool = True) -> str:
             f'ack_policy = "{config["ack_policy"]}"',
             f'ack_wait = "{config["ack_wait"] // NS}s"',
         ]
-        if not resume:
-            out += ["resume = false"]
     return "\n".join(out) + "\n"
 
 
