@@ -227,6 +227,9 @@ def _emit(event: str, **values: Any) -> None:
 
 
 class Floor:
+    # what the healer listens to; each message goes to on_advisory
+    advisories: tuple[str, ...] = ("$JS.EVENT.ADVISORY.STREAM.*.*",)
+
     def __init__(self, path: Path, url: str, reconnect_wait: float) -> None:
         self.path = path
         self.url = url
@@ -345,7 +348,8 @@ class Floor:
             reconnected_cb=reconnected,
             error_cb=quiet,
         )
-        await self.nc.subscribe("$JS.EVENT.ADVISORY.STREAM.*.*", cb=self.on_advisory)
+        for subject in self.advisories:
+            await self.nc.subscribe(subject, cb=self.on_advisory)
         await self.create_everything("connect")
         _emit("ready")
         while not stop.is_set():

@@ -77,3 +77,26 @@ def test_heal_script_prints_every_row_for_daemon_and_floor() -> None:
         # (a nats-server race after a fast re-create), and then says so.
         cut_short = any("refused it" in line for line in lines)
         assert all(row[3] == "3" for row in rows) or cut_short, rows
+
+
+def test_consumer_heal_script_prints_every_table() -> None:
+    """bench.consumer_heal with 3 trials, one round and 2 x 2 consumers: both
+    healers heal both faults, the verification rows count their requests,
+    and the replay round stays within its bound with nothing skipped."""
+    lines = _run("bench.consumer_heal", "--trials", "3", "--rounds", "1", "--scale", "2x2")
+    checks = ("SIGHUP full pass", "paged CONSUMER.LIST per stream", "CONSUMER.INFO per consumer")
+    for healer in ("kanade-watchdog", "floor (nats-py)"):
+        rows = _rows(lines, healer)
+        heals = [row for row in rows if row[1] not in checks]
+        assert [row[1] for row in heals] == ["3", "3"], lines  # consumer, stream delete
+        assert all("n/a" not in row for row in heals), heals
+        verify = [row for row in rows if row[1] in checks]
+        assert verify, lines
+        # one STREAM.LIST, then a CONSUMER.LIST per stream or an INFO per consumer
+        assert all(row[3] == ("5" if "INFO" in row[1] else "3") for row in verify), verify
+    replay = _rows(lines, "resume = true")
+    assert replay, lines
+    for row in replay:
+        assert int(row[6]) <= int(row[3]), row  # redelivered <= K
+        assert row[7] == "0", row  # nothing skipped
+    assert _rows(lines, 'resume = false, deliver "all"'), lines
