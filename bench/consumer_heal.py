@@ -223,7 +223,7 @@ async def _heal_rows(url: str, floor: bool, trials: int, proc: Proc) -> list[Hea
                 subject = f"$JS.API.STREAM.DELETE.{stream}"
                 names = [stream, *(f"{stream}/{d}" for d in durables)]
 
-                async def confirm() -> bool:
+                async def confirm(d: str = durable) -> bool:
                     return (await cf.consumer_names(nc, stream) or set()) >= set(durables)
 
             sent = time.perf_counter()
@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> None:
     streams, consumers = (int(x) for x in args.scale.split("x"))
     command = " ".join(["python -m bench.consumer_heal", *(sys.argv[1:] if argv is None else argv)])
     started = time.monotonic()
-    sections = (
+    sections: tuple[Callable[[], list[str]], ...] = (
         lambda: heal_tables(trials, args.storage, command),
         lambda: verify_table(streams, consumers, rounds, command),
         lambda: replay_table(rounds, command),

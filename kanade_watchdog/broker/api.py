@@ -14,7 +14,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -134,12 +134,16 @@ class Broker:
     async def list_streams(self) -> dict[str, Observed]:
         """Every stream, one request per page of 256. A clustered broker waits
         for slow stream leaders before answering and then lists leaderless
-        streams by name only: they come back as `leaderless` observations."""
-        items, missing = await self.list_raw()
+        streams by name only: they come back as `leaderless` observations.
+        Each page is turned into observations as it arrives: at 10,000 streams
+        doing it after the last page held the event loop for ~30 ms."""
         out: dict[str, Observed] = {}
-        for item in items:
-            obs = self._observed(item)
-            out[str(obs.config.get("name", ""))] = obs
+        missing: list[str] = []
+        async for page, gone in self._pages():
+            for item in page:
+                obs = self._observed(item)
+                out[str(obs.config.get("name", ""))] = obs
+            missing += gone
         for name in missing:
             out.setdefault(name, Observed(config={"name": name}, leaderless=True))
         return out
@@ -149,15 +153,23 @@ class Broker:
         and the names of the streams it listed without a leader."""
         items: list[Mapping[str, Any]] = []
         missing: list[str] = []
+        async for page, gone in self._pages():
+            items += page
+            missing += gone
+        return items, missing
+
+    async def _pages(self) -> AsyncIterator[tuple[list[Mapping[str, Any]], list[str]]]:
+        """Each STREAM.LIST page: its streams, and those listed without a leader."""
+        offset = 0
         while True:
             answer = await self._request(
-                "list", f"{self.prefix}.STREAM.LIST", {"offset": len(items)}, wait=LIST_WAIT
+                "list", f"{self.prefix}.STREAM.LIST", {"offset": offset}, wait=LIST_WAIT
             )
             page = answer.get("streams") or []
-            items += page
-            missing += [str(name) for name in answer.get("missing") or []]
-            if not page or len(items) >= int(answer.get("total", 0) or 0):
-                return items, missing
+            offset += len(page)
+            yield page, [str(name) for name in answer.get("missing") or []]
+            if not page or offset >= int(answer.get("total", 0) or 0):
+                return
 
     async def stream_names(self) -> set[str]:
         """Every stream's name, one request per page of 1,024 (`ports.StreamNames`).
