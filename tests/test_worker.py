@@ -34,9 +34,10 @@ from kanade_watchdog.core.plan import Action, Change, Decision, Observed
 from kanade_watchdog.core.ports import Reporters
 from kanade_watchdog.core.serverinfo import ServerInfo
 from kanade_watchdog.daemon.backoff import Backoff
+from kanade_watchdog.daemon.books import REVERIFY_AFTER
 from kanade_watchdog.daemon.guard import WRITE_WINDOW, WRITES_PER_WINDOW
 from kanade_watchdog.daemon.queue import WorkQueue
-from kanade_watchdog.daemon.worker import REVERIFY_AFTER, Decide, Worker
+from kanade_watchdog.daemon.worker import Decide, Worker
 from kanade_watchdog.model.events import Trigger
 from kanade_watchdog.model.resources import Resource
 from kanade_watchdog.model.settings import Config

@@ -2,13 +2,10 @@
 
 Triggers only mark work (`queue.WorkQueue`); this worker takes what piled up
 as one batch and runs it as one pass (`reconcile`), bounded by
-`pass_deadline`, so passes never overlap. Around each pass it keeps the
-bookkeeping: per-resource backoff (`backoff`), a second look shortly after
-each write (the broker may drop the advisory of a delete that follows at
-once), the write guard against updates that never converge (`guard`), and
-what each permanent failure depended on, so it is retried early once that
-changes (`core.causes`). Each finished pass goes to the reporters as a
-`reports.PassReport`; the worker itself logs nothing. The daemon hands it
+`pass_deadline`, so passes never overlap. Each pass is booked (`books`:
+backoff, second looks, the write guard, the causes of permanent failures)
+and goes to the reporters as a `reports.PassReport`; the worker itself
+logs nothing. The daemon hands it
 a broker (`attach`) and talks to it only through the public methods below.
 """
 
@@ -16,18 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Protocol
 
-from kanade_watchdog.core import causes, desired, plan
-from kanade_watchdog.core.outcome import Result
+from kanade_watchdog.core import desired, plan
 from kanade_watchdog.core.plan import Decision, Observed
 from kanade_watchdog.core.ports import Broker, Reporter
-from kanade_watchdog.core.reports import Cut, Done, Failed, Held, PassReport, Scope
+from kanade_watchdog.core.reports import Cut, PassReport, Scope
 from kanade_watchdog.core.serverinfo import ServerInfo
 from kanade_watchdog.daemon.backoff import Backoff
+from kanade_watchdog.daemon.books import EVERYTHING, Books
 from kanade_watchdog.daemon.consumers import ConsumerKeeper
 from kanade_watchdog.daemon.echoes import Echoes
 from kanade_watchdog.daemon.guard import WriteGuard
@@ -42,12 +39,6 @@ from kanade_watchdog.model.settings import Config
 # How long a transient failure stays unsaid; named here too, where the fault
 # suites look for the daemon's timings.
 from kanade_watchdog.report.failures import TRANSIENT_QUIET as TRANSIENT_QUIET  # noqa: PLC0414
-
-EVERYTHING = "*"  # the backoff key of a failed full read
-# A second look this long after a write: the broker drops some advisories of a
-# stream deleted right after it was created, and a lost one must cost
-# milliseconds, not a resync interval.
-REVERIFY_AFTER = 0.15
 
 
 class Decide(Protocol):
@@ -84,8 +75,6 @@ class Worker:
         self.now = now
         self.decide = decide
         self.queue = WorkQueue(clock)
-        self.backoff = self._new_backoff()
-        self.guard = WriteGuard(clock)
         self.generation = 0  # one per reload: a pass runs on one config
         self._by_stream = config.by_stream()
         self._managed = frozenset(self._by_stream)
@@ -101,22 +90,19 @@ class Worker:
         self._claims = Claims()  # who writes which stream while two passes run
         self._deferred: dict[str, Trigger] = {}  # marks the fast lane left to after the full
         self._own_hashes: dict[str, frozenset[str]] = {}
-        # The broker as last seen: a full pass's list, then each read and write.
-        self._view: dict[str, Observed] = {}
-        self._causes: dict[str, causes.Cause] = {}  # stream -> why it failed for good
         self._memo = InSyncMemo()  # a resync at 10,000 resources plans only what changed
+        self.books = Books(config, queue=self.queue, memo=self._memo, clock=clock)
         self._echoes = Echoes(clock)  # our own creates' CREATED advisories
         self._heap = Heap(clock)  # what a full pass keeps, frozen out of the collector
         self.consumers = ConsumerKeeper(clock)  # declared consumers, healed after each pass
 
-    def _new_backoff(self) -> Backoff:
-        w = self.config.watchdog
-        return Backoff(
-            initial=w.backoff_initial,
-            maximum=w.backoff_max,
-            permanent=w.permanent_retry,
-            clock=self.clock,
-        )
+    @property
+    def backoff(self) -> Backoff:
+        return self.books.backoff
+
+    @property
+    def guard(self) -> WriteGuard:
+        return self.books.guard
 
     # --- what the daemon asks -----------------------------------------------------
 
@@ -186,9 +172,7 @@ class Worker:
         self._by_stream = config.by_stream()
         self._managed = frozenset(self._by_stream)
         self._memo.keep_only(self._managed)  # one declared again must be reported again
-        self.backoff = self._new_backoff()
-        self.guard.reset()
-        self._causes.clear()
+        self.books.reload(config)
         self.queue.mark_all(Trigger.RELOAD)
 
     def advisory(self, stream: str, *, created: bool = False) -> None:
@@ -199,7 +183,7 @@ class Worker:
             return
         if stream in self._managed:
             self.queue.mark(stream, Trigger.ADVISORY)
-        self._wake_dependents(stream, Trigger.ADVISORY)
+        self.books.wake_dependents(stream, Trigger.ADVISORY)
         self.consumers.wake(stream, self.config)  # its consumers, backoff or not
 
     def consumer_advisory(self, consumer: str, stream: str) -> None:
@@ -207,11 +191,6 @@ class Worker:
         it now, even while its backoff runs."""
         self.consumers.wake(consumer, self.config)
         self.queue.mark(stream, Trigger.ADVISORY)
-
-    def _wake_dependents(self, stream: str, trigger: Trigger) -> None:
-        for blocked, cause in list(self._causes.items()):
-            if stream in cause.related and blocked != stream:
-                self.queue.mark(blocked, trigger)
 
     # --- the loop ------------------------------------------------------------------
 
@@ -288,7 +267,7 @@ class Worker:
         now = self.now()
         rules = Rules(
             decide=self._decider(now),
-            waiting=self._waiting,
+            waiting=self.books.waiting,
             may_update=self.guard.allows,
             creating=self._echoes.expect,
             unchanged=self._unchanged,
@@ -323,7 +302,7 @@ class Worker:
             for stream in result.skipped:
                 self._deferred.setdefault(stream, batch.streams.get(stream, Trigger.RETRY))
             report = replace(
-                self._book(result),
+                self.books.book(result),
                 consumers=tuple(consumers),
                 consumers_missing=self.consumers.missing(self.config),
             )
@@ -363,71 +342,3 @@ class Worker:
     def _unchanged(self, res: Resource, observed: Observed | None) -> bool:
         server = self._broker.server if self._broker is not None else None
         return self._memo.unchanged(res, observed, server)
-
-    def _waiting(self, res: Resource, observed: Mapping[str, Observed]) -> bool:
-        """A full pass leaves a resource alone while its backoff runs, unless
-        what its permanent failure depended on has changed."""
-        if self.backoff.due(res.stream):
-            return False
-        cause = self._causes.get(res.stream)
-        return cause is None or not causes.changed(res, cause, observed)
-
-    # --- bookkeeping of a pass's outcomes -------------------------------------------
-
-    def _book(self, result: Pass) -> PassReport:
-        report = result.report
-        if result.listed is not None:
-            self._view = dict(result.listed)
-            self.backoff.succeeded(EVERYTHING)
-        for stream, observed in result.seen.items():
-            if observed is None:
-                self._view.pop(stream, None)
-            else:
-                self._view[stream] = observed
-        read_error = report.read_error
-        if read_error is not None:
-            delay = self.backoff.failed(EVERYTHING, transient=read_error.transient)
-            read_error = replace(read_error, delay=delay)
-        held = tuple(self._hold(h) for h in report.held)
-        failed = tuple(self._failed(f) for f in report.failed)
-        for done in report.done:
-            self._done(done)
-        return replace(report, read_error=read_error, held=held, failed=failed)
-
-    def _done(self, done: Done) -> None:
-        stream = done.resource.stream
-        self.backoff.succeeded(stream)
-        self._causes.pop(stream, None)
-        if done.result in (Result.CREATED, Result.UPDATED):
-            if done.result is Result.UPDATED:
-                self.guard.wrote(stream)
-            self.backoff.recheck(stream, REVERIFY_AFTER)
-            self._wake_dependents(stream, Trigger.RETRY)  # we changed what they wait on
-        elif done.result is Result.IN_SYNC:
-            self.guard.converged(stream)
-
-    def _failed(self, failed: Failed) -> Failed:
-        stream = failed.resource.stream
-        self._memo.forget(stream)  # reported failing: the next in-sync look is news
-        delay = self.backoff.failed(stream, transient=failed.transient)
-        if failed.transient:
-            self._causes.pop(stream, None)
-        else:
-            self._causes[stream] = causes.cause_of(failed.resource, failed.error, self._view)
-        return replace(failed, delay=delay)
-
-    def _hold(self, held: Held) -> Held:
-        """An update refused by the guard: held until the window passes."""
-        stream = held.decision.resource.stream
-        self._memo.forget(stream)
-        first = self.guard.hold(stream)
-        wait = self.guard.reopens_in(stream)
-        self.backoff.defer(stream, wait)
-        self._causes.pop(stream, None)
-        reason = (
-            f"not converging: updated {self.guard.count(stream)} times within "
-            f"{self.guard.window:g}s and still not in sync (another writer changing it "
-            "back, or a declaration the broker does not keep); not written again for "
-            f"{wait:.0f}s or until a reload"
-        )
-        return replace(held, reason=reason, first=first, wait=wait)
