@@ -1,6 +1,7 @@
-"""The CREATED advisory of the daemon's own create is its echo, and marks
-nothing (`daemon.echoes`): in a delete storm that is one read less per heal
-on a broker whose API is the bottleneck. Anyone else's CREATED advisory, a
+"""The CREATED advisory of the daemon's own create (of a stream or of a
+declared consumer) is its echo, and marks nothing (`daemon.echoes`): in a
+delete storm that is one read less per heal on a broker whose API is the
+bottleneck. Anyone else's CREATED advisory, a
 DELETED one, and an echo that comes too late still mark their stream.
 
 The worker runs in-process on `tests.fakebroker.FakeBroker` and an injected
@@ -9,10 +10,12 @@ clock; the CREATED advisories are handed to it as `daemon.main` does.
 
 from __future__ import annotations
 
+from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.daemon.echoes import WITHIN, Echoes
 from kanade_watchdog.daemon.worker import Worker
 from kanade_watchdog.model.events import Trigger
 from tests.capture import Capture
+from tests.test_consumer_backoff import NAME, declared, with_stream
 from tests.test_pass_pacing import converged, many
 from tests.test_worker import FakeClock
 
@@ -65,3 +68,20 @@ async def test_the_workers_own_create_echo_marks_nothing_but_a_delete_does() -> 
     broker.delete("S00001")
     worker.advisory("S00001")
     assert worker.queue.take().streams == {"S00001": Trigger.ADVISORY}
+
+
+async def test_the_workers_own_consumer_create_echo_marks_nothing() -> None:
+    """A declared consumer deleted and re-created by the worker: the
+    CONSUMER.CREATED advisory of that create marks nothing (it would cost a
+    stream read and a consumer list); a second one, not ours, does."""
+    config = declared()
+    broker = await with_stream(config)
+    worker = Worker(config, reporter=Capture(), clock=FakeClock())
+    worker.attach(broker)
+    worker.consumer_advisory(NAME, "S")
+    report = await worker.run_pass(worker.queue.take())
+    assert [c.result for c in report.consumers] == [Result.CREATED]
+    worker.consumer_advisory(NAME, "S", created=True)  # the echo
+    assert not worker.queue.take()
+    worker.consumer_advisory(NAME, "S", created=True)
+    assert worker.queue.take().streams == {"S": Trigger.ADVISORY}

@@ -60,6 +60,13 @@ _CONSUMER_ACTIONS = ("CREATED", "DELETED")
 def consumer_of(subject: str, payload: bytes) -> str | None:
     """`STREAM/CONSUMER` of a genuine consumer advisory
     (`$JS.EVENT.ADVISORY.CONSUMER.{CREATED,DELETED}.<stream>.<consumer>`), or None."""
+    action = consumer_action(subject, payload)
+    return None if action is None else action[0]
+
+
+def consumer_action(subject: str, payload: bytes) -> tuple[str, str] | None:
+    """(`STREAM/CONSUMER`, "create" or "delete") of a genuine consumer advisory,
+    or None to ignore it."""
     if not subject.startswith(_CONSUMER_PREFIX):
         return None
     parts = subject[len(_CONSUMER_PREFIX) :].split(".")
@@ -80,4 +87,4 @@ def consumer_of(subject: str, payload: bytes) -> str | None:
     ):
         log.debug("ignoring advisory on %s: not a consumer action", subject)
         return None
-    return f"{stream}/{consumer}"
+    return f"{stream}/{consumer}", _ACTIONS[parts[0]]

@@ -31,12 +31,13 @@ from dataclasses import replace
 from kanade_watchdog.broker import consumers as edge
 from kanade_watchdog.core.consumer_plan import plan_all
 from kanade_watchdog.core.outcome import Result
-from kanade_watchdog.core.plan import Observed
+from kanade_watchdog.core.plan import Action, Observed
 from kanade_watchdog.core.ports import Broker, ConsumerBroker
 from kanade_watchdog.core.position import Position, resume_from
 from kanade_watchdog.core.position import observe as position_of
 from kanade_watchdog.core.reports import ConsumerDone
 from kanade_watchdog.daemon.backoff import Backoff
+from kanade_watchdog.daemon.echoes import Echoes
 from kanade_watchdog.daemon.queue import Batch
 from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.errors import BrokerError
@@ -49,6 +50,7 @@ log = logging.getLogger("kanade_watchdog.consumers")
 class ConsumerKeeper:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
+        self.echoes = Echoes(clock)  # our own creates' CONSUMER.CREATED advisories
         self.positions: dict[str, Position] = {}  # STREAM/DURABLE -> last ack floor seen
         self._present: dict[str, bool] = {}  # STREAM/DURABLE -> on the broker when last seen
         self._lock = asyncio.Lock()
@@ -167,6 +169,8 @@ class ConsumerKeeper:
         out: list[ConsumerDone] = []
         for d in decisions:
             # One at a time, so each heal's latency ends at its own answer.
+            if d.action is Action.CREATE:
+                self.echoes.expect(d.consumer.name)
             [o] = await edge.execute(broker, [d])
             stream = d.consumer.stream
             out.append(

@@ -9,7 +9,9 @@ advisory of that stream within `WITHIN` seconds is taken as its echo and
 marks nothing. Nothing is lost by it: a create that failed or lost a race
 is retried by its own outcome, a delete that follows ours brings a DELETED
 advisory, and the second look 150 ms after each write (`worker`) still
-reads the stream if that advisory is dropped. Pure, on an injected clock.
+reads the stream if that advisory is dropped. The consumer keeper has one
+too, for CONSUMER.CREATED (a stream read and a consumer list per consumer
+heal otherwise). Pure, on an injected clock.
 """
 
 from __future__ import annotations

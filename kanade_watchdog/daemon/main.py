@@ -200,11 +200,12 @@ class Daemon:
         if action is not None:
             stream, verb = action
             self.worker.advisory(stream, created=verb == "create")
-        elif (name := advisories.consumer_of(subject, payload)) is not None:
+        elif (named := advisories.consumer_action(subject, payload)) is not None:
             # Applications' ephemeral consumers come and go: only ours mark work.
+            name, verb = named
             declared = {c.name: c.stream for c in self.config.consumers}
             if name in declared:
-                self.worker.consumer_advisory(name, declared[name])
+                self.worker.consumer_advisory(name, declared[name], created=verb == "create")
 
     def _on_client_error(self, text: str) -> None:
         log.warning(text, extra=fields(action=Event.FAILED, message_id=Event.FAILED))

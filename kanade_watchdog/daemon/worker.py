@@ -186,9 +186,12 @@ class Worker:
         self.books.wake_dependents(stream, Trigger.ADVISORY)
         self.consumers.wake(stream, self.config)  # its consumers, backoff or not
 
-    def consumer_advisory(self, consumer: str, stream: str) -> None:
+    def consumer_advisory(self, consumer: str, stream: str, *, created: bool = False) -> None:
         """A declared consumer (`STREAM/DURABLE`) changed on the broker: look at
-        it now, even while its backoff runs."""
+        it now, even while its backoff runs; the CREATED advisory of the
+        daemon's own create is its echo, and marks nothing (`echoes`)."""
+        if created and self.consumers.echoes.own(consumer):
+            return
         self.consumers.wake(consumer, self.config)
         self.queue.mark(stream, Trigger.ADVISORY)
 
