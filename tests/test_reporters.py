@@ -271,6 +271,26 @@ def test_consumer_actions_are_the_lines_and_fields_they_were(
     assert record_fields(records[2])["diff"] == str(change)
 
 
+def test_a_blocked_consumer_is_warned_once_per_reason_not_every_resync(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same blocked reason pass after pass is one WARNING; another reason
+    is another; once in sync and blocked again, it is said again."""
+    out = OutcomeLog(clock=FakeClock())
+    ack = partial(consumer, Result.BLOCKED, Action.BLOCKED, reason="ack policy can not be updated")
+    spec = partial(consumer, Result.NEWER_SPEC, Action.NEWER_SPEC, reason="spec_version 3 > 2")
+    with caplog.at_level(logging.DEBUG, logger="kanade_watchdog.consumers"):
+        for done in (ack(), ack(), ack(), spec(), spec()):
+            out.pass_done(report(consumers=(done,)))
+        out.pass_done(report(consumers=(consumer(Result.IN_SYNC, Action.IN_SYNC),)))
+        out.pass_done(report(consumers=(ack(),)))
+    assert said(caplog) == [
+        "consumer ORDERS/worker: blocked (ack policy can not be updated)",
+        "consumer ORDERS/worker: newer_spec (spec_version 3 > 2)",
+        "consumer ORDERS/worker: blocked (ack policy can not be updated)",
+    ]
+
+
 def test_a_failed_consumer_says_when_it_is_tried_again_once_per_code(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

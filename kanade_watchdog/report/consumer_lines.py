@@ -5,7 +5,7 @@
 stream sequence, updated with the diff), a WARNING for a failure once per
 error code with when it is tried again (a transient one only once it has
 lasted, debug lines meanwhile), "in sync again" after a failure that was
-said, and a WARNING for each blocked or newer-spec consumer. The fields are
+said, and a WARNING for a blocked or newer-spec consumer once per reason. The fields are
 the streams' (`logs.fields`: KANADE_* and MESSAGE_ID in the journal), with
 kind `consumer` and the resource named `STREAM/DURABLE`, which no stream
 name can be: the memory's keys cannot collide.
@@ -50,6 +50,8 @@ def say(done: ConsumerDone, memory: FailureMemory) -> None:
                     extra=_fields(done, Event.RECOVERED),
                 )
             return
+    if o.result in (Result.BLOCKED, Result.NEWER_SPEC) and not memory.standing(name, d.reason):
+        return  # said once per change, as a stream's: not again every resync
     event = _EVENT[o.result]
     diff = "; ".join(str(c) for c in d.changes)
     extra = _fields(done, event, diff=diff, resumed_from=d.resume_from)
