@@ -18,11 +18,17 @@ from tests.test_worker import FakeClock
 
 
 def test_each_full_pass_freezes_and_the_hour_unfreezes() -> None:
-    """Freeze after every settled pass; the first one past REFRESH_EVERY
-    unfreezes instead, and the hour starts again from there."""
+    """Free memory back to the system and freeze after every settled pass;
+    the first one past REFRESH_EVERY unfreezes instead, and the hour starts
+    again from there."""
     clock = FakeClock()
     calls: list[str] = []
-    heap = Heap(clock, freeze=lambda: calls.append("freeze"), unfreeze=lambda: calls.append("un"))
+    heap = Heap(
+        clock,
+        freeze=lambda: calls.append("freeze"),
+        unfreeze=lambda: calls.append("un"),
+        release=lambda: calls.append("trim"),
+    )
     for _ in range(3):
         heap.settled()
         clock.advance(30)
@@ -31,7 +37,7 @@ def test_each_full_pass_freezes_and_the_hour_unfreezes() -> None:
     heap.settled()
     clock.advance(REFRESH_EVERY - 1)
     heap.settled()
-    assert calls == ["freeze", "freeze", "freeze", "un", "freeze", "freeze"]
+    assert calls == ["trim", "freeze"] * 3 + ["trim", "un"] + ["trim", "freeze"] * 2
 
 
 async def test_the_worker_freezes_after_a_full_pass_not_after_a_partial_one() -> None:

@@ -14,15 +14,30 @@ Frozen objects are never looked at for cycles, so a cycle that was garbage
 at a freeze would stay. Once every `REFRESH_EVERY` the heap is unfrozen
 instead, and the collector's next full collection reclaims such cycles: one
 long pause an hour instead of one a pass.
+
+While a full pass reads the stream list, the previous one is still held;
+once it is let go, its larger blocks (a stream's config dict is ~1.5 KiB,
+past Python's small-object allocator) sit free in the C allocator. After
+each full pass `malloc_trim` hands them back to the system (glibc; a no-op
+elsewhere): ~8 MiB of resident memory at 10,000 streams.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import time
 from collections.abc import Callable
 
 REFRESH_EVERY = 3600.0  # seconds between unfreezes
+
+
+def trim() -> None:
+    """Free pages of the C allocator back to the system, where glibc can (the
+    interpreter's own symbols: no library search, no helper process)."""
+    malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 class Heap:
@@ -32,14 +47,17 @@ class Heap:
         *,
         freeze: Callable[[], None] = gc.freeze,
         unfreeze: Callable[[], None] = gc.unfreeze,
+        release: Callable[[], None] = trim,
     ) -> None:
         self.clock = clock
         self._freeze = freeze
         self._unfreeze = unfreeze
+        self._release = release
         self._refreshed = clock()
 
     def settled(self) -> None:
         """A full pass was booked: what the worker keeps now is long-lived."""
+        self._release()
         now = self.clock()
         if now - self._refreshed >= REFRESH_EVERY:
             self._refreshed = now
