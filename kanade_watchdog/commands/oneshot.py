@@ -17,9 +17,9 @@ from kanade_watchdog.broker.connect import connect_once
 from kanade_watchdog.broker.consumers import execute as execute_consumers
 from kanade_watchdog.broker.consumers import plan_consumers
 from kanade_watchdog.core.cluster import cluster_facts
-from kanade_watchdog.core.export import undeclared
 from kanade_watchdog.core.plan import Action, Decision, Observed, plan
 from kanade_watchdog.core.serverinfo import needs_newer_text
+from kanade_watchdog.core.undeclared import undeclared
 from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.errors import BrokerError
 from kanade_watchdog.model.settings import Config
