@@ -33,6 +33,17 @@ UNUSED_OURS = (
     "kanade_watchdog.report.declaration",
     "kanade_watchdog.report.metrics",
 )
+# Not on `plan`'s path either: `check`'s report and its cluster facts, and
+# the consumers' modules when the file declares no consumer (config_for
+# declares none).
+NOT_FOR_PLAN = (
+    "kanade_watchdog.commands.check",
+    "kanade_watchdog.report.check",
+    "kanade_watchdog.core.cluster",
+    "kanade_watchdog.broker.consumers",
+    "kanade_watchdog.core.consumer_plan",
+    "kanade_watchdog.report.consumers",
+)
 # The standard library's costlier modules nothing on a valid file's path
 # needs: difflib only suggests a name for an unknown key, and sizes and
 # durations are parsed with integers, not fractions (which brings decimal).
@@ -85,6 +96,10 @@ async def test_one_shot_commands_do_not_import_daemon_or_export_modules(
     assert "kanade_watchdog.core.plan" in modules  # the probe did see the command's path
     assert _top(modules) & set(DAEMON_OR_EXPORT) == set()
     assert _top(modules) & set(UNUSED_STDLIB) == set()
+    if command != "check":
+        assert modules & set(NOT_FOR_PLAN) == set()
+    else:
+        assert "kanade_watchdog.report.check" in modules
     assert {m for m in modules if m in UNUSED_OURS or m.startswith(_packages(UNUSED_OURS))} == set()
 
 
