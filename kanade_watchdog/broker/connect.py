@@ -100,7 +100,7 @@ MAX_RECONNECT_WAIT = 5.0  # reconnect pacing cap: a restarting broker is back in
 # refuses us, a handshake that stalls, a host that does not answer) keeps
 # the slow growing pace. nats-py's own reconnect loop makes a whole attempt
 # each time, at the floor's pace; the first connect knocks instead
-# (`forever.PROBE_PACE`).
+# (`forever.until_a_port_accepts`).
 PORT_PACE = 0.02
 
 
