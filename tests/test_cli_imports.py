@@ -33,11 +33,12 @@ UNUSED_OURS = (
     "kanade_watchdog.report.declaration",
     "kanade_watchdog.report.metrics",
 )
-# Not on `plan`'s path either: `check`'s report and its cluster facts, and
-# the consumers' modules when the file declares no consumer (config_for
-# declares none).
+# Not on `plan`'s path either: `check`'s report and its cluster facts, what
+# `apply` did (`core.outcome`), and the consumers' modules when the file
+# declares no consumer (config_for declares none).
 NOT_FOR_PLAN = (
     "kanade_watchdog.commands.check",
+    "kanade_watchdog.core.outcome",
     "kanade_watchdog.report.check",
     "kanade_watchdog.core.cluster",
     "kanade_watchdog.broker.consumers",

@@ -14,8 +14,8 @@ from typing import Any
 from kanade_watchdog.broker.pool import MAX_IN_FLIGHT
 from kanade_watchdog.config.load import parse
 from kanade_watchdog.core import desired, plan
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Decision, Observed
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.core.serverinfo import ServerInfo
 from kanade_watchdog.daemon.queue import Batch
 from kanade_watchdog.daemon.worker import Worker

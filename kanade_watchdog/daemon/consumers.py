@@ -20,10 +20,10 @@ from typing import Any
 from kanade_watchdog.broker import consumers as edge
 from kanade_watchdog.broker.api import Broker
 from kanade_watchdog.core.consumer_plan import ConsumerOutcome, plan_all
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Observed
 from kanade_watchdog.core.position import Position, resume_from
 from kanade_watchdog.core.position import observe as position_of
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model.consumers import CONSUMER_KIND
 from kanade_watchdog.model.errors import BrokerError
 from kanade_watchdog.model.events import Event

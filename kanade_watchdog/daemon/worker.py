@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from kanade_watchdog.core import causes, desired, plan
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Decision, Observed
 from kanade_watchdog.core.ports import Broker, Reporter
 from kanade_watchdog.core.reports import Cut, Done, Failed, Held, PassReport, Scope
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.core.serverinfo import ServerInfo
 from kanade_watchdog.daemon.backoff import Backoff
 from kanade_watchdog.daemon.consumers import ConsumerKeeper

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.ports import Quiet
 from kanade_watchdog.core.reports import (
     BrokerState,
@@ -27,6 +26,7 @@ from kanade_watchdog.core.reports import (
     ReadFailure,
     Reloaded,
 )
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model.events import Event, Trigger
 from kanade_watchdog.model.resources import Resource, kind_word
 from kanade_watchdog.report.failures import FailureMemory
