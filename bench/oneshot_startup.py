@@ -33,9 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 BARE_NAME = "bare nats-py script"
 PLAN_NAME = "kanade-watchdog plan"
 TARGET_RATIO = 1.2  # issue 13: plan within 1.2x of the bare script
-# What only the daemon or `export` uses. tests/test_cli_imports.py keeps all
-# but tenacity off plan's path; `broker.connect` imports tenacity (for the
-# daemon's connect retries) at its top, and `plan` connects through it.
+# What only the daemon or `export` uses; tests/test_cli_imports.py keeps
+# them all off plan's path (tenacity since the daemon's connect retries moved
+# to `broker.forever`).
 DAEMON_ONLY = ("tomlkit", "prometheus_client", "apscheduler", "systemd", "tenacity")
 
 BARE = """\

@@ -25,8 +25,6 @@ from kanade_watchdog.commands.export_args import add_arguments as add_export_arg
 from kanade_watchdog.commands.oneshot import (
     Output,
     apply_command,
-    check_command,
-    check_output,
     plan_command,
     validate_output,
 )
@@ -35,13 +33,13 @@ from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.errors import BrokerError, ConfigError
 from kanade_watchdog.model.printable import escape
 from kanade_watchdog.model.settings import DEFAULT_PATH, ENV_PATH
-from kanade_watchdog.report import check, render
+from kanade_watchdog.report import render
 
 # `plan` and `check` start often (a monitoring plugin runs `check` every few
 # minutes), so their import path holds only what they use: applying, export
-# (tomlkit), the daemon (scheduler, metrics, systemd) and the daemon's log
-# handlers (systemd's journal) are imported by the commands that need them
-# (tests/test_cli_imports.py).
+# (tomlkit), `check`'s report, the daemon (scheduler, metrics, systemd) and
+# the daemon's log handlers (systemd's journal) are imported by the commands
+# that need them (tests/test_cli_imports.py).
 
 log = logging.getLogger("kanade_watchdog")
 
@@ -111,6 +109,9 @@ def _failure(args: argparse.Namespace, path: str, *, code: int, problems: list[s
     CRITICAL for broker trouble, UNKNOWN for a bad config or a bug."""
     as_json = bool(getattr(args, "json", False))
     if args.command == "check" and code != exitcodes.INTERRUPTED:
+        from kanade_watchdog.commands.check import check_output  # noqa: PLC0415
+        from kanade_watchdog.report import check  # noqa: PLC0415
+
         status = "CRITICAL" if code == exitcodes.FAILURE else "UNKNOWN"
         out = check_output(check.check_failure(status, problems), as_json=as_json, path=path)
         if code == exitcodes.CONFIG:  # every problem, not just the one the status line has
@@ -158,6 +159,8 @@ def _dispatch(args: argparse.Namespace, path: str) -> Output:
     if args.command == "apply":
         return asyncio.run(apply_command(config, args, path))
     if args.command == "check":
+        from kanade_watchdog.commands.check import check_command, check_output  # noqa: PLC0415
+
         return check_output(asyncio.run(check_command(config)), as_json=as_json, path=path)
     raise AssertionError(args.command)  # argparse allows nothing else
 
@@ -170,7 +173,11 @@ def _one_shot(args: argparse.Namespace, path: str) -> Output:
             args, path, code=exitcodes.CONFIG, problems=[f"config error: {p}" for p in exc.problems]
         )
     except BrokerError as exc:
-        text = check.broker_problem(exc) if args.command == "check" else f"broker error: {exc}"
+        text = f"broker error: {exc}"
+        if args.command == "check":
+            from kanade_watchdog.report.check import broker_problem  # noqa: PLC0415
+
+            text = broker_problem(exc)
         return _failure(args, path, code=exitcodes.FAILURE, problems=[text])
     except KeyboardInterrupt:
         return _failure(args, path, code=exitcodes.INTERRUPTED, problems=["interrupted"])

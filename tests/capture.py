@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.reports import (
     BrokerState,
     Done,
@@ -16,6 +15,7 @@ from kanade_watchdog.core.reports import (
     Reloaded,
     RunState,
 )
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.resources import Resource
 

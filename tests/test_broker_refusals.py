@@ -16,8 +16,8 @@ from nats.aio.client import Client
 from kanade_watchdog.broker.api import Broker
 from kanade_watchdog.broker.apply import execute
 from kanade_watchdog.config.load import MAX_DESCRIPTION_BYTES, load
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action, decide
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model.errors import ERR_IMMUTABLE_FIELD, ConfigError
 from kanade_watchdog.model.resources import Kind, Resource
 

@@ -17,8 +17,8 @@ import pytest
 
 from kanade_watchdog.config.load import parse
 from kanade_watchdog.core.desired import create_config
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.reports import ConsumerDone
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.daemon.worker import Worker
 from kanade_watchdog.model.errors import ApiError, BrokerUnavailable
 from kanade_watchdog.model.events import Trigger

@@ -10,7 +10,7 @@ clock; the CREATED advisories are handed to it as `daemon.main` does.
 
 from __future__ import annotations
 
-from kanade_watchdog.core.outcome import Result
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.daemon.echoes import WITHIN, Echoes
 from kanade_watchdog.daemon.worker import Worker
 from kanade_watchdog.model.events import Trigger

@@ -28,9 +28,9 @@ from kanade_watchdog.core.export import (
     collect,
     entry,
     exact_size,
-    undeclared,
 )
 from kanade_watchdog.core.plan import Action, Observed, decide
+from kanade_watchdog.core.undeclared import undeclared
 from kanade_watchdog.model.resources import Kind, Resource
 from kanade_watchdog.model.secret import Secret
 from kanade_watchdog.model.settings import NatsSettings, TlsSettings

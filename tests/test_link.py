@@ -1,5 +1,5 @@
 """`broker.link.Link`, the daemon's one live connection, against a real
-nats-server; and the retry policy of `broker.connect.connect_forever`:
+nats-server; and the retry policy of `broker.forever.connect_forever`:
 connection errors are retried forever, a programming error is raised.
 
 The link is driven in the test's event loop and heard through the plain
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from kanade_watchdog.broker import connect
+from kanade_watchdog.broker import connect, forever
 from kanade_watchdog.broker.link import Connected, Link
 from kanade_watchdog.model.settings import NatsSettings
 from tests.natsserver import NatsServer
@@ -212,8 +212,12 @@ async def _noop() -> None:
     pass
 
 
-async def forever(url: str) -> Any:
-    return await connect.connect_forever(
+async def _listening(_settings: NatsSettings) -> None:
+    pass
+
+
+async def connected_forever(url: str) -> Any:
+    return await forever.connect_forever(
         NatsSettings(servers=(url,), reconnect_wait=0.001),
         on_closed=_noop,
         on_disconnect=_noop,
@@ -238,8 +242,9 @@ async def test_connection_errors_are_retried_until_a_server_answers(
         nats.errors.AuthorizationError(),
     )
     attempt, calls = failing_then_connecting(*errors)
-    monkeypatch.setattr(connect, "_attempt", attempt)
-    nc = await forever("nats://127.0.0.1:1")
+    monkeypatch.setattr(connect, "attempt", attempt)
+    monkeypatch.setattr(forever, "knock", _listening)  # the refused port opens again at once
+    nc = await connected_forever("nats://127.0.0.1:1")
     assert isinstance(nc, _Pretend)
     assert len(calls) == len(errors) + 1
     assert nc.options["max_reconnect_attempts"] == -1
@@ -253,9 +258,9 @@ async def test_a_programming_error_is_raised_not_retried(
     attempt propagates at once: the daemon exits 70 instead of reporting
     "cannot connect yet" forever."""
     attempt, calls = failing_then_connecting(bug, bug)
-    monkeypatch.setattr(connect, "_attempt", attempt)
+    monkeypatch.setattr(connect, "attempt", attempt)
     with pytest.raises(type(bug)):
-        await forever("nats://127.0.0.1:1")
+        await connected_forever("nats://127.0.0.1:1")
     assert len(calls) == 1
 
 
@@ -267,10 +272,10 @@ async def test_connect_once_turns_only_connection_errors_into_broker_unavailable
     from kanade_watchdog.model.errors import BrokerUnavailable
 
     refused, _ = failing_then_connecting(ConnectionRefusedError(111, "Connection refused"))
-    monkeypatch.setattr(connect, "_attempt", refused)
+    monkeypatch.setattr(connect, "attempt", refused)
     with pytest.raises(BrokerUnavailable, match="Connection refused"):
         await connect.connect_once(NatsSettings(servers=("nats://127.0.0.1:1",)))
     bug, _ = failing_then_connecting(TypeError("bad"))
-    monkeypatch.setattr(connect, "_attempt", bug)
+    monkeypatch.setattr(connect, "attempt", bug)
     with pytest.raises(TypeError):
         await connect.connect_once(NatsSettings(servers=("nats://127.0.0.1:1",)))

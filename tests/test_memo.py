@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kanade_watchdog.config.load import parse
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action, Decision, Observed, decide
 from kanade_watchdog.core.reports import Cut
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.core.serverinfo import ServerInfo
 from kanade_watchdog.daemon.memo import InSyncMemo
 from kanade_watchdog.daemon.queue import Batch

@@ -26,9 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kanade_watchdog import __version__
 from kanade_watchdog.core.consumer_plan import ConsumerDecision, ConsumerOutcome
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action
 from kanade_watchdog.core.reports import ConsumerDone, PassReport, Scope
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.events import Trigger
 from kanade_watchdog.report.meter import MetricsReporter

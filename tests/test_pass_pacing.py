@@ -18,8 +18,9 @@ from kanade_watchdog.broker import apply
 from kanade_watchdog.broker.pool import MAX_IN_FLIGHT
 from kanade_watchdog.config.load import parse
 from kanade_watchdog.core import desired, plan
-from kanade_watchdog.core.outcome import Outcome, Result
+from kanade_watchdog.core.outcome import Outcome
 from kanade_watchdog.core.plan import Decision, Observed
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.core.serverinfo import ServerInfo
 from kanade_watchdog.daemon import reconcile
 from kanade_watchdog.daemon.queue import Batch

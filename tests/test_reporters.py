@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from kanade_watchdog.config.load import parse
 from kanade_watchdog.core.consumer_plan import ConsumerDecision, ConsumerOutcome
-from kanade_watchdog.core.outcome import Outcome, Result
+from kanade_watchdog.core.outcome import Outcome
 from kanade_watchdog.core.plan import Action, Change, Decision
 from kanade_watchdog.core.reports import (
     BrokerState,
@@ -35,6 +35,7 @@ from kanade_watchdog.core.reports import (
     PassReport,
     Scope,
 )
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.daemon.main import Daemon
 from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.errors import ApiError, BrokerUnavailable, ResourceError

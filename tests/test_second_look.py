@@ -16,7 +16,7 @@ import nats
 import pytest
 
 from kanade_watchdog.broker.api import Broker as NatsBroker
-from kanade_watchdog.core.outcome import Result
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.daemon.queue import WorkQueue
 from kanade_watchdog.daemon.reconcile import NAMES_FROM
 from kanade_watchdog.daemon.worker import Worker

@@ -14,9 +14,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action
 from kanade_watchdog.core.reports import Done, Failed
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model.errors import BrokerUnavailable
 from kanade_watchdog.model.events import Trigger
 from kanade_watchdog.model.resources import Kind, Resource

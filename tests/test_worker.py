@@ -29,9 +29,9 @@ from nats.aio.client import Client
 from kanade_watchdog.broker.api import Broker
 from kanade_watchdog.config.load import parse
 from kanade_watchdog.core import plan
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action, Change, Decision, Observed
 from kanade_watchdog.core.ports import Reporters
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.core.serverinfo import ServerInfo
 from kanade_watchdog.daemon.backoff import Backoff
 from kanade_watchdog.daemon.books import REVERIFY_AFTER

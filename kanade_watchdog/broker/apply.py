@@ -24,9 +24,10 @@ from kanade_watchdog.broker.api import NoAnswer
 from kanade_watchdog.broker.pool import MAX_IN_FLIGHT, bounded
 from kanade_watchdog.core.causes import overlapping
 from kanade_watchdog.core.order import waves
-from kanade_watchdog.core.outcome import Outcome, Result
+from kanade_watchdog.core.outcome import Outcome
 from kanade_watchdog.core.plan import Action, Decision, Observed, decide, show
 from kanade_watchdog.core.ports import Broker
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model.errors import (
     ERR_IMMUTABLE_FIELD,
     ERR_INSUFFICIENT_MEMORY,

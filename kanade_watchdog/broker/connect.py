@@ -6,8 +6,9 @@ for good. One-shot commands cap the attempts so "broker unreachable" comes
 back within seconds; the daemon reconnects forever. Either way the default
 error callback (a traceback per attempt) is replaced by quiet, rate-limited
 logging. The one-shot commands call `connect_once`; `link` (the daemon's
-connection) calls `connect_forever`. Only connection errors count as
-"cannot connect": any other exception is a bug and propagates.
+connection) calls `forever.connect_forever`, which keeps tenacity off the
+one-shot commands' start-up. Only connection errors count as "cannot
+connect": any other exception is a bug and propagates.
 
 Every attempt is bounded end to end, the closing of a failed one included:
 nats-py's close after a failed TLS handshake waits forever for a socket
@@ -22,13 +23,12 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import nats
 import nats.errors
 from nats.aio.client import Client, Server
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from kanade_watchdog.broker.aio import bounded, in_background
 from kanade_watchdog.broker.security import auth_options
@@ -37,7 +37,6 @@ from kanade_watchdog.model.settings import NatsSettings
 
 log = logging.getLogger("kanade_watchdog.connection")
 
-Callback = Callable[[], Awaitable[None]]
 
 # What a connection attempt may fail with while the broker is away, refuses
 # us or cannot be verified: nats-py's own list when it decides to try the
@@ -94,25 +93,20 @@ class QuietErrors:
 
 
 MAX_RECONNECT_WAIT = 5.0  # reconnect pacing cap: a restarting broker is back in seconds
-MAX_CONNECT_WAIT = 30.0  # initial-connect pacing cap (a down broker, wrong credentials)
-# While the port is closed (the connect refused at once), an attempt is just a
-# TCP connect that the host refuses: cheap for both ends. Those are retried
-# this often, from the first pace up to the cap, however long the outage, so
-# a broker that comes back is found within tens of milliseconds. Any other
-# failure (a server that answers and refuses us, a handshake that stalls, a
-# host that does not answer) keeps the slow growing pace.
-PORT_PACE_FIRST = 0.02
-PORT_PACE_CAP = 0.05
+# While the port is closed (the connect refused at once), a try costs the
+# broker nothing: its host refuses a TCP connect. Those are retried at a
+# fixed short pace however long the outage, so a broker that comes back is
+# found within milliseconds. Any other failure (a server that answers and
+# refuses us, a handshake that stalls, a host that does not answer) keeps
+# the slow growing pace. nats-py's own reconnect loop makes a whole attempt
+# each time, at the floor's pace; the first connect knocks instead
+# (`forever.until_a_port_accepts`).
+PORT_PACE = 0.02
 
 
 def port_closed(exc: BaseException | None) -> bool:
     """The last attempt found nothing listening: refused at the TCP connect."""
     return isinstance(exc, ConnectionRefusedError)
-
-
-def port_pace(failures: int) -> float:
-    """The pause after `failures` refused connects in a row (>= 0)."""
-    return min(PORT_PACE_FIRST * 1.5 ** min(max(failures - 1, 0), 60), PORT_PACE_CAP)
 
 
 def reconnect_pacing(
@@ -127,31 +121,13 @@ def reconnect_pacing(
     def pick(servers: list[Server], _info: dict[str, Any]) -> tuple[Server, float]:
         server = min(servers, key=lambda s: s.reconnects)
         if server.reconnects == 0 or (quiet is not None and port_closed(quiet.latest)):
-            return server, port_pace(server.reconnects)
+            return server, PORT_PACE
         # The exponent is bounded: 1.5**1752 overflows a float, and a long
         # outage at the port pace counts that many attempts in minutes.
         delay = min(base * 1.5 ** min(server.reconnects, 60), MAX_RECONNECT_WAIT)
         return server, delay * random.uniform(0.8, 1.2)
 
     return pick
-
-
-class ConnectPace:
-    """tenacity's wait for the daemon's first connect: the port pace while the
-    broker's port is closed, else the growing pause (wrong credentials, a TLS
-    handshake that fails, a host that does not answer)."""
-
-    def __init__(self, quiet: QuietErrors, base: float) -> None:
-        self.quiet = quiet
-        self.slow = wait_exponential_jitter(multiplier=base, max=MAX_CONNECT_WAIT, jitter=base)
-        self.refused = 0  # refused attempts in a row
-
-    def __call__(self, state: RetryCallState) -> float:
-        if port_closed(self.quiet.latest):
-            self.refused += 1
-            return port_pace(self.refused)
-        self.refused = 0
-        return float(self.slow(state))
 
 
 def _options(settings: NatsSettings) -> dict[str, Any]:
@@ -168,7 +144,7 @@ def _options(settings: NatsSettings) -> dict[str, Any]:
     return options
 
 
-async def _attempt(settings: NatsSettings, **options: Any) -> Client:
+async def attempt(settings: NatsSettings, **options: Any) -> Client:
     """One bounded connect over the pool. nats-py is told not to reconnect
     during it (so a failed handshake raises at once instead of closing and
     hanging); a failed client is closed in the background."""
@@ -191,15 +167,15 @@ async def connect_once(
     """For one-shot commands: one try per server, then BrokerUnavailable."""
     quiet = QuietErrors(sink=on_error)
     try:
-        return await _attempt(settings, max_reconnect_attempts=1, error_cb=quiet.callback)
+        return await attempt(settings, max_reconnect_attempts=1, error_cb=quiet.callback)
     except CONNECTION_ERRORS as exc:
         raise BrokerUnavailable(
             f"cannot connect to {', '.join(settings.servers)}: "
-            f"{describe(_reason(exc, quiet), settings)}"
+            f"{describe(reason(exc, quiet), settings)}"
         ) from exc
 
 
-def _reason(exc: BaseException, quiet: QuietErrors) -> BaseException:
+def reason(exc: BaseException, quiet: QuietErrors) -> BaseException:
     """The error worth showing: "no servers" and our own time limit hide the
     reason each server gave, which the error callback saw."""
     if isinstance(exc, nats.errors.NoServersError | TimeoutError):
@@ -235,97 +211,3 @@ def describe(exc: BaseException, settings: NatsSettings | None = None) -> str:
             " (if the broker requires a client certificate, set [nats.tls] cert_file and key_file)"
         )
     return text
-
-
-async def connect_forever(
-    settings: NatsSettings,
-    *,
-    on_closed: Callback,
-    on_disconnect: Callback,
-    on_reconnect: Callback,
-    on_error: Callable[[str], object] | None = None,
-) -> Client:
-    """For the daemon: returns once a server accepts us, trying with growing
-    pauses meanwhile; the client then reconnects forever on its own. Only
-    `CONNECTION_ERRORS` are retried: any other exception propagates.
-    Cancel the awaiting task to give up (shutdown)."""
-    quiet = QuietErrors(sink=on_error)
-    gate = _Gate(on_closed=on_closed, on_disconnect=on_disconnect, on_reconnect=on_reconnect)
-    retrying = AsyncRetrying(
-        wait=ConnectPace(quiet, settings.reconnect_wait),
-        retry=retry_if_exception_type(CONNECTION_ERRORS),
-        before_sleep=_RetryLog(quiet, settings).before_sleep,
-        reraise=True,
-    )
-    async for attempt in retrying:
-        with attempt:
-            quiet.latest = None  # the reason of this attempt, not of an earlier one
-            nc = await _attempt(
-                settings,
-                # One pass over the pool per attempt; tenacity paces the attempts.
-                max_reconnect_attempts=1,
-                # The attempt's second try at a server comes at once: `ConnectPace`
-                # paces the attempts.
-                reconnect_time_wait=0,
-                reconnect_to_server_handler=reconnect_pacing(settings.reconnect_wait, quiet),
-                error_cb=quiet.callback,
-                closed_cb=gate.closed,
-                disconnected_cb=gate.disconnected,
-                reconnected_cb=gate.reconnected,
-            )
-    # Once connected, never stop reconnecting: the pacing hook spaces attempts.
-    nc.options["allow_reconnect"] = True
-    nc.options["max_reconnect_attempts"] = -1
-    nc.options["reconnect_time_wait"] = settings.reconnect_wait
-    gate.open = True
-    return nc
-
-
-class _Gate:
-    """The daemon's connection callbacks, passed on only once connected: the
-    background close of a failed attempt must not look like a lost connection."""
-
-    def __init__(
-        self, *, on_closed: Callback, on_disconnect: Callback, on_reconnect: Callback
-    ) -> None:
-        self.open = False
-        self._closed, self._disconnect, self._reconnect = on_closed, on_disconnect, on_reconnect
-
-    async def closed(self) -> None:
-        if self.open:
-            await self._closed()
-
-    async def disconnected(self) -> None:
-        if self.open:
-            await self._disconnect()
-
-    async def reconnected(self) -> None:
-        if self.open:
-            await self._reconnect()
-
-
-class _RetryLog:
-    """One line per distinct reason the broker cannot be reached, not one per attempt."""
-
-    def __init__(self, quiet: QuietErrors, settings: NatsSettings) -> None:
-        self.quiet = quiet
-        self.settings = settings
-        self.last = ""
-
-    def before_sleep(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        if exc is not None:
-            exc = _reason(exc, self.quiet)
-            self.quiet.refused = None
-        text = describe(exc, self.settings) if exc else "unknown"
-        wait = state.next_action.sleep if state.next_action else 0.0
-        if text != self.last:
-            self.last = text
-            log.warning("cannot connect yet: %s (retrying, next in %.1fs)", text, wait)
-        else:
-            log.debug(
-                "cannot connect yet: %s (attempt %d, next in %.1fs)",
-                text,
-                state.attempt_number,
-                wait,
-            )

@@ -19,9 +19,9 @@ from typing import Any
 
 from kanade_watchdog.broker.api import PAGE_SIZE
 from kanade_watchdog.core.consumer_plan import ConsumerDecision, ConsumerOutcome, plan_all
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action
 from kanade_watchdog.core.ports import ConsumerBroker
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.errors import BrokerError
 

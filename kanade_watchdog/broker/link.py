@@ -1,7 +1,7 @@
 """The daemon's one live NATS connection, and the advisories it carries.
 
 `Link.run()` keeps exactly one nats-py client for as long as it runs:
-it connects (`connect.connect_forever`: connection errors are retried
+it connects (`forever.connect_forever`: connection errors are retried
 forever, anything else is a bug and propagates), subscribes to the stream
 advisories when `advisories` is on, and builds a new client if nats-py
 ever closes its own for good. `reconfigure()` applies a reload's [nats]
@@ -33,7 +33,7 @@ from nats.aio.subscription import Subscription
 
 from kanade_watchdog.broker.aio import bounded
 from kanade_watchdog.broker.api import Broker
-from kanade_watchdog.broker.connect import connect_forever
+from kanade_watchdog.broker.forever import connect_forever
 from kanade_watchdog.core import ports
 from kanade_watchdog.model.settings import NatsSettings
 

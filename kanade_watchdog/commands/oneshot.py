@@ -2,7 +2,9 @@
 read the broker once, decide, and say what came of it as an `Output` that
 `cli` prints (it owns arguments, output errors and exit-code mapping).
 
-Applying is imported only by `apply`: `plan` and `check` start often.
+Applying is imported only by `apply`, `check` lives in `commands.check`,
+and the consumers' modules are imported only when the file declares
+consumers: `plan` and `check` start often (tests/test_cli_imports.py).
 """
 
 from __future__ import annotations
@@ -11,20 +13,18 @@ import argparse
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from kanade_watchdog.broker.api import Broker
 from kanade_watchdog.broker.connect import connect_once
-from kanade_watchdog.broker.consumers import execute as execute_consumers
-from kanade_watchdog.broker.consumers import plan_consumers
-from kanade_watchdog.core.cluster import cluster_facts
-from kanade_watchdog.core.export import undeclared
 from kanade_watchdog.core.plan import Action, Decision, Observed, plan
-from kanade_watchdog.core.serverinfo import needs_newer_text
+from kanade_watchdog.core.undeclared import undeclared
 from kanade_watchdog.model import exitcodes
-from kanade_watchdog.model.errors import BrokerError
 from kanade_watchdog.model.settings import Config
-from kanade_watchdog.report import check, render
-from kanade_watchdog.report import consumers as consumer_report
+from kanade_watchdog.report import render
+
+if TYPE_CHECKING:
+    from kanade_watchdog.core.consumer_plan import ConsumerDecision
 
 
 def utcnow() -> datetime:
@@ -67,28 +67,48 @@ async def observe_and_plan(
     return broker, decisions, extra, set(observed)
 
 
+async def consumer_plan(
+    broker: Broker, config: Config, streams: set[str]
+) -> list[ConsumerDecision]:
+    """The declared consumers' decisions; none, and nothing imported for
+    them, when the file declares no consumer."""
+    if not config.consumers:
+        return []
+    from kanade_watchdog.broker.consumers import plan_consumers  # noqa: PLC0415
+
+    decisions, _ = await plan_consumers(
+        broker, config.consumers, existing_streams=streams, declared_streams=config.by_stream()
+    )
+    return decisions
+
+
 async def plan_command(config: Config, args: argparse.Namespace, path: str) -> Output:
     started = time.perf_counter()
     broker, decisions, extra, streams = await observe_and_plan(config)
     try:
-        consumer_decisions, _ = await plan_consumers(
-            broker,
-            config.consumers,
-            existing_streams=streams,
-            declared_streams=config.by_stream(),
-        )
+        consumer_decisions = await consumer_plan(broker, config, streams)
     finally:
         await broker.nc.close()
     elapsed = time.perf_counter() - started
     pending = any(d.action is not Action.IN_SYNC for d in decisions)
-    pending = pending or consumer_report.pending(consumer_decisions)
+    consumer_docs: list[dict[str, Any]] = []
+    consumer_lines: list[str] = []
+    if consumer_decisions:
+        from kanade_watchdog.report import consumers as consumer_report  # noqa: PLC0415
+
+        pending = pending or consumer_report.pending(consumer_decisions)
+        consumer_docs = [consumer_report.decision_json(d) for d in consumer_decisions]
+        consumer_lines = [
+            line
+            for d in consumer_decisions
+            for line in consumer_report.decision_lines(d, verbose=args.verbose)
+        ]
     code = exitcodes.CHANGES_PENDING if pending else exitcodes.OK
     if args.json:
         doc = render.report_json(
             in_sync=not pending,
             summary=render.plan_summary(decisions),
-            resources=[render.decision_json(d) for d in decisions]
-            + [consumer_report.decision_json(d) for d in consumer_decisions],
+            resources=[render.decision_json(d) for d in decisions] + consumer_docs,
             requests=broker.requests,
             seconds=elapsed,
             config=path,
@@ -97,18 +117,18 @@ async def plan_command(config: Config, args: argparse.Namespace, path: str) -> O
         )
         return Output(code, [doc], raw=True)
     lines = [line for d in decisions for line in render.decision_lines(d, verbose=args.verbose)]
-    lines += [
-        line
-        for d in consumer_decisions
-        for line in consumer_report.decision_lines(d, verbose=args.verbose)
-    ]
+    lines += consumer_lines
     lines += render.undeclared_lines(extra)
     lines.append(render.plan_footer(decisions, config=path, undeclared=extra))
     return Output(code, lines)
 
 
 async def apply_command(config: Config, args: argparse.Namespace, path: str) -> Output:
-    from kanade_watchdog.broker.apply import execute_all  # noqa: PLC0415 - see the docstring
+    # Applying and the consumers' modules: only here (see the docstring).
+    from kanade_watchdog.broker.apply import execute_all  # noqa: PLC0415
+    from kanade_watchdog.broker.consumers import execute as execute_consumers  # noqa: PLC0415
+    from kanade_watchdog.broker.consumers import plan_consumers  # noqa: PLC0415
+    from kanade_watchdog.report import consumers as consumer_report  # noqa: PLC0415
 
     started = time.perf_counter()
     broker, decisions, _, streams = await observe_and_plan(config)
@@ -149,43 +169,6 @@ async def apply_command(config: Config, args: argparse.Namespace, path: str) -> 
         render.apply_footer(outcomes, requests=broker.requests, seconds=elapsed, config=path)
     )
     return Output(code, lines)
-
-
-async def check_command(config: Config) -> check.CheckReport:
-    started = time.perf_counter()
-    try:
-        broker, observed = await observe(config)
-    except BrokerError as exc:
-        return check.check_failure("CRITICAL", [check.broker_problem(exc)])
-    server = broker.server
-    try:
-        consumer_decisions, _ = await plan_consumers(
-            broker,
-            config.consumers,
-            existing_streams=set(observed),
-            declared_streams=config.by_stream(),
-        )
-    except BrokerError as exc:
-        return check.check_failure("CRITICAL", [check.broker_problem(exc)])
-    finally:
-        await broker.nc.close()
-    decisions = plan(config.resources, observed, utcnow(), server=server)
-    facts = cluster_facts(config.resources, observed)
-    extra = undeclared(set(config.by_stream()), observed, config.ignore)
-    return check.check_report(
-        decisions,
-        facts,
-        seconds=time.perf_counter() - started,
-        undeclared=extra,
-        needs_newer=needs_newer_text(decisions, server),
-        consumers=[(d.action, d.consumer.name) for d in consumer_decisions],
-    )
-
-
-def check_output(report: check.CheckReport, *, as_json: bool, path: str) -> Output:
-    if as_json:
-        return Output(report.code, [report.json(config=path)], raw=True)
-    return Output(report.code, [report.line()])
 
 
 def validate_output(config: Config, *, as_json: bool, path: str) -> Output:

@@ -12,7 +12,6 @@ such a key replaced by `<hidden>`, however deep.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections import Counter
@@ -190,6 +189,8 @@ class Problems:
 
 def unknown_key(name: str, known: Iterable[str]) -> str:
     """Why a key is refused, with the nearest known key when one is close."""
+    import difflib  # noqa: PLC0415 - only a file with a wrong key pays for it at start-up
+
     choices = list(known)
     # A long name is like no key at all; comparing it would only cost time.
     close = difflib.get_close_matches(name, choices, n=1) if len(name) <= 64 else []

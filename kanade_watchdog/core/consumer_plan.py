@@ -22,8 +22,8 @@ from typing import Any
 
 from kanade_watchdog.core import consumer_desired as cd
 from kanade_watchdog.core import desired
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action, Change
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model.consumers import Consumer
 
 # field -> why the server refuses to change it on an existing consumer

@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any
 
 from kanade_watchdog.config import streamfields
 from kanade_watchdog.config.load import FIELDS, REQUIRED
 from kanade_watchdog.core import desired
+from kanade_watchdog.core.undeclared import matches
 from kanade_watchdog.model.resources import STREAM_PREFIX, Kind, Resource, kind_word
 from kanade_watchdog.model.subjects import bucket_name_problem, stream_name_problem
 from kanade_watchdog.model.units import format_duration_ns, format_size
@@ -346,10 +346,6 @@ def entry(stream: str, held: Held) -> Entry | Skipped:
     )
 
 
-def _matches(globs: Sequence[str], *names: str) -> bool:
-    return not globs or any(fnmatchcase(n, g) for g in globs for n in names)
-
-
 def collect(
     held: Mapping[str, Held],
     *,
@@ -370,39 +366,9 @@ def collect(
         result = entry(stream, held[stream])
         if isinstance(result, Skipped):
             kind, name, _ = shape(stream, held[stream].config)
-            if kind in wanted and _matches(match, name, stream):
+            if kind in wanted and matches(match, name, stream):
                 skipped.append(result)
             continue
-        if result.kind in wanted and _matches(match, result.name, result.stream):
+        if result.kind in wanted and matches(match, result.name, result.stream):
             entries.append(result)
     return Export(entries=tuple(entries), skipped=tuple(skipped))
-
-
-# --- what a file does not declare (for plan/check, wired later) -----------------------
-
-
-def kind_of_stream(stream: str) -> tuple[Kind, str]:
-    """(kind, name) judged from a stream name alone: `KV_<b>` and `OBJ_<b>`
-    with a valid bucket name are taken for buckets."""
-    for kind in (Kind.KV, Kind.OBJECT_STORE):
-        prefix = STREAM_PREFIX[kind]
-        if stream.startswith(prefix) and not bucket_name_problem(stream[len(prefix) :]):
-            return kind, stream[len(prefix) :]
-    return Kind.STREAM, stream
-
-
-def undeclared(
-    declared_streams: set[str],
-    observed_names: Iterable[str],
-    ignore_globs: Sequence[str] = (),
-) -> list[tuple[Kind, str]]:
-    """(kind, name) of every stream on the broker that no declared resource
-    is backed by, sorted by stream name, except those an `ignore` glob
-    matches (by resource name or by stream name)."""
-    out: list[tuple[Kind, str]] = []
-    for stream in sorted(set(observed_names) - declared_streams):
-        kind, name = kind_of_stream(stream)
-        if ignore_globs and _matches(ignore_globs, name, stream):
-            continue
-        out.append((kind, name))
-    return out

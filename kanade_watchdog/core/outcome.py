@@ -7,21 +7,10 @@ reporters (logs, journal, status, metrics) and `render` read them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 from kanade_watchdog.core.plan import Decision, Observed
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model.errors import ResourceError
-
-
-class Result(StrEnum):
-    """What happened to a resource, as logged and shown (KANADE_ACTION)."""
-
-    CREATED = "created"
-    UPDATED = "updated"
-    IN_SYNC = "in_sync"
-    BLOCKED = "blocked"
-    NEWER_SPEC = "newer_spec"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from enum import StrEnum
 
 from kanade_watchdog.core.cluster import ClusterFacts
 from kanade_watchdog.core.consumer_plan import ConsumerOutcome
-from kanade_watchdog.core.outcome import Outcome, Result
+from kanade_watchdog.core.outcome import Outcome
 from kanade_watchdog.core.plan import Action, Decision
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model.events import Trigger
 from kanade_watchdog.model.resources import Resource
 

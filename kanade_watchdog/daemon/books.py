@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from kanade_watchdog.core import causes
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Observed
 from kanade_watchdog.core.reports import Done, Failed, Held, PassReport
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.daemon.backoff import Backoff
 from kanade_watchdog.daemon.guard import WriteGuard
 from kanade_watchdog.daemon.memo import InSyncMemo

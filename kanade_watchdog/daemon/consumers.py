@@ -30,12 +30,12 @@ from dataclasses import replace
 
 from kanade_watchdog.broker import consumers as edge
 from kanade_watchdog.core.consumer_plan import plan_all
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action, Observed
 from kanade_watchdog.core.ports import Broker, ConsumerBroker
 from kanade_watchdog.core.position import Position, resume_from
 from kanade_watchdog.core.position import observe as position_of
 from kanade_watchdog.core.reports import ConsumerDone
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.daemon.backoff import Backoff
 from kanade_watchdog.daemon.echoes import Echoes
 from kanade_watchdog.daemon.queue import Batch

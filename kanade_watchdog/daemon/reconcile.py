@@ -21,7 +21,7 @@ from datetime import datetime
 from kanade_watchdog.broker.apply import execute, without_write
 from kanade_watchdog.broker.pool import MAX_IN_FLIGHT, in_waves
 from kanade_watchdog.core.cluster import cluster_facts
-from kanade_watchdog.core.outcome import Outcome, Result
+from kanade_watchdog.core.outcome import Outcome
 from kanade_watchdog.core.plan import Action, Decision, Observed
 from kanade_watchdog.core.ports import Broker, StreamNames
 from kanade_watchdog.core.reports import (
@@ -32,6 +32,7 @@ from kanade_watchdog.core.reports import (
     ReadFailure,
     present_after,
 )
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.daemon.queue import Batch
 from kanade_watchdog.model.errors import BrokerError, BrokerUnavailable
 from kanade_watchdog.model.events import Trigger

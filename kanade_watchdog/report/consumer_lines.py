@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.reports import ConsumerDone
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model.consumers import CONSUMER_KIND
 from kanade_watchdog.model.events import Event
 from kanade_watchdog.report.failures import FailureMemory

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from kanade_watchdog.core.consumer_plan import ConsumerDecision, ConsumerOutcome
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model.consumers import CONSUMER_KIND
 from kanade_watchdog.model.printable import escape
 from kanade_watchdog.report.render import _MARK, _change_json, change_text

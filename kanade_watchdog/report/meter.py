@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kanade_watchdog import __version__
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action
 from kanade_watchdog.core.ports import Quiet
 from kanade_watchdog.core.reports import (
@@ -27,6 +26,7 @@ from kanade_watchdog.core.reports import (
     Reloaded,
     Scope,
 )
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model.consumers import CONSUMER_KIND, Consumer
 from kanade_watchdog.model.resources import Resource
 from kanade_watchdog.report.metrics import Metrics

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.ports import Quiet
 from kanade_watchdog.core.reports import (
     BrokerState,
@@ -28,6 +27,7 @@ from kanade_watchdog.core.reports import (
     ReadFailure,
     Reloaded,
 )
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model.events import Event, Trigger
 from kanade_watchdog.model.resources import Resource, kind_word
 from kanade_watchdog.report import consumer_lines

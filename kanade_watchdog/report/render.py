@@ -14,14 +14,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kanade_watchdog.core.outcome import Outcome, Result
 from kanade_watchdog.core.plan import Action, Change, Decision, Stake, show
+from kanade_watchdog.core.result import Result
 from kanade_watchdog.model import exitcodes
 from kanade_watchdog.model.fieldvalues import Items, list_change, list_diff
 from kanade_watchdog.model.printable import escape, key, quote
 from kanade_watchdog.model.resources import Kind, Resource, kind_word
+
+if TYPE_CHECKING:
+    from kanade_watchdog.core.outcome import Outcome
 
 JSON_FORMAT = 1
 

@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kanade_watchdog.core.cluster import ClusterFacts
-from kanade_watchdog.core.export import undeclared
-from kanade_watchdog.core.outcome import Result
 from kanade_watchdog.core.plan import Action, Decision
 from kanade_watchdog.core.ports import Quiet
 from kanade_watchdog.core.reports import BrokerState, LinkState, PassReport, present_after
+from kanade_watchdog.core.result import Result
+from kanade_watchdog.core.undeclared import undeclared
 from kanade_watchdog.model.consumers import Consumer
 from kanade_watchdog.model.resources import Resource
 from kanade_watchdog.report import check
