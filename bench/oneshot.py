@@ -30,6 +30,7 @@ from typing import Any
 import nats
 
 from bench import rawclient as rc
+from bench.oneshot_startup import installed_env
 from bench.procs import REPO, daemon_toml, env, header, kanade, p50_p99_max, repo_config_at
 from tests.natsserver import NatsServer
 
@@ -45,10 +46,18 @@ asyncio.run(main())
 """
 
 
-def _run(argv: list[str], *, timeout: float = 900) -> tuple[int, float, str, str]:
+def _run(
+    argv: list[str], *, timeout: float = 900, environ: dict[str, str] | None = None
+) -> tuple[int, float, str, str]:
     started = time.perf_counter()
     done = subprocess.run(
-        argv, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout, check=False
+        argv,
+        cwd=REPO,
+        env=environ or env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     return done.returncode, time.perf_counter() - started, done.stdout, done.stderr
 
@@ -161,9 +170,15 @@ def plan_process_table(runs: int, command: str) -> list[str]:
             }
             samples: dict[str, list[float]] = {name: [] for name in cases}
             codes: dict[str, set[int]] = {name: set() for name in cases}
+            # As installed: modules read compiled, not compiled on every start
+            # (PYTHONDONTWRITEBYTECODE would otherwise make every run compile
+            # the checkout's package, and only it); one untimed run compiles.
+            installed = installed_env(tmp / "pycache")
+            for argv in cases.values():
+                _run(argv, environ=installed)
             for _ in range(runs):  # interleaved, so load changes hit every case alike
                 for name, argv in cases.items():
-                    code, wall, _out, _err = _run(argv)
+                    code, wall, _out, _err = _run(argv, environ=installed)
                     samples[name].append(wall * 1000)
                     codes[name].add(code)
             for name in cases:

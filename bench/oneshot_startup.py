@@ -67,7 +67,7 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
-def _env(pycache: Path) -> dict[str, str]:
+def installed_env(pycache: Path) -> dict[str, str]:
     """As installed: compiled modules are read, not compiled on every start.
     They go to a directory of their own, not next to the sources."""
     env = dict(os.environ)
@@ -161,7 +161,7 @@ def main() -> None:
                 BARE_NAME: [str(bare), srv.url],
                 PLAN_NAME: ["-m", "kanade_watchdog", "plan", "--config", str(config)],
             }
-            env = _env(workdir / "pycache")
+            env = installed_env(workdir / "pycache")
             _run(["-m", "kanade_watchdog", "apply", "--config", str(config)], env=env)
             for argv in commands.values():  # warm the page cache and the .pyc files
                 _run(argv, env=env)
