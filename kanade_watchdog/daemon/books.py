@@ -13,8 +13,9 @@ depended on marks it on the queue (`wake_dependents`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
+from typing import Any
 
 from kanade_watchdog.core import causes
 from kanade_watchdog.core.plan import Observed
@@ -34,6 +35,23 @@ EVERYTHING = "*"  # the backoff key of a failed full read
 # stream deleted right after it was created, and a lost one must cost
 # milliseconds, not a resync interval.
 REVERIFY_AFTER = 0.15
+
+
+class Configs(Mapping[str, Observed]):
+    """Kept configs seen as observations, for `core.causes` (made on demand:
+    a cause is judged only when a resource fails for good)."""
+
+    def __init__(self, configs: Mapping[str, Mapping[str, Any]]) -> None:
+        self._configs = configs
+
+    def __getitem__(self, stream: str) -> Observed:
+        return Observed(config=self._configs[stream])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._configs)
+
+    def __len__(self) -> int:
+        return len(self._configs)
 
 
 def new_backoff(config: Config, clock: Callable[[], float]) -> Backoff:
@@ -60,8 +78,10 @@ class Books:
         self.memo = memo
         self.backoff = new_backoff(config, clock)
         self.guard = WriteGuard(clock)
-        # The broker as last seen: a full pass's list, then each read and write.
-        self.view: dict[str, Observed] = {}
+        # The broker as last seen: a full pass's list, then each read and write;
+        # configs only, all a cause is judged on (at 10,000 streams the states
+        # and wrappers kept besides were ~6 MiB).
+        self.view: dict[str, Mapping[str, Any]] = {}
         self.causes: dict[str, causes.Cause] = {}  # stream -> why it failed for good
 
     def reload(self, config: Config) -> None:
@@ -89,13 +109,13 @@ class Books:
     def book(self, result: Pass) -> PassReport:
         report = result.report
         if result.listed is not None:
-            self.view = dict(result.listed)
+            self.view = {stream: observed.config for stream, observed in result.listed.items()}
             self.backoff.succeeded(EVERYTHING)
         for stream, observed in result.seen.items():
             if observed is None:
                 self.view.pop(stream, None)
             else:
-                self.view[stream] = observed
+                self.view[stream] = observed.config
         read_error = report.read_error
         if read_error is not None:
             delay = self.backoff.failed(EVERYTHING, transient=read_error.transient)
@@ -125,7 +145,8 @@ class Books:
         if failed.transient:
             self.causes.pop(stream, None)
         else:
-            self.causes[stream] = causes.cause_of(failed.resource, failed.error, self.view)
+            seen = Configs(self.view)
+            self.causes[stream] = causes.cause_of(failed.resource, failed.error, seen)
         return replace(failed, delay=delay)
 
     def _hold(self, held: Held) -> Held:
