@@ -69,7 +69,7 @@ class Observed:
     did_create: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one kept per declared resource: at 10,000, ~1 MiB less
 class Decision:
     resource: Resource
     action: Action

@@ -25,7 +25,7 @@ SECTION = {Kind.STREAM: "streams", Kind.KV: "kv_buckets", Kind.OBJECT_STORE: "ob
 STREAM_PREFIX = {Kind.STREAM: "", Kind.KV: "KV_", Kind.OBJECT_STORE: "OBJ_"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # 10,000 of them in a large declaration
 class Resource:
     """One declared resource. `declared` maps config keys to values already in
     the broker's units (ns, bytes, -1 for unlimited)."""

@@ -33,7 +33,7 @@ from kanade_watchdog.report import check
 _REASONED = (Result.BLOCKED, Result.NEWER_SPEC, Result.FAILED)
 
 
-@dataclass
+@dataclass(slots=True)  # one per declared resource
 class _Entry:
     label: str
     index: int  # declaration order: the line names the first few of a group
