@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 
 from kanade_watchdog.broker import consumers as edge
@@ -74,6 +74,7 @@ class ConsumerKeeper:
         broker: Broker,
         *,
         config: Config,
+        declared: Collection[str],
         batch: Batch,
         backoff: Backoff,
         listed: Mapping[str, Observed] | None,
@@ -92,7 +93,7 @@ class ConsumerKeeper:
             if not wanted:
                 return []
             out = await self._heal(
-                broker, broker, wanted, config=config, batch=batch, listed=listed, seen=seen
+                broker, broker, wanted, declared=declared, batch=batch, listed=listed, seen=seen
             )
             if isinstance(out, BrokerError):  # not read: each is tried again on its backoff
                 for c in wanted:
@@ -128,20 +129,23 @@ class ConsumerKeeper:
         broker: ConsumerBroker,  # the same broker, as its consumer API
         wanted: list[Consumer],
         *,
-        config: Config,
+        declared: Collection[str],
         batch: Batch,
         listed: Mapping[str, Observed] | None,
         seen: Mapping[str, Observed | None],
     ) -> list[ConsumerDone] | BrokerError:
-        """The error when the consumers could not be read."""
-        view: dict[str, Observed] = {k: v for k, v in (listed or {}).items() if not v.leaderless}
-        for stream, obs in seen.items():
-            if obs is None:
-                view.pop(stream, None)
-            else:
+        """The error when the consumers could not be read. Only the streams the
+        wanted consumers use are looked at (a pass may have listed 10,000)."""
+        used = {c.stream for c in wanted}
+        view: dict[str, Observed] = {}
+        for stream in used:
+            obs = listed.get(stream) if listed is not None else None
+            if stream in seen:
+                obs = seen[stream]
+            if obs is not None and not obs.leaderless:
                 view[stream] = obs
         try:
-            for stream in sorted({c.stream for c in wanted} - set(view)):
+            for stream in sorted(used - set(view)):
                 info = await streams.stream_info(stream)
                 if info is not None:
                     view[stream] = info
@@ -163,7 +167,7 @@ class ConsumerKeeper:
             wanted,
             streams={s: o.config for s, o in view.items()},
             observed=observed.configs(),
-            declared_streams=config.by_stream(),
+            declared_streams={s for s in used if s in declared},
             resume_at=resume_at,
         )
         out: list[ConsumerDone] = []

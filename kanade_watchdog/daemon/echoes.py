@@ -39,6 +39,3 @@ class Echoes:
         the daemon's own create sent within WITHIN seconds."""
         sent = self._expected.pop(stream, None)
         return sent is not None and self.clock() - sent <= WITHIN
-
-    def clear(self) -> None:
-        self._expected.clear()
