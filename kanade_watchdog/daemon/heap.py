@@ -25,6 +25,7 @@ elsewhere): ~8 MiB of resident memory at 10,000 streams.
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import time
 from collections.abc import Callable
@@ -32,10 +33,17 @@ from collections.abc import Callable
 REFRESH_EVERY = 3600.0  # seconds between unfreezes
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim among the interpreter's own symbols (no library
+    search, no helper process), looked up once; None elsewhere."""
+    found: Callable[[int], int] | None = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    return found
+
+
 def trim() -> None:
-    """Free pages of the C allocator back to the system, where glibc can (the
-    interpreter's own symbols: no library search, no helper process)."""
-    malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    """Free pages of the C allocator back to the system, where glibc can."""
+    malloc_trim = _malloc_trim()
     if malloc_trim is not None:
         malloc_trim(0)
 
