@@ -588,15 +588,24 @@ class TestThreeWatchdogsOneConfig:
             finally:
                 trio.fleet.resume()
             await wait_converged(nc)
+
+            def created() -> dict[str, int]:
+                return {
+                    stream: sum(
+                        p.count(is_action("created", stream=stream), after=m)
+                        for p, m in zip(procs, marks, strict=True)
+                    )
+                    for stream in STREAMS
+                }
+
+            # Outcomes are logged when a pass ends, which can come after the
+            # broker already lists every stream again and after 0.3 s without
+            # a line (seen: only LEADER_ELECTED lines by then, no pass ended).
+            deadline = time.monotonic() + 10
+            while not all(created().values()) and time.monotonic() < deadline:  # noqa: ASYNC110 - a condition, not an event, is awaited
+                await asyncio.sleep(0.05)
             await asyncio.gather(*(p.quiet(0.3) for p in procs))
-            created = {
-                stream: sum(
-                    p.count(is_action("created", stream=stream), after=m)
-                    for p, m in zip(procs, marks, strict=True)
-                )
-                for stream in STREAMS
-            }
-            assert created == dict.fromkeys(STREAMS, 1)
+            assert created() == dict.fromkeys(STREAMS, 1)
         finally:
             await nc.close()
 
